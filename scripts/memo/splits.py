@@ -1,0 +1,39 @@
+"""K-fold splits and per-model seeds, keyed by identity so any job can run alone.
+
+The permutation of repeat r depends only on (seed, r); fold k of that repeat is the
+k-th contiguous block of it (PAPER.md §1). Construction is O(n).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+FULL_FOLD = -1  # fold index used for the model trained on all of D
+
+
+def permutation(n: int, seed: int, repeat: int) -> np.ndarray:
+    return np.random.default_rng([seed, repeat]).permutation(n)
+
+
+def folds(n: int, n_folds: int, seed: int, repeat: int) -> list[np.ndarray]:
+    """The K held-out folds of one repeat; sizes floor(n/K), the first n % K get one more."""
+    if not 1 <= n_folds <= n:
+        raise ValueError(f"cannot cut {n} examples into {n_folds} folds")
+    return np.array_split(permutation(n, seed, repeat), n_folds)
+
+
+def train_test_indices(n: int, n_folds: int, seed: int, repeat: int,
+                       fold: int) -> tuple[np.ndarray, np.ndarray]:
+    """(in-fold training indices, held-out indices), both sorted. fold=FULL_FOLD: all / none."""
+    if fold == FULL_FOLD:
+        return np.arange(n), np.arange(0)
+    blocks = folds(n, n_folds, seed, repeat)
+    if not 0 <= fold < n_folds:
+        raise ValueError(f"fold {fold} outside 0..{n_folds - 1}")
+    held_out = np.zeros(n, dtype=bool)
+    held_out[blocks[fold]] = True
+    return np.flatnonzero(~held_out), np.flatnonzero(held_out)
+
+
+def model_seed(seed: int, repeat: int, fold: int) -> int:
+    """A seed of its own for every (repeat, fold) model, independent of run order."""
+    return int(np.random.SeedSequence([seed, repeat, fold + 1]).generate_state(1)[0])
