@@ -1,0 +1,100 @@
+# Memorization in probabilistic deep generative models: train, summarize, analyse.
+# `make help` lists the targets and variables.
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+MAKEFLAGS += --no-builtin-rules
+.SUFFIXES:
+.DEFAULT_GOAL := help
+
+##@ Variables (set on the command line: make VAR=value ...)
+VENV ?= .venv## virtualenv made by `make setup`
+DEVICE ?=## cuda or cpu (empty: cuda when available)
+LAUNCH ?=## prefix of every training command, e.g. LAUNCH="srun --gres=gpu:1"
+DATA_ROOT ?= ./data## where MNIST, CIFAR-10, CelebA live (Fashion-MNIST also from Debian)
+RESULTS ?= results## root of the result files
+EXPERIMENTS_FILE ?=## JSON file with experiments of your own (see README)
+DATA ?= bmnist## data set for `make data`: bmnist, fashion, cifar10, celeba
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)## parallel training jobs of `make demo`
+PAPER_EXPERIMENTS := bmnist_lr3 bmnist_lr4 cifar10 celeba
+DEMO := fashion_demo
+
+export DATA_ROOT EXPERIMENTS_FILE
+PY := $(VENV)/bin/python
+SETUP := $(VENV)/.installed
+TRAIN = $(PY) scripts/memorization.py --results-dir $(RESULTS) $(if $(DEVICE),--device $(DEVICE))
+SUMMARIZE_DEPS := scripts/summarize.py scripts/memo/summary.py scripts/memo/results.py \
+                  scripts/memo/uncertainty.py
+
+##@ Targets
+help: ## list targets and variables
+	@awk 'BEGIN {FS = ":.*## "} /^##@/ {printf "\n%s\n", substr($$0, 5); next} \
+	  /^[a-zA-Z_%\/.-]+:.*## / {printf "  %-22s %s\n", $$1, $$2} \
+	  /^[A-Z_]+ \?=.*## / {split($$0, a, "## "); sub(/ \?=.*/, "", a[1]); \
+	  v = $$0; sub(/^[A-Z_]+ \?= ?/, "", v); sub(/## .*/, "", v); \
+	  printf "  %-22s %s (default: %s)\n", a[1], a[2], v}' $(MAKEFILE_LIST)
+	@echo; echo "Per experiment: memorization-EXP, summary-EXP (EXP: $(PAPER_EXPERIMENTS) $(DEMO))"
+
+setup: $(SETUP) ## create the virtualenv, install requirements (and Debian packages as root)
+$(SETUP): requirements.txt scripts/setup.sh
+	bash scripts/setup.sh $(VENV)
+
+demo: $(SETUP) ## the offline default, end to end: Fashion-MNIST K-fold VAEs -> scores -> figures
+	$(MAKE) --no-print-directory -j $(JOBS) memorization-$(DEMO)
+	$(MAKE) --no-print-directory analysis/$(DEMO).npz
+	$(MAKE) --no-print-directory figures-$(DEMO)
+	@echo "per-example memorization scores: analysis/$(DEMO).csv; figures: output/$(DEMO)/"
+
+memorization: $(addprefix memorization-,$(PAPER_EXPERIMENTS)) ## train the paper's four experiments (404 models)
+
+summaries: $(addprefix analysis/,$(addsuffix .npz,$(PAPER_EXPERIMENTS))) ## per-experiment summaries (U, V, M) of the paper's experiments
+
+data: $(SETUP) ## download DATA (needs internet): make data DATA=cifar10
+	$(PY) scripts/get_data.py $(DATA)
+
+test: $(SETUP) ## run the test suite
+	$(PY) -m pytest -q tests
+
+bench: $(SETUP) ## training and importance-sampling images/s on this machine
+	$(PY) scripts/bench.py
+
+checksums: ## write results.sha256 for every file under results/
+	@find $(RESULTS) -type f ! -name '.*' -print0 | LC_ALL=C sort -z \
+	  | xargs -0 -r sha256sum > results.sha256.tmp
+	@mv results.sha256.tmp results.sha256
+	@echo "results.sha256: $$(wc -l < results.sha256) files"
+
+verify: ## check result files against results.sha256
+	@test -f results.sha256 || { echo "verify: results.sha256 not found (make checksums)"; exit 1; }
+	@if out=$$(sha256sum --check --quiet results.sha256 2>&1); then \
+	  echo "verify: OK ($$(wc -l < results.sha256) files)"; \
+	else \
+	  echo "verify: FAILED:"; echo "$$out" | sed 's/^/  /'; exit 1; fi
+
+clean: ## remove generated build files (not results, summaries or figures)
+	rm -rf build
+
+.PHONY: help setup demo memorization summaries data test bench checksums verify clean
+
+# The experiment table becomes one file target per result file (scripts/plan.py). It is
+# regenerated on every run (cheap) so that EXPERIMENTS_FILE edits are always seen.
+PLAN := build/experiments.mk
+NO_PLAN_GOALS := help setup clean checksums verify test bench data
+ifneq ($(MAKECMDGOALS),)
+ifeq ($(filter-out $(NO_PLAN_GOALS),$(MAKECMDGOALS)),)
+SKIP_PLAN := 1
+endif
+else
+SKIP_PLAN := 1
+endif
+ifndef SKIP_PLAN
+include $(PLAN)
+endif
+$(PLAN): FORCE | $(SETUP)
+	@mkdir -p build
+	@$(PY) scripts/plan.py make > $@.tmp
+	@if cmp -s $@.tmp $@; then rm $@.tmp; else mv $@.tmp $@; fi
+FORCE:
+.PHONY: FORCE
+
+-include analysis.mk

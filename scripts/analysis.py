@@ -1,0 +1,82 @@
+"""Draw the figures of PAPER.md §6 from summary files (the Makefile runs one figure per call).
+
+    python scripts/analysis.py FIGURE SUMMARY [SUMMARY ...] [--out DIR]
+    python scripts/analysis.py all SUMMARY [--out DIR]
+    python scripts/analysis.py list
+
+Each figure is written as DIR/FIGURE.{pgf,tex,pdf,png,json}. Several summaries draw one
+figure comparing them (losses, quantiles, distribution only). The nearest-neighbour figure
+reads <summary>_nn.npz next to the summary; the image figures load the training images.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from memo import figures  # noqa: E402  (light: no matplotlib until a figure is drawn)
+
+
+def default_out(summaries: list[Path]) -> Path:
+    """output/<experiment>, or output/<shared prefix> for a comparison (bmnist_lr3 + _lr4: bmnist)."""
+    stems = [p.stem for p in summaries]
+    if len(stems) == 1:
+        return Path("output") / stems[0]
+    prefix = os.path.commonprefix(stems).rstrip("_")
+    prefix = prefix.rsplit("_", 1)[0] if "_" in prefix else prefix
+    return Path("output") / (prefix or "+".join(stems))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("figure", choices=figures.FIGURES + ("all", "list"),
+                   help="figure to draw; 'all': every figure of one experiment")
+    p.add_argument("summaries", nargs="*", type=Path, help="analysis/<exp>.npz file(s)")
+    p.add_argument("--out", type=Path, help="output folder (default: output/<experiment>)")
+    p.add_argument("--nn", type=Path, help="nearest-neighbour file (default: <summary>_nn.npz)")
+    p.add_argument("--seed", type=int, default=figures.DEFAULT_SEED,
+                   help="seed of the example images in the logprob figure")
+    p.add_argument("--no-latex", action="store_true",
+                   help="draw PDFs with matplotlib even when LaTeX is installed")
+    args = p.parse_args(argv)
+    if args.figure == "list":
+        print("\n".join(figures.FIGURES))
+        return 0
+    if not args.summaries:
+        p.error("give at least one summary file")
+
+    from memo.figures import common
+    names = figures.FIGURES if args.figure == "all" else (args.figure,)
+    if len(args.summaries) > 1 and any(n not in figures.SERIES for n in names):
+        p.error(f"several summaries are compared only in {', '.join(figures.SERIES)}")
+    try:
+        summaries = [common.load_summary(s) for s in args.summaries]
+        out = args.out or default_out(args.summaries)
+        engine = None if args.no_latex else common.latex_engine()
+        nn = images = None
+        if any(n in figures.NEEDS_NN for n in names):
+            nn_path = args.nn or common.nn_path_for(args.summaries[0])
+            nn = common.load_nn(nn_path, summaries[0].n)
+            if nn is None and args.figure != "all":
+                raise common.SummaryError(f"no nearest-neighbour file {nn_path}")
+        if any(n in figures.NEEDS_IMAGES for n in names):
+            images = common.load_images(summaries[0])
+        for name in names:
+            if name in figures.NEEDS_NN and nn is None:
+                continue
+            for path in figures.build(name, summaries, out, nn=nn, images=images,
+                                      seed=args.seed, engine=engine):
+                if path.suffix == ".pdf":
+                    print(path)
+    except (common.SummaryError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

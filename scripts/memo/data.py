@@ -1,0 +1,495 @@
+"""Data sets, each loaded once into memory as a uint8 tensor of shape (N, C, 32, 32) (PAPER.md §3).
+
+Specs accepted by ``load``:
+
+* ``bmnist``  - MNIST through ``torchvision.datasets.MNIST`` (decompressed IDX files under
+  ``<root>/MNIST/raw/``), padded 28 -> 32 with zeros. Binarization is done per batch elsewhere.
+* ``fashion`` - Fashion-MNIST through ``torchvision.datasets.FashionMNIST`` (``<root>/FashionMNIST/raw/``);
+  when those files are absent but Debian's ``dataset-fashion-mnist`` package is installed, its
+  gzipped files are decompressed into that folder first. Padded like MNIST.
+* ``cifar10`` - the standard ``<root>/cifar-10-batches-py/`` pickled batches, read by our own reader
+  (torchvision's class insists on the MD5 sums of the original files).
+* ``celeba``  - the standard ``<root>/celeba/`` layout (``list_eval_partition.txt`` and
+  ``img_align_celeba/*.jpg``), cropped to the box (15, 40, 163, 188) and resized to 32x32 with
+  antialiased bilinear interpolation. The result is cached in ``<root>/celeba/cache_<split>_32x32.pt``.
+* ``npz:PATH`` - a NumPy archive with uint8 ``x`` (N x H x W or N x H x W x C, C in {1, 3}), optional
+  ``y``, and optional ``x_test``/``y_test`` for ``split="test"``.
+
+``root`` defaults to the environment variable ``DATA_ROOT``, else ``./data``. Nothing is fetched
+from the network unless ``download=True`` is passed (or ``download`` is called).
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+import shutil
+import sys
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from queue import Full, Queue
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+DATA_ROOT_DEFAULT = "./data"
+FASHION_DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
+
+DATASET_NAMES = {
+    "bmnist": "BinarizedMNIST",
+    "fashion": "FashionMNIST",
+    "cifar10": "CIFAR10",
+    "celeba": "CelebA",
+}
+_VALID_SPECS = "bmnist, fashion, cifar10, celeba, npz:PATH"
+
+SIZE = 32
+# IDX files as torchvision's MNIST-style classes expect them in <root>/<Class>/raw/.
+_IDX_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+CIFAR_DIR = "cifar-10-batches-py"
+CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
+CIFAR_TEST = ("test_batch",)
+CELEBA_DIR = "celeba"
+CELEBA_PARTITION = "list_eval_partition.txt"
+CELEBA_IMAGES = "img_align_celeba"
+CELEBA_BOX = (15, 40, 163, 188)  # left, top, right, bottom (148 x 148)
+CELEBA_SPLITS = {"train": 0, "valid": 1, "test": 2}
+_CELEBA_CACHE_VERSION = 1
+_CELEBA_BATCH = 512  # JPEGs read and decoded per batch
+
+
+@dataclass
+class ImageData:
+    name: str                          # "BinarizedMNIST", "FashionMNIST", "CIFAR10", "CelebA", or "npz"
+    images: torch.Tensor               # uint8, (N, C, 32, 32), contiguous, CPU
+    labels: torch.Tensor | None        # int64 (N,) or None
+    hflip: bool                        # default for random horizontal flips in training
+
+    @property
+    def n(self) -> int:
+        return int(self.images.shape[0])
+
+
+class DataMissingError(Exception):
+    """A data set's files are not where they are expected; the message says how to get them."""
+
+
+# ----------------------------------------------------------------------------------------------
+# spec handling
+
+
+def _parse_spec(spec: str) -> tuple[str, str | None]:
+    """(kind, npz path or None); ValueError for anything that is not a known spec."""
+    if not isinstance(spec, str):
+        raise ValueError(f"data set spec must be a string, got {spec!r}; valid choices: {_VALID_SPECS}")
+    if spec.startswith("npz:"):
+        path = spec[len("npz:"):]
+        if not path:
+            raise ValueError(f"npz spec needs a path, e.g. npz:/data/mine.npz (got {spec!r})")
+        return "npz", path
+    if spec in DATASET_NAMES:
+        return spec, None
+    raise ValueError(f"unknown data set {spec!r}; valid choices: {_VALID_SPECS}")
+
+
+def dataset_name(spec: str) -> str:
+    """Display name used in result file names: "bmnist" -> "BinarizedMNIST", "npz:PATH" -> "npz"."""
+    kind, _ = _parse_spec(spec)
+    return "npz" if kind == "npz" else DATASET_NAMES[kind]
+
+
+def _root(root) -> Path:
+    if root is None:
+        root = os.environ.get("DATA_ROOT") or DATA_ROOT_DEFAULT
+    return Path(root).expanduser()
+
+
+def _check_split(kind: str, split: str) -> None:
+    allowed = ("train", "valid", "test") if kind == "celeba" else ("train", "test")
+    if split not in allowed:
+        raise ValueError(f"split {split!r} is not valid for {kind}; choose one of {', '.join(allowed)}")
+
+
+def load(spec: str, split: str = "train", root=None, download: bool = False) -> ImageData:
+    """Load one split of a data set into memory as uint8 (N, C, 32, 32)."""
+    kind, npz_path = _parse_spec(spec)
+    _check_split(kind, split)
+    root = _root(root)
+    if kind == "bmnist":
+        return _load_mnist_like("MNIST", "bmnist", root, split, download)
+    if kind == "fashion":
+        return _load_mnist_like("FashionMNIST", "fashion", root, split, download)
+    if kind == "cifar10":
+        return _load_cifar10(root, split, download)
+    if kind == "celeba":
+        return _load_celeba(root, split, download)
+    return _load_npz(Path(npz_path).expanduser(), split)
+
+
+def download(spec: str, root=None) -> None:
+    """Fetch a data set into root with torchvision's downloaders (network access)."""
+    kind, _ = _parse_spec(spec)
+    if kind == "npz":
+        raise ValueError(f"{spec!r} is a local file; there is nothing to download")
+    _fetch(kind, _root(root))
+
+
+def _fetch(kind: str, root: Path) -> None:
+    import torchvision.datasets as tvd
+
+    root.mkdir(parents=True, exist_ok=True)
+    if kind == "bmnist":
+        tvd.MNIST(str(root), train=True, download=True)
+    elif kind == "fashion":
+        if not _idx_missing(root / "FashionMNIST" / "raw") or _fashion_from_debian(root):
+            return
+        tvd.FashionMNIST(str(root), train=True, download=True)
+    elif kind == "cifar10":
+        tvd.CIFAR10(str(root), train=True, download=True)
+    elif kind == "celeba":
+        tvd.CelebA(str(root), split="all", target_type=[], download=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# shared array helpers
+
+
+def _pad_to(images: torch.Tensor, size: int = SIZE) -> torch.Tensor:
+    """Zero-pad (N, C, H, W) to (N, C, size, size), centred (odd leftovers go bottom/right)."""
+    h, w = images.shape[-2:]
+    top, left = (size - h) // 2, (size - w) // 2
+    return F.pad(images, (left, size - w - left, top, size - h - top)).contiguous()
+
+
+def _resize_uint8(images: torch.Tensor, size: int = SIZE, chunk_bytes: int = 1 << 23) -> torch.Tensor:
+    """Antialiased bilinear resize of uint8 (N, C, H, W) to (N, C, size, size).
+
+    Chunks of ~8 MB of float input stay in cache (about 3x faster here than whole batches).
+    """
+    n, c, h, w = images.shape
+    out = torch.empty((n, c, size, size), dtype=torch.uint8)
+    step = max(1, chunk_bytes // (4 * c * h * w))
+    for i in range(0, n, step):
+        out[i:i + step] = _resize_batch(images[i:i + step], size)
+    return out
+
+
+def _resize_batch(images: torch.Tensor, size: int) -> torch.Tensor:
+    x = F.interpolate(images.float(), size=(size, size), mode="bilinear",
+                      align_corners=False, antialias=True)
+    return x.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _labels(values, n: int, where: str) -> torch.Tensor:
+    y = torch.as_tensor(np.asarray(values)).reshape(-1)
+    if y.numel() != n:
+        raise ValueError(f"{where}: {y.numel()} labels for {n} images")
+    return y.to(torch.int64).contiguous()
+
+
+# ----------------------------------------------------------------------------------------------
+# MNIST and Fashion-MNIST
+
+
+def _idx_missing(raw: Path) -> list[str]:
+    return [f for f in _IDX_FILES if not (raw / f).is_file()]
+
+
+def _fashion_from_debian(root: Path) -> bool:
+    """Decompress Debian's gzipped Fashion-MNIST into <root>/FashionMNIST/raw/; False if absent."""
+    src = Path(FASHION_DEBIAN_DIR)
+    if not all((src / f"{f}.gz").is_file() for f in _IDX_FILES):
+        return False
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for f in _IDX_FILES:
+        dest = raw / f
+        if dest.is_file():
+            continue
+        tmp = raw / f"{f}.tmp{os.getpid()}"
+        try:
+            with gzip.open(src / f"{f}.gz", "rb") as fin, open(tmp, "wb") as fout:
+                shutil.copyfileobj(fin, fout, 1 << 20)
+            os.replace(tmp, dest)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+    return True
+
+
+def _load_mnist_like(cls_name: str, spec: str, root: Path, split: str, download: bool) -> ImageData:
+    import torchvision.datasets as tvd
+
+    raw = root / cls_name / "raw"
+    processed = root / cls_name / "processed"
+    legacy = (processed / "training.pt").is_file() and (processed / "test.pt").is_file()
+    missing = [] if legacy else _idx_missing(raw)
+    if missing and spec == "fashion" and _fashion_from_debian(root):
+        missing = []
+    if missing and not download:
+        if spec == "fashion":
+            how = (f"install Debian's package (`apt-get install dataset-fashion-mnist`, which puts the "
+                   f".gz files in {FASHION_DEBIAN_DIR}, decompressed here automatically), or pass "
+                   f"--download (torchvision fetches them), or `make data DATA=fashion`")
+        else:
+            how = (f"run `make data DATA={spec}` or pass --download (torchvision fetches them), or copy "
+                   f"the standard decompressed IDX files there")
+        raise DataMissingError(
+            f"{cls_name} not found: expected {', '.join(_IDX_FILES)} in directory {raw} "
+            f"(missing: {', '.join(missing)}). To get them: {how}."
+        )
+    ds = getattr(tvd, cls_name)(str(root), train=(split == "train"), download=download)
+    images = _pad_to(ds.data.to(torch.uint8).unsqueeze(1))
+    labels = _labels(ds.targets, images.shape[0], str(raw))
+    return ImageData(DATASET_NAMES[spec], images, labels, hflip=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# CIFAR-10
+
+
+def _load_cifar10(root: Path, split: str, download: bool) -> ImageData:
+    folder = root / CIFAR_DIR
+    files = CIFAR_TRAIN if split == "train" else CIFAR_TEST
+    missing = [f for f in CIFAR_TRAIN + CIFAR_TEST if not (folder / f).is_file()]
+    if missing and download:
+        _fetch("cifar10", root)
+    missing = [f for f in files if not (folder / f).is_file()]
+    if missing:
+        raise DataMissingError(
+            f"CIFAR-10 not found: expected {', '.join(CIFAR_TRAIN + CIFAR_TEST)} in directory {folder} "
+            f"(missing: {', '.join(missing)}). To get them: run `make data DATA=cifar10` or pass "
+            f"--download (torchvision fetches and unpacks cifar-10-python.tar.gz), or unpack the "
+            f"standard python-version archive into {root}."
+        )
+    data, labels = [], []
+    for f in files:
+        # The standard format is a pickle; only load files from a source you trust.
+        with open(folder / f, "rb") as fh:
+            batch = pickle.load(fh, encoding="bytes")
+        x = np.asarray(batch[b"data"])
+        if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3 * SIZE * SIZE:
+            raise ValueError(f"{folder / f}: b'data' must be uint8 of shape (N, 3072), "
+                             f"got {x.dtype} {x.shape}")
+        y = np.asarray(batch[b"labels"], dtype=np.int64).reshape(-1)
+        if y.shape[0] != x.shape[0]:
+            raise ValueError(f"{folder / f}: {y.shape[0]} labels for {x.shape[0]} images")
+        data.append(x)
+        labels.append(y)
+    x = np.concatenate(data) if len(data) > 1 else data[0]
+    images = torch.from_numpy(np.ascontiguousarray(x)).reshape(-1, 3, SIZE, SIZE)
+    return ImageData("CIFAR10", images, torch.from_numpy(np.concatenate(labels)), hflip=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# CelebA
+
+
+def _celeba_missing_error(folder: Path, missing: list[str]) -> DataMissingError:
+    return DataMissingError(
+        f"CelebA not found: expected {CELEBA_PARTITION} and {CELEBA_IMAGES}/ (the 178x218 aligned "
+        f"JPEGs, e.g. {CELEBA_IMAGES}/000001.jpg) in directory {folder} (missing: {', '.join(missing)}). "
+        f"To get them: download 'Align&Cropped Images' (img_align_celeba.zip) and the evaluation "
+        f"partition list_eval_partition.txt from the CelebA site "
+        f"(https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html) and unzip into {folder}/; or pass "
+        f"--download (torchvision fetches them from Google Drive), or `make data DATA=celeba`."
+    )
+
+
+def _read_partition(path: Path, split: str) -> list[str]:
+    want = CELEBA_SPLITS[split]
+    names = []
+    with open(path, "r") as fh:
+        for lineno, line in enumerate(fh, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
+                raise ValueError(f"{path}:{lineno}: expected '<file> <0|1|2>', got {line.strip()!r}")
+            if int(parts[1]) == want:
+                names.append(parts[0])
+    return names
+
+
+def _load_celeba(root: Path, split: str, download: bool) -> ImageData:
+    folder = root / CELEBA_DIR
+    part = folder / CELEBA_PARTITION
+    imgdir = folder / CELEBA_IMAGES
+    if not part.is_file() and download:
+        _fetch("celeba", root)
+    if not part.is_file():
+        missing = [CELEBA_PARTITION] + ([] if imgdir.is_dir() else [CELEBA_IMAGES + "/"])
+        raise _celeba_missing_error(folder, missing)
+
+    st = part.stat()
+    stamp = {"version": _CELEBA_CACHE_VERSION, "split": split, "size": SIZE,
+             "partition_size": int(st.st_size), "partition_mtime_ns": int(st.st_mtime_ns)}
+    cache = folder / f"cache_{split}_{SIZE}x{SIZE}.pt"
+    images = _read_celeba_cache(cache, stamp)
+    if images is None:
+        if not imgdir.is_dir():
+            raise _celeba_missing_error(folder, [CELEBA_IMAGES + "/"])
+        names = _read_partition(part, split)
+        images = _decode_celeba(imgdir, names, split)
+        _write_celeba_cache(cache, stamp, images)
+    return ImageData("CelebA", images, None, hflip=True)
+
+
+def _read_celeba_cache(cache: Path, stamp: dict) -> torch.Tensor | None:
+    if not cache.is_file():
+        return None
+    try:
+        blob = torch.load(cache, map_location="cpu", weights_only=True)
+    except Exception:
+        return None
+    if not isinstance(blob, dict) or any(blob.get(k) != v for k, v in stamp.items()):
+        return None
+    images = blob.get("images")
+    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.dim() != 4:
+        return None
+    return images.contiguous()
+
+
+def _write_celeba_cache(cache: Path, stamp: dict, images: torch.Tensor) -> None:
+    tmp = cache.with_name(f"{cache.name}.tmp{os.getpid()}")
+    try:
+        torch.save({**stamp, "images": images}, tmp)
+        os.replace(tmp, cache)
+    except OSError as e:  # a read-only data directory still loads, just without a cache
+        warnings.warn(f"could not write CelebA cache {cache}: {e}")
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _decode_celeba(imgdir: Path, names: list[str], split: str) -> torch.Tensor:
+    """Read, decode, crop and resize JPEGs in batches; file reading runs one batch ahead."""
+    from tqdm import tqdm
+
+    left, top, right, bottom = CELEBA_BOX
+    n = len(names)
+    out = torch.empty((n, 3, SIZE, SIZE), dtype=torch.uint8)
+    starts = list(range(0, n, _CELEBA_BATCH))
+    queue: Queue = Queue(maxsize=2)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                queue.put(item, timeout=0.2)
+                return True
+            except Full:
+                pass
+        return False
+
+    def reader():
+        try:
+            for s in starts:
+                batch = []
+                for name in names[s:s + _CELEBA_BATCH]:
+                    with open(imgdir / name, "rb") as fh:
+                        batch.append(torch.frombuffer(bytearray(fh.read()), dtype=torch.uint8))
+                if not put((s, batch)):
+                    return
+        except BaseException as e:  # hand the error to the consumer
+            put((None, e))
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    interval = 0.5 if sys.stderr.isatty() else 15.0  # fewer lines in batch-job logs
+    try:
+        with tqdm(total=n, desc=f"CelebA {split} (once; cached)", unit="img",
+                  mininterval=interval) as bar:
+            for _ in starts:
+                s, batch = queue.get()
+                if s is None:
+                    if isinstance(batch, FileNotFoundError):
+                        raise DataMissingError(
+                            f"CelebA image missing: {batch.filename} (listed in {CELEBA_PARTITION}; "
+                            f"expected under {imgdir})") from batch
+                    raise batch
+                decoded = _decode_batch(batch, names[s:s + len(batch)], imgdir)
+                for j, img in enumerate(decoded):
+                    if img.shape[1] < bottom or img.shape[2] < right:
+                        raise ValueError(f"{imgdir / names[s + j]}: {img.shape[2]}x{img.shape[1]} image "
+                                         f"is smaller than the crop box {CELEBA_BOX} (expected 178x218)")
+                crops = torch.stack([img[:, top:bottom, left:right] for img in decoded])
+                out[s:s + crops.shape[0]] = _resize_uint8(crops, SIZE)
+                bar.update(crops.shape[0])
+    finally:
+        stop.set()
+        thread.join()
+    return out
+
+
+def _decode_batch(batch: list[torch.Tensor], names: list[str], imgdir: Path) -> list[torch.Tensor]:
+    """decode_jpeg on a list of encoded files (RGB); a failure is retried per file to name it."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    with warnings.catch_warnings():  # torchvision 0.29 marks its image codecs deprecated
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module="torchvision")
+        try:
+            return decode_jpeg(batch, mode=ImageReadMode.RGB)
+        except RuntimeError:
+            for name, data in zip(names, batch):
+                try:
+                    decode_jpeg(data, mode=ImageReadMode.RGB)
+                except RuntimeError as e:
+                    raise ValueError(f"{imgdir / name}: not a decodable JPEG ({e})") from e
+            raise
+
+
+# ----------------------------------------------------------------------------------------------
+# npz
+
+
+def _npz_images(x: np.ndarray, path: Path, key: str) -> torch.Tensor:
+    """uint8 (N, H, W[, C]) -> (N, C, 32, 32): zero-pad when both sides <= 32, else resize.
+
+    Larger images are resized straight to 32x32, so non-square inputs are stretched to square.
+    """
+    if x.dtype != np.uint8:
+        raise ValueError(f"{path}: array '{key}' has dtype {x.dtype}; expected uint8 pixel values "
+                         f"0..255 (convert with e.g. (x * 255).round().astype(np.uint8))")
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4:
+        if x.shape[3] not in (1, 3):
+            raise ValueError(f"{path}: array '{key}' has shape {x.shape}; expected channels last, "
+                             f"N x H x W x C with C in (1, 3)")
+        x = x.transpose(0, 3, 1, 2)
+    else:
+        raise ValueError(f"{path}: array '{key}' has shape {x.shape} (ndim {x.ndim}); expected "
+                         f"N x H x W or N x H x W x C with C in (1, 3)")
+    images = torch.from_numpy(np.ascontiguousarray(x))
+    h, w = images.shape[-2:]
+    if h <= SIZE and w <= SIZE:
+        return _pad_to(images)
+    return _resize_uint8(images)
+
+
+def _load_npz(path: Path, split: str) -> ImageData:
+    if not path.is_file():
+        raise DataMissingError(
+            f"npz file not found: expected {path.name} in directory {path.parent.resolve()}; it must "
+            f"hold a uint8 array 'x' (N x H x W or N x H x W x C), optionally 'y', 'x_test', 'y_test'.")
+    xkey, ykey = ("x", "y") if split == "train" else ("x_test", "y_test")
+    with np.load(path, allow_pickle=False) as z:
+        if xkey not in z.files:
+            if split == "test":
+                raise DataMissingError(
+                    f"{path} has no array 'x_test', so it has no test split (arrays present: "
+                    f"{', '.join(z.files)}); add 'x_test' (and optionally 'y_test') to the file.")
+            raise ValueError(f"{path}: no array 'x' (arrays present: {', '.join(z.files)}); expected a "
+                             f"uint8 array 'x' of N x H x W or N x H x W x C images")
+        images = _npz_images(z[xkey], path, xkey)
+        labels = _labels(z[ykey], images.shape[0], f"{path} '{ykey}'") if ykey in z.files else None
+    return ImageData("npz", images, labels, hflip=False)

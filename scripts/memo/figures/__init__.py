@@ -1,0 +1,43 @@
+"""The figures of PAPER.md §6, one module per figure, each drawn from the summary arrays.
+
+Every module has `make(summaries, *, nn, images, seed) -> common.Result`; `build` draws one
+and writes `<out>/<name>.{pgf,tex,pdf,png,json}`. Importing this package is cheap (the
+Makefile and the CLIs list figures without loading matplotlib).
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+FIGURES = ("qualitative", "losses", "quantiles", "distribution", "logprob", "neighbours",
+           "uncertainty")
+SERIES = ("losses", "quantiles", "distribution")   # take one summary or several to compare
+NEEDS_IMAGES = ("qualitative", "logprob")
+NEEDS_NN = ("neighbours",)
+DEFAULT_SEED = 42  # example images of the logprob figure
+
+
+def module(name: str):
+    if name not in FIGURES:
+        raise ValueError(f"unknown figure {name!r}; valid choices: {', '.join(FIGURES)}")
+    return importlib.import_module(f"{__name__}.{name}")
+
+
+def build(name: str, summaries: list, out_dir, *, nn=None, images=None,
+          seed: int = DEFAULT_SEED, engine: str | None = "auto") -> list[Path]:
+    """Draw figure `name` from loaded summaries and write its files into out_dir."""
+    from . import common
+    mod = module(name)
+    if not summaries or (name not in SERIES and len(summaries) != 1):
+        raise ValueError(f"figure {name} takes {'one or more summaries' if name in SERIES else 'one summary'}, "
+                         f"got {len(summaries)}")
+    if engine == "auto":
+        engine = common.latex_engine()
+    with common.style(engine):
+        result = mod.make(summaries, nn=nn, images=images, seed=seed)
+    meta = {"figure": name, "group": Path(out_dir).name,
+            "experiments": [s.name for s in summaries]}
+    try:
+        return common.save(result, out_dir, name, meta, engine)
+    finally:
+        result.fig.clear()

@@ -1,0 +1,448 @@
+"""Shared pieces of the figures: reading summaries, style, data-driven bins, image mosaics,
+and writing one figure as `.pgf`, LaTeX-typeset `.pdf`, `.png` preview and `.tex` wrapper.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+
+HIGH_Q = 0.95          # "highly memorized" = top 5 % of final-epoch M by percentile (PAPER.md §6)
+TEXTWIDTH = 6.3        # inches; figures are drawn at the size they are printed
+PNG_DPI = 150
+COLORS = {"regular": "#0072B2", "memorized": "#E69F00", "line": "#555555"}
+SERIES_COLORS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#56B4E9", "#E69F00"]
+
+# One preamble for matplotlib's text metrics, the standalone wrappers and the report.
+PREAMBLE = r"\usepackage[T1]{fontenc}\usepackage{lmodern}"
+# Needed by every document that \input's a matplotlib .pgf file.
+PGF_SUPPORT = r"\usepackage{pgf}\def\mathdefault#1{#1}\usepackage[strings]{underscore}"
+# Reproducible PDFs: no dates, no trailer ID, no file names (pdfTeX); the LuaTeX equivalent
+# suppresses PTEX.* (1+2+4+8), dates (32+64), Trapped (256) and the ID (512).
+REPRODUCIBLE = "\n".join([
+    r"\ifdefined\pdfinfoomitdate \pdfinfoomitdate=1 \pdftrailerid{} \pdfsuppressptexinfo=-1 \fi",
+    r"\ifdefined\pdfvariable \pdfvariable suppressoptionalinfo 879 \fi",
+])
+
+
+class SummaryError(ValueError):
+    pass
+
+
+def warn(msg: str) -> None:
+    """One line on stderr."""
+    print(f"warning: {msg}", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# inputs
+
+_REQUIRED = ("meta", "epochs", "U", "V", "M")
+
+
+@dataclass
+class Summary:
+    """The arrays of one `analysis/<exp>.npz` that the figures use."""
+    path: Path
+    meta: dict
+    epochs: np.ndarray          # (E,) evaluation epochs
+    index: np.ndarray           # (n,) positions in the training set
+    labels: np.ndarray          # (n,) -1 = unknown
+    U: np.ndarray               # (E, n) log P(x_i | D), nats
+    V: np.ndarray               # (E, n) log P(x_i | D \ x_i)
+    M: np.ndarray               # (E, n) U - V
+    M_se: np.ndarray            # (n,) bootstrap SE of final-epoch M (nan when R < 2)
+    M_ci_low: np.ndarray
+    M_ci_high: np.ndarray
+    split_half: float
+    ess_in: np.ndarray          # (n,) mean importance-sampling ESS (nan: unknown)
+    ess_out: np.ndarray
+    losses_train: np.ndarray    # (epochs,) full model's mean negative ELBO per example
+    losses_test: np.ndarray
+    repeats: int                # L
+
+    @property
+    def name(self) -> str:
+        return self.meta.get("experiment") or self.path.stem
+
+    @property
+    def n(self) -> int:
+        return self.M.shape[1]
+
+    @property
+    def M_final(self) -> np.ndarray:
+        return self.M[-1]
+
+    @property
+    def U_final(self) -> np.ndarray:
+        return self.U[-1]
+
+    @property
+    def dataset(self) -> str:
+        return self.meta.get("dataset") or self.meta.get("data") or "data"
+
+
+def load_summary(path: str | os.PathLike) -> Summary:
+    path = Path(path)
+    try:
+        z = np.load(path)
+    except (OSError, ValueError) as e:
+        raise SummaryError(f"cannot read summary {path}: {e}") from None
+    with z:
+        missing = [k for k in _REQUIRED if k not in z.files]
+        if missing:
+            raise SummaryError(f"{path} lacks {', '.join(missing)}: not a summary file "
+                               "(expected the output of the summarize step)")
+        a = {k: z[k] for k in z.files}
+    meta = json.loads(str(a["meta"]))
+    M = np.atleast_2d(np.asarray(a["M"], dtype=float))
+    E, n = M.shape
+    nan = np.full(n, np.nan)
+
+    def vec(key, default=nan, dtype=float):
+        v = np.asarray(a.get(key, default), dtype=dtype)
+        if v.shape != (n,):
+            raise SummaryError(f"{path}: {key} has shape {v.shape}, expected ({n},)")
+        return v
+
+    if "in_lse" in a:
+        repeats = int(np.asarray(a["in_lse"]).shape[0])
+    else:
+        repeats = int(meta.get("repeats") or 0)
+    return Summary(
+        path=path, meta=meta,
+        epochs=np.asarray(a["epochs"], dtype=int).reshape(E),
+        index=vec("index", np.arange(n), np.int64),
+        labels=vec("labels", np.full(n, -1), np.int64),
+        U=np.atleast_2d(np.asarray(a["U"], dtype=float)),
+        V=np.atleast_2d(np.asarray(a["V"], dtype=float)), M=M,
+        M_se=vec("M_se"), M_ci_low=vec("M_ci_low"), M_ci_high=vec("M_ci_high"),
+        split_half=float(a.get("split_half", np.nan)),
+        ess_in=vec("ess_in"), ess_out=vec("ess_out"),
+        losses_train=np.asarray(a.get("full_losses_train", []), dtype=float).ravel(),
+        losses_test=np.asarray(a.get("full_losses_test", []), dtype=float).ravel(),
+        repeats=repeats,
+    )
+
+
+@dataclass
+class Neighbours:
+    """The nearest-neighbour file `analysis/<exp>_nn.npz` (PAPER.md §6.6)."""
+    path: Path
+    rho: np.ndarray             # (n,) d(x, nearest valid/test image) / d(x, nearest model sample)
+    d_valid: np.ndarray
+    d_model: np.ndarray
+
+
+def nn_path_for(summary_path: str | os.PathLike) -> Path:
+    p = Path(summary_path)
+    return p.with_name(p.stem + "_nn.npz")
+
+
+def load_nn(path: str | os.PathLike, n: int | None = None) -> Neighbours | None:
+    """The nearest-neighbour arrays, or None when the file does not exist."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    with np.load(path) as z:
+        if "rho" not in z.files:
+            raise SummaryError(f"{path} lacks rho: not a nearest-neighbour file")
+        rho = np.asarray(z["rho"], dtype=float)
+        get = lambda k: np.asarray(z[k], dtype=float) if k in z.files else np.full_like(rho, np.nan)
+        nn = Neighbours(path, rho, get("d_valid"), get("d_model"))
+    if n is not None and rho.shape != (n,):
+        raise SummaryError(f"{path}: rho has shape {rho.shape} but the summary has n = {n}")
+    return nn
+
+
+def load_images(summary: Summary) -> np.ndarray | None:
+    """uint8 (n, C, H, W) training images in the summary's order, or None (one warning line)."""
+    from memo import data  # imports torch: only when images are wanted
+    try:
+        d = data.load(summary.meta["data"], "train")
+    except data.DataMissingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        warn(f"no images for {summary.name} ({first}); image panels are left out")
+        return None
+    images = np.asarray(d.images)
+    if summary.index.size and summary.index.max() >= len(images):
+        raise SummaryError(f"{summary.path}: index up to {summary.index.max()} but "
+                           f"{summary.meta['data']} has {len(images)} training images")
+    return images[summary.index]
+
+
+# ----------------------------------------------------------------------------------------------
+# numbers
+
+def finite(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=float)
+    return x[np.isfinite(x)]
+
+
+def highly_memorized(M: np.ndarray, q: float = HIGH_Q) -> tuple[np.ndarray, float]:
+    """(mask of the top 1-q share of finite M by percentile, the threshold)."""
+    M = np.asarray(M, dtype=float)
+    ok = np.isfinite(M)
+    if not ok.any():
+        return np.zeros(M.shape, bool), math.nan
+    thr = float(np.quantile(M[ok], q))
+    return ok & (M >= thr), thr
+
+
+def nice_step(raw: float) -> float:
+    """The smallest of 1, 2, 2.5, 5 times a power of ten that is >= raw."""
+    if not np.isfinite(raw) or raw <= 0:
+        return 1.0
+    e = 10.0 ** math.floor(math.log10(raw))
+    for m in (1, 2, 2.5, 5, 10):
+        if m * e >= raw * (1 - 1e-9):
+            return m * e
+    return 10 * e
+
+
+def nice_edges(lo: float, hi: float, target: int = 30) -> np.ndarray:
+    """Bin edges of a round width covering [lo, hi] with about `target` bins."""
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise ValueError(f"cannot bin the range [{lo}, {hi}]")
+    span = hi - lo if hi > lo else max(abs(lo), 1.0) / 10
+    step = nice_step(span / max(target, 1))
+    start = math.floor(lo / step + 1e-9) * step
+    stop = math.ceil(hi / step - 1e-9) * step
+    if stop <= start:
+        stop = start + step
+    return start + step * np.arange(round((stop - start) / step) + 1)
+
+
+def edges_for(values, target: int = 30, q: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
+    """nice_edges over the [q0, q1] quantile range of the finite values."""
+    v = finite(values)
+    if v.size == 0:
+        return np.array([0.0, 1.0])
+    lo, hi = np.quantile(v, q)
+    return nice_edges(float(lo), float(hi), target)
+
+
+def bin_of(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Bin number of each value, values beyond the edges pooled into the end bins."""
+    return np.clip(np.searchsorted(edges, values, side="right") - 1, 0, len(edges) - 2)
+
+
+def lr_label(lr) -> str:
+    r"""$\eta = 10^{-3}$ for powers of ten, else $\eta = 0.0003$."""
+    if lr is None:
+        return "lr ?"
+    e = math.log10(lr)
+    body = f"10^{{{round(e)}}}" if abs(e - round(e)) < 1e-9 else f"{lr:g}"
+    return rf"$\eta = {body}$"
+
+
+def series_labels(summaries: list[Summary]) -> list[str]:
+    """Legend labels: the learning rate when the data set is shared, else name and rate."""
+    if len({s.dataset for s in summaries}) == 1 and len({s.meta.get("lr") for s in summaries}) \
+            == len(summaries):
+        return [lr_label(s.meta.get("lr")) for s in summaries]
+    return [f"{s.dataset}, {lr_label(s.meta.get('lr'))}" for s in summaries]
+
+
+def short(x: float, digits: int = 3) -> str:
+    """3 significant digits without exponent (whole numbers from 100 on), for figure text."""
+    if x is None or not np.isfinite(x):
+        return "n/a"
+    if abs(x) >= 100:
+        return f"{x:.0f}"
+    s = f"{x:.{digits}g}"
+    return f"{x:.{digits}f}".rstrip("0").rstrip(".") if "e" in s else s
+
+
+def num(x: float, digits: int = 3) -> str:
+    """A number for captions: short(), thousands separated, minus sign in math mode."""
+    s = short(x, digits)
+    if s == "n/a":
+        return s
+    if abs(x) >= 1000:
+        s = f"{x:,.0f}".replace(",", "{,}")
+    return f"${s}$" if s.startswith("-") else s
+
+
+def count(n: int) -> str:
+    """An integer with LaTeX thousands separators."""
+    return f"{int(n):,}".replace(",", "{,}")
+
+
+def pct(x: float) -> str:
+    if not np.isfinite(x):
+        return "n/a"
+    return f"{100 * x:.1f}\\,\\%" if x >= 0.001 or x == 0 else f"{100 * x:.2g}\\,\\%"
+
+
+def tex_escape(s: str) -> str:
+    """Plain text for a LaTeX document."""
+    return "".join(_TEX_SPECIAL.get(c, c) for c in str(s))
+
+
+_TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+                "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\~{}", "^": r"\^{}"}
+
+
+# ----------------------------------------------------------------------------------------------
+# images
+
+def mosaic(images: np.ndarray, rows: int, cols: int, frames: list | None = None,
+           frame: int = 2, gap: int = 2) -> np.ndarray:
+    """Tile uint8 (k, C, H, W) images row by row into one RGB array (white gaps).
+
+    frames: a colour per image (hex or None) drawn as a `frame`-pixel border.
+    """
+    images = np.asarray(images)
+    k, C, H, W = images.shape
+    f = frame if frames is not None else 0
+    th, tw = H + 2 * f, W + 2 * f
+    out = np.full((rows * th + (rows - 1) * gap, cols * tw + (cols - 1) * gap, 3), 255, np.uint8)
+    for i in range(min(k, rows * cols)):
+        r, c = divmod(i, cols)
+        y, x = r * (th + gap), c * (tw + gap)
+        img = images[i].transpose(1, 2, 0)                 # (H, W, C)
+        img = np.repeat(img, 3, axis=2) if C == 1 else img[..., :3]
+        if f:
+            rgb = np.array(matplotlib.colors.to_rgb(frames[i] or "white")) * 255
+            out[y:y + th, x:x + tw] = rgb.astype(np.uint8)
+        out[y + f:y + f + H, x + f:x + f + W] = img
+    return out
+
+
+def show(ax, img: np.ndarray, upscale: int = 4) -> None:
+    """An image without axes; pixels repeated `upscale` times so that PDF viewers which
+    smooth images anyway keep them sharp (the PGF backend writes the array as it is)."""
+    img = np.repeat(np.repeat(img, upscale, axis=0), upscale, axis=1)
+    ax.imshow(img, interpolation="none")
+    ax.set_axis_off()
+
+
+# ----------------------------------------------------------------------------------------------
+# one figure: drawing result and writing it
+
+@dataclass
+class Result:
+    fig: Figure
+    caption: str                       # LaTeX, with the actual numbers
+    title: str                         # short name for lists
+    skip: str | None = None            # why there is nothing to show (report leaves it out)
+    info: dict = field(default_factory=dict)
+
+
+def placeholder(title: str, reason: str) -> Result:
+    """A small figure saying why a figure is not available, so Make's targets still exist."""
+    fig = Figure(figsize=(3.5, 0.6))
+    fig.text(0.5, 0.5, f"{title}: not available ({reason})", ha="center", va="center")
+    return Result(fig, "", title, skip=reason)
+
+
+def latex_engine() -> str | None:
+    """pdflatex (fast) or lualatex, None when neither is installed or MEMO_NO_LATEX is set."""
+    if os.environ.get("MEMO_NO_LATEX"):
+        return None
+    for engine in ("pdflatex", "lualatex"):
+        if shutil.which(engine):
+            return engine
+    return None
+
+
+def rc(engine: str | None = None) -> dict:
+    return {
+        "font.family": "serif", "font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8,
+        "legend.fontsize": 7, "xtick.labelsize": 7, "ytick.labelsize": 7,
+        "axes.linewidth": 0.6, "xtick.major.width": 0.6, "ytick.major.width": 0.6,
+        "lines.linewidth": 1.0, "patch.linewidth": 0.5, "legend.frameon": False,
+        "axes.spines.top": False, "axes.spines.right": False,
+        "mathtext.fontset": "dejavuserif", "image.interpolation": "none",
+        "pgf.texsystem": engine or "pdflatex", "pgf.rcfonts": False, "pgf.preamble": PREAMBLE,
+        "savefig.dpi": 300,    # rasterized parts of PGF files
+    }
+
+
+@contextlib.contextmanager
+def style(engine: str | None = None):
+    with matplotlib.rc_context(rc(engine)):
+        yield
+
+
+def wrapper_tex(name: str) -> str:
+    return "\n".join([
+        f"% Standalone page for {name}.pgf; compile in this folder: pdflatex {name}.tex",
+        "% To use the figure in a paper, put the lines of PGF_SUPPORT in its preamble and",
+        f"% \\input{{{name}.pgf}} (with the {name}-img*.png files reachable, e.g. \\import).",
+        REPRODUCIBLE,
+        r"\documentclass{standalone}",
+        PREAMBLE, PGF_SUPPORT,
+        r"\begin{document}",
+        rf"\input{{{name}.pgf}}",
+        r"\end{document}", ""])
+
+
+def run_latex(cmd: list[str], cwd: Path, log: Path) -> None:
+    env = {**os.environ, "SOURCE_DATE_EPOCH": "0", "FORCE_SOURCE_DATE": "1"}
+    p = subprocess.run(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600)
+    if p.returncode != 0:
+        text = log.read_text(errors="replace") if log.exists() else p.stdout.decode(errors="replace")
+        tail = "\n".join(text.splitlines()[-25:])
+        raise RuntimeError(f"{' '.join(cmd)} failed in {cwd}:\n{tail}")
+
+
+def save(result: Result, out_dir: str | os.PathLike, name: str, meta: dict | None = None,
+         engine: str | None = "auto") -> list[Path]:
+    """Write <name>.pgf/.tex/.pdf/.png/.json into out_dir; every file lands by os.replace.
+
+    Everything is built in a private temporary folder first (the PGF backend names its
+    external images after the .pgf file, so the folder keeps the final names).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if engine == "auto":
+        engine = latex_engine()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=out_dir))
+    try:
+        fig = result.fig
+        with style(engine):
+            if engine:
+                fig.savefig(tmp / f"{name}.pgf")
+                (tmp / f"{name}.tex").write_text(wrapper_tex(name))
+                run_latex([engine, "-interaction=nonstopmode", "-halt-on-error", f"{name}.tex"],
+                          tmp, tmp / f"{name}.log")
+            else:
+                warn(f"no LaTeX (pdflatex, lualatex) found: {out_dir / name}.pdf is drawn by "
+                     "matplotlib, the .pgf only includes it")
+                fig.savefig(tmp / f"{name}.pdf", metadata={"CreationDate": None})
+                (tmp / f"{name}.pgf").write_text(
+                    f"% LaTeX was not available when this figure was made: this stand-in\n"
+                    f"% includes matplotlib's PDF. Rebuild with LaTeX installed for real PGF.\n"
+                    f"\\includegraphics{{{name}.pdf}}\n")
+                (tmp / f"{name}.tex").write_text(wrapper_tex(name))
+            fig.savefig(tmp / f"{name}.png", dpi=PNG_DPI)
+        doc = {"name": name, "title": result.title, "caption": result.caption,
+               "skip": result.skip, "latex": engine, **(meta or {}), **result.info}
+        (tmp / f"{name}.json").write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+
+        images = sorted(tmp.glob(f"{name}-img*.png"))
+        for old in out_dir.glob(f"{name}-img*.png"):
+            if not (tmp / old.name).exists():
+                old.unlink()
+        written = []
+        # Images first, the .json (the report's input) last.
+        for p in images + [tmp / f"{name}.{x}" for x in ("pgf", "tex", "png", "pdf", "json")]:
+            os.replace(p, out_dir / p.name)
+            written.append(out_dir / p.name)
+        return written
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,220 @@
+"""The report: one LaTeX document with every figure that was built (its caption comes from
+the figure's .json), and a table of key numbers per experiment, compiled with latexmk.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import textwrap
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+from . import FIGURES
+from .common import (PREAMBLE, REPRODUCIBLE, Summary, count, finite, latex_engine, load_nn,
+                     load_summary, nn_path_for, num, pct, run_latex, tex_escape, warn)
+from .uncertainty import ess_summary
+
+TABLE_COLUMNS = 4   # experiments per table (a wider table would not fit the page)
+
+
+def key_numbers(s: Summary, nn=None) -> list[tuple[str, str]]:
+    """(row label, LaTeX value) for the table of one experiment."""
+    M, U = s.M_final, s.U_final
+    m = finite(M)
+    q = np.quantile(m, [0.5, 0.95, 0.99, 0.999]) if m.size else [np.nan] * 4
+
+    def spearman(x, y):
+        ok = np.isfinite(x) & np.isfinite(y)
+        return num(stats.spearmanr(x[ok], y[ok])[0], 2) if ok.sum() > 2 else "--"
+
+    ess = ess_summary(s)
+    thr = ess["threshold"]
+    return [
+        ("$n$", count(s.n)),
+        ("folds $K$", str(s.meta.get("folds", "--"))),
+        ("repeats $L$", str(s.repeats or s.meta.get("repeats", "--"))),
+        ("epochs (last evaluated)", f"{s.meta.get('epochs', '--')} ({s.epochs[-1]})"),
+        ("median of $M$", num(q[0])),
+        ("95\\,\\% quantile of $M$", num(q[1])),
+        ("99\\,\\% quantile of $M$", num(q[2])),
+        ("99.9\\,\\% quantile of $M$", num(q[3])),
+        ("share with $M > 0$", pct(float((m > 0).mean())) if m.size else "--"),
+        ("Spearman of $M$ with $U$", spearman(M, U)),
+        ("Spearman of $M$ with $\\rho$", spearman(M, nn.rho) if nn is not None else "--"),
+        ("split-half reliability", num(s.split_half, 2) if np.isfinite(s.split_half) else "--"),
+        ("median ESS, in / out", "--" if np.isnan(ess["median_in"]) and np.isnan(ess["median_out"])
+         else f"{num(ess['median_in'])} / {num(ess['median_out'])}"),
+        ("ESS below threshold" + (f" {num(thr)}" if thr is not None else "") + ", in / out",
+         "--" if thr is None or np.isnan(ess["below_in"]) and np.isnan(ess["below_out"])
+         else f"{pct(ess['below_in'])} / {pct(ess['below_out'])}"),
+    ]
+
+
+def table_tex(summaries: list[Summary], nns: list) -> str:
+    rows = [key_numbers(s, nn) for s, nn in zip(summaries, nns)]
+    out = []
+    for start in range(0, len(summaries), TABLE_COLUMNS):
+        cols = range(start, min(start + TABLE_COLUMNS, len(summaries)))
+        out += [r"\begin{tabular}{l" + "r" * len(cols) + "}", r"\toprule",
+                " & ".join([""] + [tex_escape(summaries[c].name) for c in cols]) + r" \\",
+                r"\midrule"]
+        for i, (label, _) in enumerate(rows[0]):
+            out.append(" & ".join([label] + [rows[c][i][1] for c in cols]) + r" \\")
+        out += [r"\bottomrule", r"\end{tabular}", r"\par\bigskip"]
+    return "\n".join(out)
+
+
+def _order(key: str, experiments: list[str]) -> tuple:
+    from memo.experiments import PAPER_EXPERIMENTS
+    first = experiments[0] if experiments else key
+    rank = PAPER_EXPERIMENTS.index(first) if first in PAPER_EXPERIMENTS else len(PAPER_EXPERIMENTS)
+    return (len(experiments) < 2, rank, key)   # comparisons first, then the paper's order
+
+
+def sections(figure_docs: list[tuple[Path, dict]]) -> list[tuple[str, list, list]]:
+    """[(group, [(pdf path, doc)], [skipped docs])] in report order."""
+    groups: dict[str, list] = {}
+    for path, doc in figure_docs:
+        groups.setdefault(doc.get("group") or path.parent.name, []).append((path, doc))
+    out = []
+    for g, items in groups.items():
+        items.sort(key=lambda it: FIGURES.index(it[1]["figure"]) if it[1].get("figure") in FIGURES
+                   else len(FIGURES))
+        shown = [(p.with_suffix(".pdf"), d) for p, d in items if not d.get("skip")]
+        skipped = [d for _, d in items if d.get("skip")]
+        out.append((g, shown, skipped, items[0][1].get("experiments", [])))
+    out.sort(key=lambda t: _order(t[0], t[3]))
+    return [(g, shown, skipped) for g, shown, skipped, _ in out]
+
+
+INTRO = r"""
+The memorization score of training example $x_i$ is
+$M_i = \log P_{\mathcal{A}}(x_i \mid \mathcal{D}) - \log P_{\mathcal{A}}(x_i \mid
+\mathcal{D} \setminus \{x_i\})$ (nats): how much more probable the learning algorithm makes
+$x_i$ when it is part of the training set. Both terms are estimated by $K$-fold cross-fitting
+repeated $L$ times: $U_i$ averages, in probability space, the model probabilities of $x_i$
+over the models that trained on it, $V_i$ over those that held it out, and $M_i = U_i - V_i$.
+An observation is \emph{highly memorized} when its score is in the top 5\,\% (by percentile).
+Unless a figure shows epochs, it uses the scores at the last evaluated epoch.
+"""
+
+
+def document(summaries, nns, secs, rel) -> str:
+    lines = [REPRODUCIBLE, r"\documentclass[10pt]{article}",
+             r"\usepackage[a4paper,margin=2.2cm]{geometry}", PREAMBLE,
+             r"\usepackage{graphicx,booktabs,amsmath,amssymb,placeins}",
+             r"\usepackage[font=small,labelfont=bf]{caption}",
+             r"\title{Memorization in variational autoencoders: figures and key numbers}",
+             r"\author{}", r"\date{}", r"\begin{document}", r"\maketitle", INTRO.strip(),
+             r"\section{Key numbers}",
+             r"Per experiment, at the last evaluated epoch; $U$ is $\log P_{\mathcal{A}}(x_i \mid "
+             r"\mathcal{D})$, $\rho$ the nearest-neighbour distance ratio, ESS the mean "
+             r"importance-sampling effective sample size per example (in-fold / held-out models)."
+             r" A dash: not available.", r"\begin{center}\small", table_tex(summaries, nns),
+             r"\end{center}"]
+    for group, shown, skipped in secs:
+        lines.append(rf"\section{{{tex_escape(group)}}}")
+        if shown and len(shown[0][1].get("experiments", [])) > 1:
+            lines.append("Experiments compared: "
+                         + ", ".join(tex_escape(e) for e in shown[0][1]["experiments"]) + ".")
+        for pdf, doc in shown:
+            lines += [r"\begin{figure}[htbp]", r"\centering",
+                      rf"\includegraphics{{{rel(pdf)}}}",
+                      rf"\caption{{{doc['caption']}}}", r"\end{figure}"]
+        if skipped:
+            lines.append("Not drawn: " + "; ".join(
+                f"{tex_escape(d.get('title', d.get('name')))} ({tex_escape(d['skip'])})"
+                for d in skipped) + ".")
+        lines.append(r"\FloatBarrier")
+    lines += [r"\end{document}", ""]
+    return "\n".join(lines)
+
+
+def build(summary_paths, figure_jsons, out_pdf, engine: str | None = "auto") -> Path:
+    """Write out_pdf (and the .tex beside it) from the summaries and the figures' .json files."""
+    out_pdf = Path(out_pdf)
+    out_dir = out_pdf.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summaries = [load_summary(p) for p in summary_paths]
+    nns = [load_nn(nn_path_for(s.path), s.n) for s in summaries]
+    docs = [(Path(p), json.loads(Path(p).read_text())) for p in figure_jsons]
+    secs = sections(docs)
+    if engine == "auto":
+        engine = latex_engine()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_pdf.stem}-", dir=out_dir))
+    try:
+        if engine is None:
+            warn(f"no LaTeX found: {out_pdf} is put together by matplotlib")
+            _matplotlib_report(summaries, nns, secs, tmp / out_pdf.name)
+        else:
+            rel = lambda p: os.path.relpath(p, out_dir).replace(os.sep, "/")
+            tex = tmp / f"{out_pdf.stem}.tex"
+            tex.write_text(document(summaries, nns, secs, rel))
+            latexmk = shutil.which("latexmk")
+            if latexmk:
+                cmd = [latexmk, "-pdflua" if engine == "lualatex" else "-pdf", "-silent",
+                       "-interaction=nonstopmode", "-halt-on-error", f"-outdir={tmp.name}",
+                       f"{tmp.name}/{tex.name}"]
+                run_latex(cmd, out_dir, tmp / f"{out_pdf.stem}.log")
+            else:
+                for _ in range(2):   # second run for the float numbers
+                    run_latex([engine, "-interaction=nonstopmode", "-halt-on-error",
+                               f"-output-directory={tmp.name}", f"{tmp.name}/{tex.name}"],
+                              out_dir, tmp / f"{out_pdf.stem}.log")
+            os.replace(tex, out_pdf.with_suffix(".tex"))
+            os.replace(tmp / f"{out_pdf.stem}.pdf", tmp / out_pdf.name)
+        os.replace(tmp / out_pdf.name, out_pdf)
+        return out_pdf
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# without LaTeX: the same content as pages of matplotlib
+
+_PLAIN = {r"\,": " ", r"\%": "%", "{,}": ",", r"\_": "_", r"\log": "log", r"\mid": "|",
+          r"\mathcal{A}": "A", r"\mathcal{D}": "D", r"\rho": "ρ", r"\times": "×", r"\pm": "±",
+          r"\eta": "η", r"\leq": "≤", r"\setminus": "\\", r"\emph": ""}
+
+
+def plain(tex: str) -> str:
+    for a, b in _PLAIN.items():
+        tex = tex.replace(a, b)
+    return re.sub(r"[${}]", "", tex)
+
+
+def _matplotlib_report(summaries, nns, secs, path: Path) -> None:
+    import matplotlib.image as mpimg
+    from matplotlib.backends.backend_pdf import PdfPages
+    from matplotlib.figure import Figure
+
+    with PdfPages(path, metadata={"CreationDate": None}) as pdf:
+        rows = [key_numbers(s, nn) for s, nn in zip(summaries, nns)]
+        fig = Figure(figsize=(8.27, 11.69))
+        fig.text(0.5, 0.95, "Memorization in variational autoencoders: key numbers",
+                 ha="center", size=12)
+        if rows:
+            ax = fig.add_axes([0.05, 0.35, 0.9, 0.55])
+            ax.set_axis_off()
+            cells = [[plain(r[i][1]) for r in rows] for i in range(len(rows[0]))]
+            ax.table(cellText=cells, rowLabels=[plain(l) for l, _ in rows[0]],
+                     colLabels=[s.name for s in summaries], loc="upper center")
+        pdf.savefig(fig)
+        for group, shown, _ in secs:
+            for pdf_path, doc in shown:
+                fig = Figure(figsize=(8.27, 11.69))
+                fig.text(0.05, 0.96, f"{group}: {doc.get('title', '')}", size=11)
+                img = mpimg.imread(pdf_path.with_suffix(".png"))
+                h, w = img.shape[:2]
+                ax = fig.add_axes([0.05, 0.93 - 0.9 * 8.27 / 11.69 * h / w, 0.9,
+                                   0.9 * 8.27 / 11.69 * h / w])
+                ax.imshow(img)
+                ax.set_axis_off()
+                text = "\n".join(textwrap.wrap(plain(doc["caption"]), 110))
+                fig.text(0.05, ax.get_position().y0 - 0.02, text, va="top", size=8)
+                pdf.savefig(fig)

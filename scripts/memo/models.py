@@ -1,0 +1,137 @@
+"""The VAEs of the paper (supplement Table 1): a Bernoulli MLP VAE and two DCGAN-like VAEs.
+
+Every model exposes the same small interface, used by the objectives and the estimator:
+  encode(x) -> (mu, logvar)          q(z|x) = N(mu, diag exp(logvar)),  (B, L) each
+  decode(z) -> params                decoder output for z of shape (..., L)
+  log_likelihood(x, params) -> (...) log p(x|z) summed over the D = C·H·W dimensions
+  pixel_mean(z) -> (B, C, H, W)      decoder mean in pixel space [0, 1] (for samples/figures)
+  binary: bool                       True: Bernoulli data (binarized); False: logit space
+  description: str                   the authors' file-name tag, e.g. "512-256-16", "NF32-L64"
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import preprocess
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+class BernoulliMLPVAE(nn.Module):
+    """FC 1024→512→256→(μ, log σ²) encoder, L→256→512→1024 decoder with Bernoulli means."""
+    binary = True
+
+    def __init__(self, latent_dim: int = 16, in_channels: int = 1, size: int = 32):
+        super().__init__()
+        self.shape = (in_channels, size, size)
+        d = in_channels * size * size
+        self.encoder = nn.Sequential(nn.Linear(d, 512), nn.ReLU(), nn.Linear(512, 256), nn.ReLU())
+        self.mu = nn.Linear(256, latent_dim)
+        self.logvar = nn.Linear(256, latent_dim)
+        self.decoder = nn.Sequential(nn.Linear(latent_dim, 256), nn.ReLU(), nn.Linear(256, 512),
+                                     nn.ReLU(), nn.Linear(512, d))
+        self.description = f"512-256-{latent_dim}"
+
+    def encode(self, x):
+        h = self.encoder(x.flatten(1))
+        return self.mu(h), self.logvar(h)
+
+    def decode(self, z):
+        return self.decoder(z)  # (..., D) Bernoulli logits
+
+    def log_likelihood(self, x, logits):
+        # log Bern(x; sigmoid(l)) = x·l − softplus(l); x broadcasts over sample dims of logits
+        x = x.flatten(1).view(x.shape[0], *([1] * (logits.dim() - 2)), -1)
+        return (x * logits - F.softplus(logits)).sum(-1)
+
+    def pixel_mean(self, z):
+        return torch.sigmoid(self.decode(z)).view(-1, *self.shape)
+
+
+class _DCVAE(nn.Module):
+    """DCGAN-like encoder/decoder with F feature maps (Table 1); 32×32 inputs."""
+    binary = False
+
+    def __init__(self, latent_dim: int, in_channels: int, out_channels: int, nf: int = 32):
+        super().__init__()
+        c, f = in_channels, nf
+
+        def enc(a, b):
+            return [nn.Conv2d(a, b, 4, 2, 1), nn.BatchNorm2d(b), nn.LeakyReLU(0.2)]
+
+        def dec(a, b, k=4, s=2, p=1):
+            return [nn.ConvTranspose2d(a, b, k, s, p), nn.BatchNorm2d(b), nn.ReLU()]
+
+        self.encoder = nn.Sequential(nn.Conv2d(c, f, 4, 2, 1), nn.LeakyReLU(0.2),
+                                     *enc(f, 2 * f), *enc(2 * f, 4 * f), *enc(4 * f, 8 * f),
+                                     nn.Flatten())              # (B, 8F·2·2) = (B, 32F)
+        self.mu = nn.Linear(32 * f, latent_dim)
+        self.logvar = nn.Linear(32 * f, latent_dim)
+        self.decoder = nn.Sequential(*dec(latent_dim, 8 * f, 2, 1, 0),  # 1×1 → 2×2
+                                     *dec(8 * f, 4 * f), *dec(4 * f, 2 * f), *dec(2 * f, f),
+                                     nn.ConvTranspose2d(f, out_channels, 4, 2, 1))  # → 32×32
+        self.channels = c
+        self.description = f"NF{nf}-L{latent_dim}"
+
+    def encode(self, x):
+        h = self.encoder(x)
+        return self.mu(h), self.logvar(h)
+
+    def _decode_images(self, z):
+        lead = z.shape[:-1]
+        out = self.decoder(z.reshape(-1, z.shape[-1], 1, 1))
+        return out.view(*lead, *out.shape[1:])
+
+    def pixel_mean(self, z):
+        mean = self.decode(z)[0]
+        return preprocess.from_logit(mean).view(-1, *mean.shape[-3:])
+
+
+def _gaussian_log_likelihood(x, mean, logvar):
+    x = x.view(x.shape[0], *([1] * (mean.dim() - 4)), *x.shape[1:])
+    ll = -0.5 * (_LOG_2PI + logvar + (x - mean) ** 2 * torch.exp(-logvar))
+    return ll.flatten(-3).sum(-1)
+
+
+class DiagonalGaussianDCVAE(_DCVAE):
+    """Per-pixel mean and log-variance (clamped at ≥ −7), in logit space (CIFAR-10)."""
+
+    def __init__(self, latent_dim: int = 64, in_channels: int = 3, nf: int = 32):
+        super().__init__(latent_dim, in_channels, 2 * in_channels, nf)
+
+    def decode(self, z):
+        out = self._decode_images(z)
+        mean, logvar = out.split(self.channels, dim=-3)
+        return mean, logvar.clamp(min=-7.0)
+
+    def log_likelihood(self, x, params):
+        mean, logvar = params
+        return _gaussian_log_likelihood(x, mean, logvar)
+
+
+class ConstantGaussianDCVAE(_DCVAE):
+    """Per-pixel mean, one learned shared variance γ (log γ starts at −2), logit space (CelebA)."""
+
+    def __init__(self, latent_dim: int = 32, in_channels: int = 3, nf: int = 32):
+        super().__init__(latent_dim, in_channels, in_channels, nf)
+        self.log_gamma = nn.Parameter(torch.tensor(-2.0))
+
+    def decode(self, z):
+        return self._decode_images(z), self.log_gamma
+
+    def log_likelihood(self, x, params):
+        mean, log_gamma = params
+        return _gaussian_log_likelihood(x, mean, log_gamma.expand_as(mean))
+
+
+MODELS = {m.__name__: m for m in (BernoulliMLPVAE, DiagonalGaussianDCVAE, ConstantGaussianDCVAE)}
+
+
+def build(name: str, latent_dim: int, in_channels: int) -> nn.Module:
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; valid choices: {', '.join(MODELS)}")
+    return MODELS[name](latent_dim=latent_dim, in_channels=in_channels)

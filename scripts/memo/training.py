@@ -1,0 +1,212 @@
+"""One training job: a (repeat, fold) model or the full-data model, from data to result file.
+
+The job is resumable: every `checkpoint_every` epochs the model, optimizer, RNG state and the
+results so far are saved; a restarted job continues from there and gives the same numbers.
+"""
+from __future__ import annotations
+
+import io
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import data as datasets
+from . import estimator, models, objectives, preprocess, results, splits
+from .experiments import Experiment
+
+
+class TrainingDivergedError(RuntimeError):
+    pass
+
+
+@dataclass
+class JobData:
+    """The images a job needs, resident on the device as uint8."""
+    train: torch.Tensor          # (n, C, 32, 32): the whole training set D (or its subset)
+    test: torch.Tensor | None    # the official test split, used by the full-data model's loss
+    hflip: bool
+    dataset: str
+
+
+def load_job_data(exp: Experiment, device: torch.device, full: bool, root=None,
+                  download: bool = False) -> JobData:
+    train = datasets.load(exp.data, "train", root=root, download=download)
+    images = train.images[: exp.subset] if exp.subset else train.images
+    test = None
+    if full:
+        try:
+            test = datasets.load(exp.data, "test", root=root, download=download).images.to(device)
+        except datasets.DataMissingError:
+            test = None  # npz data without x_test: the full model reports no test loss
+    hflip = train.hflip if exp.hflip is None else exp.hflip
+    return JobData(images.to(device), test, hflip, datasets.dataset_name(exp.data))
+
+
+def file_stem(exp: Experiment, job: results.Job, in_channels: int) -> str:
+    desc = models.build(exp.model, exp.latent_dim, in_channels).description
+    return results.stem(datasets.dataset_name(exp.data), exp.model, desc, exp.seed, job)
+
+
+def _eval_seed(seed: int, epoch: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, 7]).generate_state(1)[0])
+
+
+def _batches(n: int, size: int):
+    for start in range(0, n, size):
+        yield slice(start, min(start + size, n))
+
+
+@torch.no_grad()
+def evaluate(model, images: torch.Tensor, index: torch.Tensor, exp: Experiment, epoch: int,
+             model_seed: int, batch_size: int = 256, desc: str = "log p") -> tuple[np.ndarray, np.ndarray]:
+    """IS log p(x) and ESS for images (the examples `index` of D); input noise fixed per example."""
+    model.eval()
+    gen = torch.Generator(device=images.device).manual_seed(_eval_seed(model_seed, epoch))
+    lps, esss = [], []
+    for sl in tqdm(list(_batches(len(index), batch_size)), desc=desc, leave=False,
+                   disable=None, file=sys.stderr):
+        x = preprocess.eval_inputs(images[sl], index[sl], model.binary, exp.seed)
+        lp, ess = estimator.log_px(model, x, exp.n_is, gen)
+        lps.append(lp)
+        esss.append(ess)
+    if not lps:
+        return np.zeros(0), np.zeros(0)
+    return torch.cat(lps).double().cpu().numpy(), torch.cat(esss).double().cpu().numpy()
+
+
+@torch.no_grad()
+def test_loss(model, images: torch.Tensor, index: torch.Tensor, exp: Experiment, epoch: int,
+              model_seed: int, batch_size: int = 1024) -> float:
+    """Mean negative ELBO per example on a held-out set, eval mode, fixed input noise."""
+    model.eval()
+    gen = torch.Generator(device=images.device).manual_seed(_eval_seed(model_seed, epoch) + 1)
+    total = torch.zeros((), device=images.device, dtype=torch.float64)
+    for sl in _batches(len(images), batch_size):
+        x = preprocess.eval_inputs(images[sl], index[sl], model.binary, exp.seed)
+        total += objectives.neg_elbo(model, x, gen).sum().double()
+    return float(total) / max(len(images), 1)
+
+
+def meta_for(exp: Experiment, job: results.Job, jd: JobData, model) -> dict:
+    """The authors' meta keys (PAPER.md §7) plus ours (experiment, folds, repeats, data spec)."""
+    return {
+        "batch_size": exp.batch_size, "dataset": jd.dataset, "epochs": exp.epochs,
+        "fold_idx": job.fold, "img_dim": int(jd.train.shape[-1]), "latent_dim": exp.latent_dim,
+        "learning_rate": exp.lr, "mode": job.mode, "model": exp.model,
+        "num_feature": getattr(model, "description", ""), "num_iw_samples": exp.n_is,
+        "run": job.repeat, "seed": exp.seed,
+        "trainer_params": {"optimizer": "Adam", "eval_every": exp.eval_every,
+                           "checkpoint_every": exp.checkpoint_every},
+        "experiment": exp.name, "num_folds": exp.folds, "repeats": exp.repeats,
+        "data_spec": exp.data, "subset": exp.subset, "n": int(jd.train.shape[0]),
+        "in_channels": int(jd.train.shape[1]), "eval_noise": "fixed per example (seed, index)",
+        "settings": asdict(exp),
+    }
+
+
+def run_job(exp: Experiment, job: results.Job, results_root="results", device="cpu",
+            data_root=None, download: bool = False, jd: JobData | None = None,
+            log=print) -> dict:
+    """Train one model and write its result file. Returns the result dict."""
+    device = torch.device(device)
+    jd = jd or load_job_data(exp, device, job.full, data_root, download)
+    n, in_channels = jd.train.shape[0], jd.train.shape[1]
+    if job.full:
+        train_idx, test_idx = np.arange(n), np.arange(0)
+        fold = splits.FULL_FOLD
+    else:
+        if not (0 <= job.repeat < exp.repeats and 0 <= job.fold < exp.folds):
+            raise ValueError(f"{job.tag} is outside this experiment's {exp.repeats} repeats "
+                             f"x {exp.folds} folds")
+        fold = job.fold
+        train_idx, test_idx = splits.train_test_indices(n, exp.folds, exp.seed, job.repeat, fold)
+    seed = splits.model_seed(exp.seed, job.repeat, fold)
+    train_idx_t = torch.as_tensor(train_idx, device=device)
+    test_idx_t = torch.as_tensor(test_idx, device=device)
+
+    with torch.random.fork_rng(devices=[]):  # model init from the job's seed, global RNG untouched
+        torch.manual_seed(seed)
+        model = models.build(exp.model, exp.latent_dim, in_channels).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=exp.lr)
+    gen = torch.Generator(device=device).manual_seed(seed)
+
+    stem = results.stem(jd.dataset, exp.model, model.description, exp.seed, job)
+    out_path = results.result_path(results_root, exp.name, stem)
+    resume = results.resume_path(results_root, exp.name, stem)
+    history = {"logpxs": {}, "ess": {}, "losses": {"train": [], "test": []}}
+    start_epoch = 1
+    if resume.exists():
+        state = torch.load(resume, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"].cpu() if device.type == "cpu" else state["generator"])
+        history, start_epoch = state["history"], state["epoch"] + 1
+        log(f"[{exp.name} {job.tag}] resuming after epoch {state['epoch']} from {resume}")
+
+    eval_epochs = set(exp.eval_epochs())
+    n_train = len(train_idx)
+    for epoch in tqdm(range(start_epoch, exp.epochs + 1), desc=f"{exp.name} {job.tag}",
+                      initial=start_epoch - 1, total=exp.epochs, disable=None, file=sys.stderr):
+        t0 = time.perf_counter()
+        model.train()
+        total = torch.zeros((), device=device, dtype=torch.float64)
+        order = train_idx_t[torch.randperm(n_train, device=device, generator=gen)]
+        for sl in _batches(n_train, exp.batch_size):
+            x = preprocess.train_inputs(jd.train[order[sl]], model.binary, jd.hflip, gen)
+            loss = objectives.neg_elbo(model, x, gen).sum()  # summed over the batch (paper)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.detach().double()
+        train_loss = float(total) / n_train  # the one host sync per epoch
+        if not math.isfinite(train_loss):
+            raise TrainingDivergedError(
+                f"[{exp.name} {job.tag}] training loss became {train_loss} at epoch {epoch}; "
+                "no result written (try a lower learning rate)")
+        history["losses"]["train"].append(train_loss)
+        line = f"[{exp.name} {job.tag}] epoch {epoch}/{exp.epochs} loss train {train_loss:.3f}"
+        if job.full and jd.test is not None:  # test split; its noise indices sit past D's
+            test_index = torch.arange(len(jd.test), device=device) + n
+            history["losses"]["test"].append(test_loss(model, jd.test, test_index, exp, epoch, seed))
+        elif not job.full:
+            history["losses"]["test"].append(
+                test_loss(model, jd.train[test_idx_t], test_idx_t, exp, epoch, seed))
+        if history["losses"]["test"]:
+            line += f" test {history['losses']['test'][-1]:.3f}"
+        if epoch in eval_epochs:
+            lp_tr, ess_tr = evaluate(model, jd.train[train_idx_t], train_idx_t, exp, epoch, seed,
+                                        desc="log p (in)")
+            lp_te, ess_te = evaluate(model, jd.train[test_idx_t], test_idx_t, exp, epoch, seed,
+                                        desc="log p (out)")
+            if not (np.isfinite(lp_tr).all() and np.isfinite(lp_te).all()):
+                raise TrainingDivergedError(
+                    f"[{exp.name} {job.tag}] non-finite log p(x) at epoch {epoch}; no result written")
+            history["logpxs"][str(epoch)] = {
+                "train": dict(zip(map(str, train_idx.tolist()), lp_tr.tolist())),
+                "test": dict(zip(map(str, test_idx.tolist()), lp_te.tolist()))}
+            history["ess"][str(epoch)] = {
+                "train": dict(zip(map(str, train_idx.tolist()), ess_tr.tolist())),
+                "test": dict(zip(map(str, test_idx.tolist()), ess_te.tolist()))}
+            line += f" | mean log p in {lp_tr.mean():.3f}" + (
+                f" out {lp_te.mean():.3f}" if len(lp_te) else "")
+        log(line + f" ({time.perf_counter() - t0:.1f} s)")
+        if epoch % exp.checkpoint_every == 0 and epoch < exp.epochs:
+            buf = io.BytesIO()
+            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "generator": gen.get_state(), "history": history, "epoch": epoch}, buf)
+            results.atomic_write_bytes(resume, buf.getvalue())
+
+    if job.full:  # the full model keeps its final weights (loss curves, nearest neighbours)
+        buf = io.BytesIO()
+        torch.save(model.state_dict(), buf)
+        results.atomic_write_bytes(
+            results.checkpoint_path(results_root, exp.name, stem, exp.epochs), buf.getvalue())
+    content = {"logpxs": history["logpxs"], "losses": history["losses"], "ess": history["ess"]}
+    results.write_result(out_path, meta_for(exp, job, jd, model), content)
+    resume.unlink(missing_ok=True)
+    return content

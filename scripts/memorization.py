@@ -1,0 +1,139 @@
+#!/usr/bin/env python3
+"""Train one K-fold (or full-data) VAE and write its importance-sampled log p(x) result file.
+
+Examples:
+  python scripts/memorization.py --experiment bmnist_lr3 --repeat 0 --fold 3
+  python scripts/memorization.py --experiment bmnist_lr3 --mode full
+  python scripts/memorization.py --name mine --data npz:my.npz --model BernoulliMLPVAE \\
+      --latent-dim 16 --lr 1e-3 --epochs 50 --eval-every 10 --n-is 128 --folds 5 --repeats 2 \\
+      --repeat 0 --fold 0
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+import sys
+from pathlib import Path
+
+import memo.experiments as experiments
+
+# (flag, Experiment field, type, help): every setting can override the experiment's value
+SETTINGS = [
+    ("--data", "data", str, "data set: bmnist, fashion, cifar10, celeba or npz:PATH"),
+    ("--model", "model", str, "BernoulliMLPVAE, DiagonalGaussianDCVAE or ConstantGaussianDCVAE"),
+    ("--latent-dim", "latent_dim", int, "size L of the latent space"),
+    ("--lr", "lr", float, "Adam learning rate"),
+    ("--batch-size", "batch_size", int, "minibatch size"),
+    ("--epochs", "epochs", int, "training epochs"),
+    ("--eval-every", "eval_every", int, "compute log p(x) every this many epochs (and at the end)"),
+    ("--n-is", "n_is", int, "importance samples N per example"),
+    ("--seed", "seed", int, "experiment seed: splits and every model's seed derive from it"),
+    ("--folds", "folds", int, "K, the number of folds"),
+    ("--repeats", "repeats", int, "L, the number of repeated K-fold splits"),
+    ("--subset", "subset", int, "use only the first SUBSET training images (0: all)"),
+    ("--checkpoint-every", "checkpoint_every", int, "epochs between resume checkpoints"),
+]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--experiment", help="name in the experiment table (memo/experiments.py or "
+                   "EXPERIMENTS_FILE); its settings are the defaults for the flags below")
+    p.add_argument("--name", help="experiment name for a run defined by flags alone "
+                   "(results go to RESULTS_DIR/NAME)")
+    for flag, field, typ, help_ in SETTINGS:
+        p.add_argument(flag, dest=field, type=typ, help=help_)
+    p.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=None,
+                   help="random horizontal flips in training (default: the data set's choice)")
+    job = p.add_argument_group("which model to train (one of)")
+    job.add_argument("--repeat", type=int, help="repeat index r (with --fold)")
+    job.add_argument("--fold", type=int, help="fold index k: train on all folds but k")
+    job.add_argument("--mode", choices=["cv", "full"], default="cv",
+                     help="full: the model trained on all of D")
+    job.add_argument("--job", help="job tag instead of the three above: cv_repeat<R>_fold<K> "
+                     "or full_repeat0")
+    p.add_argument("--results-dir", default="results", help="root of the result tree")
+    p.add_argument("--output", help="expected result file path (the Makefile passes its "
+                   "target; a mismatch is an error)")
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    p.add_argument("--data-root", default=None, help="data directory (default: $DATA_ROOT or ./data)")
+    p.add_argument("--download", action="store_true", help="download the data set if missing")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: $TORCH_THREADS or torch's choice)")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved settings and exit")
+    return p.parse_args(argv)
+
+
+def resolve(args) -> experiments.Experiment:
+    overrides = {f: getattr(args, f) for _, f, _, _ in SETTINGS if getattr(args, f) is not None}
+    if args.hflip is not None:
+        overrides["hflip"] = args.hflip
+    if args.experiment:
+        return dataclasses.replace(experiments.get(args.experiment), **overrides)
+    required = ["data", "model", "latent_dim", "lr", "epochs", "eval_every", "n_is"]
+    missing = [f"--{f.replace('_', '-')}" for f in required if f not in overrides]
+    if missing or not args.name:
+        raise experiments.UnknownExperimentError(
+            "give --experiment NAME, or --name with all of " + ", ".join(
+                ["--name"] + [f"--{f.replace('_', '-')}" for f in required])
+            + (f" (missing: {', '.join(missing + ([] if args.name else ['--name']))})"))
+    return experiments.Experiment(name=args.name, **overrides)
+
+
+def make_job_threads() -> int:
+    """Under `make -j N`, give each of the N jobs its share of the cores (at least one)."""
+    m = re.search(r"(?:^|\s)-j\s*(\d*)", os.environ.get("MAKEFLAGS", ""))
+    if not m:
+        return 0
+    jobs = int(m.group(1) or 0)  # bare -j: unlimited jobs, one thread each
+    return max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else (1 if jobs == 0 else 0)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from memo import data, models, results, training  # heavy imports after --help
+
+    try:
+        exp = resolve(args)
+        models.build(exp.model, 2, 1)  # validates the model name
+        data.dataset_name(exp.data)    # validates the data spec
+        if args.job:
+            job = results.Job.parse(args.job)
+        elif args.mode == "full":
+            job = results.Job(0, None)
+        elif args.repeat is None or args.fold is None:
+            raise ValueError("give --repeat R --fold K, --mode full, or --job TAG")
+        else:
+            job = results.Job(args.repeat, args.fold)
+    except ValueError as e:
+        print(f"memorization.py: error: {e}", file=sys.stderr)
+        return 2
+
+    import torch
+    threads = args.threads or int(os.environ.get("TORCH_THREADS", "0") or 0) or make_job_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.dry_run:
+        print(f"experiment: {dataclasses.asdict(exp)}\njob: {job.tag}\ndevice: {device}")
+        return 0
+    try:
+        jd = training.load_job_data(exp, torch.device(device), job.full, args.data_root,
+                                    args.download)
+        stem = training.file_stem(exp, job, jd.train.shape[1])
+        path = results.result_path(args.results_dir, exp.name, stem)
+        if args.output and Path(args.output).resolve() != path.resolve():
+            raise ValueError(f"--output {args.output} does not match this job's result file {path}")
+        training.run_job(exp, job, args.results_dir, device, jd=jd)
+    except (data.DataMissingError, training.TrainingDivergedError, ValueError) as e:
+        print(f"memorization.py: error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+#!/usr/bin/env python
+"""Nearest-neighbour distance ratios ρ for one experiment (PAPER.md §6 item 6).
+
+For every training image x_i:  ρ_i = d(x_i, nearest validation image) / d(x_i, nearest sample),
+Euclidean on 16×16 average-pooled images in [0, 1]. The samples are decoder means of z ~ N(0, I)
+(seeded with the experiment's seed) from the full-data model's final checkpoint, as many as there
+are validation images (CelebA: its "valid" split; every other data set: "test").
+
+    python scripts/nearest_neighbours.py --experiment bmnist_lr3 [--device cuda]
+
+Writes analysis/<exp>_nn.npz: rho, d_valid, d_model, nn_valid, nn_model (indices of the
+neighbours), special_code (per example, see memo.neighbours), special (counts, in the order of
+special_names) and meta (a JSON string).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from memo import data, experiments, models, neighbours, results
+
+
+class CLIError(Exception):
+    """A problem the user can fix; printed without a traceback."""
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--experiment", required=True, help="experiment name (memo.experiments)")
+    p.add_argument("--results-dir", default="results", help="results root (default: results)")
+    p.add_argument("--data-root", default=None,
+                   help="data directory (default: $DATA_ROOT, else ./data)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="torch device, e.g. cpu or cuda (default: cuda when available)")
+    p.add_argument("-o", "--output", default=None, help="output file (default: analysis/<exp>_nn.npz)")
+    p.add_argument("--block-rows", type=int, default=4096, help="query rows per distance block")
+    p.add_argument("--block-cols", type=int, default=8192, help="reference columns per block")
+    p.add_argument("--sample-batch", type=int, default=1024, help="latents decoded per batch")
+    return p.parse_args(argv)
+
+
+def reference_split(dataset: str) -> str:
+    """The held-out split compared against: CelebA's validation split, else the test split."""
+    return "valid" if dataset == "CelebA" else "test"
+
+
+def load_model(exp, in_channels: int, results_dir, device) -> tuple[torch.nn.Module, Path]:
+    model = models.build(exp.model, exp.latent_dim, in_channels=in_channels)
+    stem = results.stem(data.dataset_name(exp.data), exp.model, model.description, exp.seed,
+                        results.Job(0, None))
+    path = results.checkpoint_path(results_dir, exp.name, stem, exp.epochs)
+    if not path.is_file():
+        # the checkpoint is written by the job that writes the full model's result file
+        target = results.result_path(results_dir, exp.name, stem)
+        var = "" if Path(results_dir) == Path("results") else f" RESULTS={results_dir}"
+        again = (f" ({target} exists without its checkpoint: delete it so make retrains)"
+                 if target.is_file() else "")
+        raise CLIError(
+            f"checkpoint of the full-data model not found: {path}\n"
+            f"Train that model first: `make{var} {target}`{again}, "
+            f"or the whole experiment: `make{var} memorization-{exp.name}`.")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+        model.load_state_dict(state)
+    except (RuntimeError, OSError, EOFError, ValueError) as e:
+        raise CLIError(f"cannot load checkpoint {path} into {exp.model} "
+                       f"(latent_dim {exp.latent_dim}, {in_channels} channels): {e}\n"
+                       f"Delete it and re-run make to rebuild it.") from None
+    return model.to(device).eval(), path
+
+
+@torch.no_grad()
+def model_samples(model, n: int, latent_dim: int, seed: int, device, batch: int) -> torch.Tensor:
+    """(n, D) pooled decoder means for z ~ N(0, I); z drawn on the CPU so devices agree."""
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn((n, latent_dim), generator=gen)
+    out = [neighbours.downsample(model.pixel_mean(z[s:s + batch].to(device))).cpu()
+           for s in range(0, n, batch)]
+    return torch.cat(out) if out else torch.empty((0, 0))
+
+
+def save_npz(path: Path, arrays: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def run(args: argparse.Namespace) -> Path:
+    try:
+        exp = experiments.get(args.experiment)
+    except experiments.UnknownExperimentError as e:
+        raise CLIError(str(e)) from None
+    device = torch.device(args.device)
+    try:
+        dataset = data.dataset_name(exp.data)
+        split = reference_split(dataset)
+        train = data.load(exp.data, "train", root=args.data_root).images
+        valid = data.load(exp.data, split, root=args.data_root).images
+    except (data.DataMissingError, ValueError) as e:  # missing files, bad spec or file contents
+        raise CLIError(f"experiment {exp.name!r}: {e}") from None
+    if exp.subset:
+        train = train[:exp.subset]
+    model, ckpt = load_model(exp, train.shape[1], args.results_dir, device)
+
+    queries = neighbours.downsample(train)
+    refs = neighbours.downsample(valid)
+    samples = model_samples(model, refs.shape[0], exp.latent_dim, exp.seed, device,
+                            args.sample_batch)
+    kw = dict(block_rows=args.block_rows, block_cols=args.block_cols, device=device, progress=True)
+    d_valid, nn_valid = neighbours.nearest_distances(queries, refs, desc=f"vs {split}", **kw)
+    d_model, nn_model = neighbours.nearest_distances(queries, samples, desc="vs samples", **kw)
+    rho, code = neighbours.distance_ratio(d_valid.numpy(), d_model.numpy())
+    counts = neighbours.special_counts(code)
+
+    meta = {"experiment": exp.name, "data": exp.data, "dataset": dataset, "model": exp.model,
+            "latent_dim": exp.latent_dim, "seed": exp.seed, "epoch": exp.epochs,
+            "checkpoint": str(ckpt), "n_train": int(queries.shape[0]), "subset": exp.subset,
+            "reference_split": split, "n_reference": int(refs.shape[0]),
+            "n_samples": int(samples.shape[0]), "sample_seed": exp.seed,
+            "distance": "euclidean, 2x2 average-pooled to 16x16, pixels in [0, 1]",
+            "special_counts": counts,
+            "special_rule": "valid_duplicate: rho=0; model_duplicate: rho=inf; "
+                            "both_duplicate, invalid: rho=nan"}
+    out = Path(args.output or Path("analysis") / f"{exp.name}_nn.npz")
+    save_npz(out, {"rho": rho, "d_valid": d_valid.numpy(), "d_model": d_model.numpy(),
+                   "nn_valid": nn_valid.numpy(), "nn_model": nn_model.numpy(),
+                   "special_code": code,
+                   "special": np.array(list(counts.values()), dtype=np.int64),
+                   "special_names": np.array(list(counts)),
+                   "meta": np.array(json.dumps(meta, sort_keys=True))})
+
+    finite = np.isfinite(rho)
+    print(f"{exp.name}: {queries.shape[0]} training images vs {refs.shape[0]} {split} images "
+          f"and {samples.shape[0]} model samples")
+    if finite.any():
+        print(f"rho: median {np.median(rho[finite]):.4g}, fraction > 1: "
+              f"{np.mean(rho[finite] > 1):.4f} (over {finite.sum()} finite values)")
+    print("special cases: " + ", ".join(f"{k} {v}" for k, v in counts.items())
+          + " (valid_duplicate: rho = 0; model_duplicate: rho = inf; "
+            "both_duplicate/invalid: rho = nan)")
+    print(f"wrote {out}")
+    return out
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        run(args)
+    except CLIError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

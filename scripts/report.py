@@ -1,0 +1,43 @@
+"""Put every figure built and a table of key numbers into one PDF (output/report.pdf).
+
+    python scripts/report.py [--summaries analysis/*.npz] [--figures output/*/*.json]
+                             [--out output/report.pdf]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--summaries", nargs="*", type=Path,
+                   help="summary files (default: analysis/*.npz without *_nn.npz)")
+    p.add_argument("--figures", nargs="*", type=Path,
+                   help="the figures' .json files (default: <out folder>/*/*.json)")
+    p.add_argument("--out", type=Path, default=Path("output/report.pdf"), help="the PDF to write")
+    p.add_argument("--no-latex", action="store_true", help="put the pages together with matplotlib")
+    args = p.parse_args(argv)
+
+    from memo.figures import common, report
+    summaries = args.summaries
+    if summaries is None:
+        summaries = sorted(p for p in Path("analysis").glob("*.npz") if not p.stem.endswith("_nn"))
+    jsons = args.figures
+    if jsons is None:
+        jsons = sorted(args.out.parent.glob("*/*.json"))
+    try:
+        report.build(summaries, jsons, args.out, engine=None if args.no_latex else "auto")
+    except (common.SummaryError, ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,282 @@
+"""Figures and report from small synthetic summaries (offline; LaTeX checks skip without it)."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from memo import figures
+from memo.figures import common, logprob, neighbours, qualitative, report
+
+ROOT = Path(__file__).resolve().parents[1]
+HAVE_LATEX = common.latex_engine() is not None
+N_IS = 64
+
+
+def write_summary(path: Path, n: int = 300, E: int = 3, R: int = 2, scale=(-5.0, 10.0),
+                  seed: int = 0, experiment: str | None = None, data: str = "bmnist",
+                  lr: float = 1e-3, losses: bool = True, ess: bool = True) -> Path:
+    """A summary file in the format of the summarize step, with M spread over `scale`."""
+    rng = np.random.default_rng(seed)
+    lo, hi = scale
+    # right-skewed scores: most near the low end, a long tail up to hi
+    M_final = lo + (hi - lo) * rng.beta(1.2, 6.0, n)
+    M_final[rng.choice(n, 2, replace=False)] = [lo, hi]
+    growth = np.linspace(0.4, 1.0, E)[:, None]
+    M = growth * M_final[None, :] + rng.normal(0, 0.02 * (hi - lo), (E, n))
+    M[-1] = M_final
+    U = rng.normal(-100, 15, (E, n)) + 0.1 * M
+    V = U - M
+    epochs = np.arange(1, E + 1) * 5
+    meta = {"experiment": experiment or path.stem, "data": data,
+            "dataset": {"bmnist": "BinarizedMNIST", "cifar10": "CIFAR10"}.get(data, "npz"),
+            "model": "BernoulliMLPVAE", "latent_dim": 16, "lr": lr, "epochs": int(epochs[-1]),
+            "n_is": N_IS, "folds": 10, "repeats": R, "seed": 42, "n": n,
+            "eval_epochs": epochs.tolist(), "ess_threshold": 10.0}
+    se = np.full(n, np.nan) if R < 2 else np.abs(rng.normal(0.05 * (hi - lo), 0.01 * (hi - lo), n))
+    arrays = dict(
+        meta=np.array(json.dumps(meta)), epochs=epochs, index=np.arange(n, dtype=np.int64),
+        labels=rng.integers(0, 10, n).astype(np.int64), U=U, V=V, M=M,
+        n_in=np.full(n, 9 * R), n_out=np.full(n, R),
+        in_lse=rng.normal(size=(R, n)), in_count=np.full((R, n), 9),
+        out_lse=rng.normal(size=(R, n)), out_count=np.ones((R, n)),
+        M_se=se, M_ci_low=M_final - 1.96 * se, M_ci_high=M_final + 1.96 * se,
+        split_half=np.float64(0.8 if R >= 2 else np.nan),
+        ess_in=rng.uniform(1, N_IS, n) if ess else np.full(n, np.nan),
+        ess_out=rng.uniform(1, N_IS, n) if ess else np.full(n, np.nan),
+        full_losses_train=np.linspace(200, 90, 15) if losses else np.array([]),
+        full_losses_test=np.linspace(205, 100, 15) if losses else np.array([]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **arrays)
+    return path
+
+
+def write_nn(summary_path: Path, seed: int = 1) -> Path:
+    with np.load(summary_path) as z:
+        n = z["M"].shape[1]
+    rng = np.random.default_rng(seed)
+    d_model = rng.uniform(2, 6, n)
+    d_valid = d_model * rng.lognormal(0, 0.2, n)
+    path = common.nn_path_for(summary_path)
+    np.savez(path, rho=d_valid / d_model, d_valid=d_valid, d_model=d_model)
+    return path
+
+
+def fake_images(n: int, channels: int = 1, seed: int = 2) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, channels, 32, 32), dtype=np.uint8)
+
+
+def pdf_producer(path: Path) -> str:
+    if shutil.which("pdfinfo"):
+        out = subprocess.run(["pdfinfo", str(path)], capture_output=True, text=True).stdout
+        m = re.search(r"^Producer:\s*(.*)$", out, re.M)
+        return m.group(1) if m else ""
+    m = re.search(rb"/Producer\s*\((.*?)\)", path.read_bytes())
+    return m.group(1).decode("latin-1") if m else ""
+
+
+def pdf_pages(path: Path) -> int:
+    if shutil.which("pdfinfo"):
+        out = subprocess.run(["pdfinfo", str(path)], capture_output=True, text=True).stdout
+        return int(re.search(r"^Pages:\s*(\d+)", out, re.M).group(1))
+    return len(re.findall(rb"/Type\s*/Page\b", path.read_bytes()))
+
+
+# ----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """Every figure of one experiment, plus the learning-rate comparison, built once."""
+    tmp = tmp_path_factory.mktemp("fig")
+    s3 = write_summary(tmp / "analysis" / "bmnist_lr3.npz", seed=0, lr=1e-3)
+    s4 = write_summary(tmp / "analysis" / "bmnist_lr4.npz", seed=1, lr=1e-4, scale=(-3, 6))
+    write_nn(s3)
+    a = common.load_summary(s3)
+    b = common.load_summary(s4)
+    nn = common.load_nn(common.nn_path_for(s3), a.n)
+    images = fake_images(a.n)
+    out = tmp / "output"
+    for name in figures.FIGURES:
+        figures.build(name, [a], out / "bmnist_lr3", nn=nn, images=images)
+    for name in figures.SERIES:
+        figures.build(name, [a, b], out / "bmnist")
+    return tmp
+
+
+@pytest.mark.parametrize("name", figures.FIGURES)
+def test_each_figure_writes_nonempty_pdf_png_pgf_tex(built, name):
+    d = built / "output" / "bmnist_lr3"
+    for ext in ("pdf", "png", "pgf", "tex", "json"):
+        assert (d / f"{name}.{ext}").stat().st_size > 0, ext
+    assert (d / f"{name}.pdf").read_bytes().startswith(b"%PDF")
+    assert (d / f"{name}.png").read_bytes().startswith(b"\x89PNG")
+    doc = json.loads((d / f"{name}.json").read_text())
+    assert doc["skip"] is None and doc["caption"]
+    assert not list(d.glob(f".{name}-*")), "temporary folder left behind"
+
+
+@pytest.mark.parametrize("name", figures.SERIES)
+def test_comparison_figures_draw_both_learning_rates(built, name):
+    doc = json.loads((built / "output" / "bmnist" / f"{name}.json").read_text())
+    assert doc["experiments"] == ["bmnist_lr3", "bmnist_lr4"]
+    assert "bmnist\\_lr4" in doc["caption"]
+
+
+@pytest.mark.skipif(not HAVE_LATEX, reason="no LaTeX installed")
+@pytest.mark.parametrize("name", figures.FIGURES)
+def test_pdf_is_typeset_by_latex(built, name):
+    producer = pdf_producer(built / "output" / "bmnist_lr3" / f"{name}.pdf")
+    assert "pdfTeX" in producer or "LuaTeX" in producer, producer
+
+
+@pytest.mark.skipif(not HAVE_LATEX, reason="no LaTeX installed")
+def test_pgf_images_are_written_beside_it_and_the_wrapper_compiles_there(built, tmp_path):
+    d = built / "output" / "bmnist_lr3"
+    pgf = (d / "logprob.pgf").read_text()
+    refs = re.findall(r"\{(logprob-img\d+\.png)\}", pgf)
+    assert refs and all((d / r).exists() for r in refs)
+    # the .tex wrapper compiles from a copy of the output folder
+    work = tmp_path / "copy"
+    shutil.copytree(d, work)
+    subprocess.run([common.latex_engine(), "-interaction=nonstopmode", "-halt-on-error",
+                    "logprob.tex"], cwd=work, check=True, capture_output=True)
+    assert (work / "logprob.pdf").stat().st_size > 0
+
+
+@pytest.mark.skipif(not HAVE_LATEX, reason="no LaTeX installed")
+def test_latex_pdfs_are_byte_reproducible(tmp_path):
+    s = common.load_summary(write_summary(tmp_path / "x.npz"))
+    figures.build("quantiles", [s], tmp_path / "a")
+    figures.build("quantiles", [s], tmp_path / "b")
+    assert (tmp_path / "a" / "quantiles.pdf").read_bytes() == \
+        (tmp_path / "b" / "quantiles.pdf").read_bytes()
+
+
+@pytest.mark.parametrize("scale", [(-5.0, 10.0), (-450.0, 6500.0), (0.001, 0.004)])
+def test_bins_follow_the_scale_of_the_data(tmp_path, scale):
+    s = common.load_summary(write_summary(tmp_path / "x.npz", n=2000, scale=scale))
+    M = s.M_final
+    edges = common.edges_for(M, 30)
+    assert edges[0] <= M.min() and edges[-1] >= M.max()
+    assert 10 <= len(edges) - 1 <= 80
+    width = neighbours.bin_width(M)
+    centers, mean, se, n = neighbours.binned_means(M, np.ones_like(M), width)
+    assert 5 <= len(centers) <= 200 and n.sum() <= M.size
+    U = s.U_final
+    ue = common.edges_for(U, logprob.TARGET_BINS, logprob.RANGE_Q)
+    assert 10 <= len(ue) - 1 <= 60
+
+
+def test_bin_width_matches_the_papers_choice_for_mnist_like_scores():
+    rng = np.random.default_rng(0)
+    M = np.concatenate([rng.gamma(2.0, 3.0, 60000) - 2, [210.0]])   # median ~3, tail to 210
+    assert neighbours.bin_width(M) == 2
+
+
+def test_nice_edges_cover_degenerate_ranges():
+    e = common.nice_edges(3.0, 3.0)
+    assert e[0] <= 3.0 <= e[-1] and len(e) >= 2
+
+
+def test_highly_memorized_is_the_top_five_percent_by_percentile():
+    M = np.arange(1000, dtype=float)
+    M[0] = np.nan
+    mem, thr = common.highly_memorized(M)
+    assert 49 <= mem.sum() <= 51 and not mem[0]
+    assert M[mem].min() >= thr > M[~mem & np.isfinite(M)].max()
+
+
+def test_qualitative_picks_lowest_median_highest_without_overlap():
+    M = np.random.default_rng(0).normal(size=301)
+    sel = qualitative.select(M)
+    order = np.argsort(M)
+    assert set(sel["low"]) == set(order[:15]) and set(sel["high"]) == set(order[-15:])
+    assert np.median(M) >= M[sel["median"]].min() and np.median(M) <= M[sel["median"]].max()
+    assert all(np.all(np.diff(M[v]) >= 0) for v in sel.values())
+    assert len(set(np.concatenate(list(sel.values())))) == 45
+
+
+def test_example_selection_is_deterministic_for_a_seed(tmp_path):
+    s = common.load_summary(write_summary(tmp_path / "x.npz", n=3000))
+    U, M = s.U_final, s.M_final
+    mem, _ = common.highly_memorized(M)
+    edges = common.edges_for(U, logprob.TARGET_BINS, logprob.RANGE_Q)
+    a = logprob.select_examples(U, mem, edges, seed=7)
+    b = logprob.select_examples(U, mem, edges, seed=7)
+    c = logprob.select_examples(U, mem, edges, seed=8)
+    assert [(k, i.tolist()) for k, i in a] == [(k, i.tolist()) for k, i in b]
+    assert [i.tolist() for _, i in a] != [i.tolist() for _, i in c]
+    bins = [k for k, _ in a]
+    assert bins == sorted(bins) and len(bins) == logprob.N_COLS
+    for k, idx in a:
+        assert len(set(idx)) == logprob.N_ROWS
+        assert np.all(common.bin_of(U[idx], edges) == k)
+        if mem[common.bin_of(U, edges) == k].any():
+            assert mem[idx].any()
+
+
+def test_no_latex_fallback_writes_matplotlib_pdf_with_one_warning(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(shutil, "which", lambda *a, **k: None)
+    assert common.latex_engine() is None
+    s = common.load_summary(write_summary(tmp_path / "x.npz"))
+    figures.build("distribution", [s], tmp_path / "out")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning:")
+    pdf = tmp_path / "out" / "distribution.pdf"
+    assert pdf.read_bytes().startswith(b"%PDF") and "Matplotlib" in pdf_producer(pdf)
+    assert (tmp_path / "out" / "distribution.png").stat().st_size > 0
+
+
+def test_missing_inputs_give_placeholders_the_report_skips(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEMO_NO_LATEX", "1")
+    s = common.load_summary(write_summary(tmp_path / "x.npz", R=1, losses=False, ess=False))
+    for name in ("losses", "uncertainty", "neighbours", "qualitative"):
+        figures.build(name, [s], tmp_path / "out")
+        doc = json.loads((tmp_path / "out" / f"{name}.json").read_text())
+        assert doc["skip"], name
+
+
+def test_summary_without_required_arrays_is_refused(tmp_path):
+    np.savez(tmp_path / "bad.npz", x=np.zeros(3))
+    with pytest.raises(common.SummaryError, match="not a summary"):
+        common.load_summary(tmp_path / "bad.npz")
+
+
+def test_cli_loads_images_through_the_data_module(tmp_path, monkeypatch):
+    import types
+    import memo
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import analysis
+
+    monkeypatch.setenv("MEMO_NO_LATEX", "1")
+    path = write_summary(tmp_path / "analysis" / "demo.npz", n=120)
+    loaded = []
+
+    class Missing(Exception):
+        pass
+
+    def load(spec, split="train"):
+        loaded.append((spec, split))
+        return types.SimpleNamespace(images=fake_images(200))
+    fake = types.SimpleNamespace(load=load, DataMissingError=Missing)
+    monkeypatch.setattr(memo, "data", fake, raising=False)
+    monkeypatch.setitem(sys.modules, "memo.data", fake)
+    assert analysis.main(["qualitative", str(path), "--out", str(tmp_path / "o")]) == 0
+    assert loaded == [("bmnist", "train")]
+    assert json.loads((tmp_path / "o" / "qualitative.json").read_text())["skip"] is None
+
+
+def test_report_has_a_table_and_the_figures(built):
+    out = built / "output" / "report.pdf"
+    report.build(sorted((built / "analysis").glob("*.npz")),
+                 sorted((built / "output").glob("*/*.json")), out)
+    assert pdf_pages(out) >= 4
+    tex = (built / "output" / "report.tex").read_text()
+    assert "bmnist\\_lr3" in tex and "Spearman" in tex
+    assert tex.count("\\includegraphics") == len(figures.FIGURES) + len(figures.SERIES)
