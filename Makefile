@@ -13,6 +13,7 @@ DEVICE ?=## cuda or cpu (empty: cuda when available)
 LAUNCH ?=## prefix of every training command, e.g. LAUNCH="srun --gres=gpu:1"
 DATA_ROOT ?= ./data## where MNIST, CIFAR-10, CelebA live (Fashion-MNIST also from Debian)
 RESULTS ?= results## root of the result files
+ANALYSIS ?= analysis## where summaries (.npz, .csv) are written
 EXPERIMENTS_FILE ?=## JSON file with experiments of your own (see README)
 DATA ?= bmnist## data set for `make data`: bmnist, fashion, cifar10, celeba
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)## parallel training jobs of `make demo`
@@ -41,13 +42,13 @@ $(SETUP): requirements.txt scripts/setup.sh
 
 demo: $(SETUP) ## the offline default, end to end: Fashion-MNIST K-fold VAEs -> scores -> figures
 	$(MAKE) --no-print-directory -j $(JOBS) memorization-$(DEMO)
-	$(MAKE) --no-print-directory analysis/$(DEMO).npz
+	$(MAKE) --no-print-directory $(ANALYSIS)/$(DEMO).npz
 	$(MAKE) --no-print-directory figures-$(DEMO)
-	@echo "per-example memorization scores: analysis/$(DEMO).csv; figures: output/$(DEMO)/"
+	@echo "per-example memorization scores: $(ANALYSIS)/$(DEMO).csv; figures: output/$(DEMO)/"
 
 memorization: $(addprefix memorization-,$(PAPER_EXPERIMENTS)) ## train the paper's four experiments (404 models)
 
-summaries: $(addprefix analysis/,$(addsuffix .npz,$(PAPER_EXPERIMENTS))) ## per-experiment summaries (U, V, M) of the paper's experiments
+summaries: $(addprefix $(ANALYSIS)/,$(addsuffix .npz,$(PAPER_EXPERIMENTS))) ## per-experiment summaries (U, V, M) of the paper's experiments
 
 data: $(SETUP) ## download DATA (needs internet): make data DATA=cifar10
 	$(PY) scripts/get_data.py $(DATA)
@@ -78,7 +79,7 @@ clean: ## remove generated build files (not results, summaries or figures)
 
 # The experiment table becomes one file target per result file (scripts/plan.py). It is
 # regenerated on every run (cheap) so that EXPERIMENTS_FILE edits are always seen.
-PLAN := build/experiments.mk
+PLAN := build/experiments$(subst /,_,$(abspath $(EXPERIMENTS_FILE))).mk
 NO_PLAN_GOALS := help setup clean checksums verify test bench data
 ifneq ($(MAKECMDGOALS),)
 ifeq ($(filter-out $(NO_PLAN_GOALS),$(MAKECMDGOALS)),)

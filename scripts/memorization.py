@@ -63,6 +63,9 @@ def parse_args(argv=None):
     p.add_argument("--download", action="store_true", help="download the data set if missing")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: $TORCH_THREADS or torch's choice)")
+    p.add_argument("--stop-after", type=int, default=None, metavar="EPOCH",
+                   help="save a resume checkpoint after EPOCH and exit with status 3 without a "
+                   "result file (for time-limited cluster slots; re-running resumes)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved settings and exit")
     return p.parse_args(argv)
 
@@ -127,10 +130,14 @@ def main(argv=None) -> int:
         path = results.result_path(args.results_dir, exp.name, stem)
         if args.output and Path(args.output).resolve() != path.resolve():
             raise ValueError(f"--output {args.output} does not match this job's result file {path}")
-        training.run_job(exp, job, args.results_dir, device, jd=jd)
+        done = training.run_job(exp, job, args.results_dir, device, jd=jd,
+                                stop_after=args.stop_after)
     except (data.DataMissingError, training.TrainingDivergedError, ValueError) as e:
         print(f"memorization.py: error: {e}", file=sys.stderr)
         return 1
+    if done is None:
+        print(f"stopped after epoch {args.stop_after}; run again to resume")
+        return 3
     print(f"wrote {path}")
     return 0
 

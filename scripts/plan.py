@@ -46,10 +46,10 @@ def make_fragment(table: dict[str, experiments.Experiment]) -> str:
             f"$(RESULTS_{name}): {prefix}_%.json.gz: | $(SETUP)",
             f"\t$(LAUNCH) $(TRAIN) --experiment {name} --job $* --output $@",
             f"memorization-{name}: $(RESULTS_{name})",
-            f"analysis/{name}.npz: $(RESULTS_{name}) $(SUMMARIZE_DEPS) | analysis",
+            f"$(ANALYSIS)/{name}.npz: $(RESULTS_{name}) $(SUMMARIZE_DEPS)",
             f"\t$(PY) scripts/summarize.py --result-files $(RESULTS_{name}) -o $@",
-            f"analysis/{name}.csv: analysis/{name}.npz",
-            f"summary-{name}: analysis/{name}.npz",
+            f"$(ANALYSIS)/{name}.csv: $(ANALYSIS)/{name}.npz",
+            f"summary-{name}: $(ANALYSIS)/{name}.npz",
             f".PHONY: memorization-{name} summary-{name}",
             "",
         ]

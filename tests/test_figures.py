@@ -173,10 +173,11 @@ def test_bins_follow_the_scale_of_the_data(tmp_path, scale):
     assert 10 <= len(ue) - 1 <= 60
 
 
-def test_bin_width_matches_the_papers_choice_for_mnist_like_scores():
+def test_bin_width_is_the_papers_two_for_an_mnist_like_spread_and_scales_with_m():
     rng = np.random.default_rng(0)
-    M = np.concatenate([rng.gamma(2.0, 3.0, 60000) - 2, [210.0]])   # median ~3, tail to 210
+    M = np.concatenate([rng.uniform(-5, 40, 60000), [210.0]])   # bulk over 45 nats, one outlier
     assert neighbours.bin_width(M) == 2
+    assert neighbours.bin_width(100 * M) == 200
 
 
 def test_nice_edges_cover_degenerate_ranges():
@@ -274,7 +275,7 @@ def test_cli_loads_images_through_the_data_module(tmp_path, monkeypatch):
 
 def test_report_has_a_table_and_the_figures(built):
     out = built / "output" / "report.pdf"
-    report.build(sorted((built / "analysis").glob("*.npz")),
+    report.build(sorted((built / "analysis").glob("bmnist_lr?.npz")),
                  sorted((built / "output").glob("*/*.json")), out)
     assert pdf_pages(out) >= 4
     tex = (built / "output" / "report.tex").read_text()

@@ -111,8 +111,11 @@ def meta_for(exp: Experiment, job: results.Job, jd: JobData, model) -> dict:
 
 def run_job(exp: Experiment, job: results.Job, results_root="results", device="cpu",
             data_root=None, download: bool = False, jd: JobData | None = None,
-            log=print) -> dict:
-    """Train one model and write its result file. Returns the result dict."""
+            log=print, stop_after: int | None = None) -> dict | None:
+    """Train one model and write its result file. Returns the result dict.
+
+    stop_after=E: checkpoint after epoch E and return None without a result file.
+    """
     device = torch.device(device)
     jd = jd or load_job_data(exp, device, job.full, data_root, download)
     n, in_channels = jd.train.shape[0], jd.train.shape[1]
@@ -195,11 +198,14 @@ def run_job(exp: Experiment, job: results.Job, results_root="results", device="c
             line += f" | mean log p in {lp_tr.mean():.3f}" + (
                 f" out {lp_te.mean():.3f}" if len(lp_te) else "")
         log(line + f" ({time.perf_counter() - t0:.1f} s)")
-        if epoch % exp.checkpoint_every == 0 and epoch < exp.epochs:
+        stopping = stop_after is not None and epoch >= stop_after and epoch < exp.epochs
+        if (epoch % exp.checkpoint_every == 0 and epoch < exp.epochs) or stopping:
             buf = io.BytesIO()
             torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "generator": gen.get_state(), "history": history, "epoch": epoch}, buf)
             results.atomic_write_bytes(resume, buf.getvalue())
+        if stopping:
+            return None
 
     if job.full:  # the full model keeps its final weights (loss curves, nearest neighbours)
         buf = io.BytesIO()

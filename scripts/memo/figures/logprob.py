@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import ConnectionPatch, Patch
 
 from .common import (COLORS, HIGH_Q, TEXTWIDTH, Result, bin_of, count, edges_for,
-                     highly_memorized, mosaic, num, pct, placeholder, show, tex_escape)
+                     highly_memorized, lr_label, mosaic, num, pct, placeholder, show, tex_escape)
 
 TARGET_BINS = 25
 RANGE_Q = (0.001, 1.0)    # the lowest 0.1 % of U are pooled into the first bar
@@ -87,7 +87,9 @@ def figure(edges, regular, high, examples=None, images=None, mem=None) -> Figure
     else:
         ax_a.set_title(title_a, loc="left")
     ax_a.legend(handles=[Patch(color=COLORS["memorized"], label=r"highly memorized (top $5\%$)"),
-                         Patch(color=COLORS["regular"], label="regular")], loc="upper left")
+                         Patch(color=COLORS["regular"], label="regular")], loc="best",
+                frameon=True, facecolor="white", edgecolor="none", framealpha=1)
+    ax_a.patch.set_facecolor("none")   # the dashed lines below run behind bars and legend
     ax_a.tick_params(labelbottom=False)
 
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -113,7 +115,7 @@ def figure(edges, regular, high, examples=None, images=None, mem=None) -> Figure
             top = total[b] + 0.12 * total.max()          # above the bar and its number
             fig.add_artist(ConnectionPatch(
                 xyA=(0.5, 0), coordsA=ax.transAxes, xyB=(centers[b], top),
-                coordsB=ax_a.transData, ls="--", lw=0.5, color=COLORS["line"]))
+                coordsB=ax_a.transData, ls="--", lw=0.5, color=COLORS["line"], zorder=-1))
     return fig
 
 
@@ -123,7 +125,7 @@ def caption(s, edges, regular, high, examples, seed, pooled_low, above_median) -
             "regular (blue) observations in bins of the log probability "
             f"$\\log P_{{\\mathcal{{A}}}}(x_i \\mid \\mathcal{{D}})$ (bin width "
             f"{num(edges[1] - edges[0])}) for {tex_escape(s.name)} "
-            f"({tex_escape(s.dataset)}, learning rate {s.meta.get('lr', 0):g}, "
+            f"({tex_escape(s.dataset)}, {lr_label(s.meta.get('lr'))}, "
             f"$n = {count(total.sum())}$). (a) Counts; the number above each bar is its number "
             "of highly memorized observations. ")
     if pooled_low:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-from .common import SERIES_COLORS, Result, num, placeholder, series_labels, tex_escape
+from .common import (SERIES_COLORS, Result, lr_label, num, placeholder, series_labels,
+                     tex_escape)
 
 
 def figure(curves: list[tuple[str, np.ndarray, np.ndarray]]) -> Figure:
@@ -30,7 +31,7 @@ def caption(summaries, curves) -> str:
         last = f"{num(train[-1])} (train)"
         if len(test):
             last += f" and {num(test[-1])} (test), a gap of {num(test[-1] - train[-1])}"
-        parts.append(f"{tex_escape(s.name)} (learning rate {s.meta.get('lr', 0):g}): {last}")
+        parts.append(f"{tex_escape(s.name)} ({lr_label(s.meta.get('lr'))}): {last}")
     data = ", ".join(sorted({tex_escape(s.dataset) for s in summaries}))
     return (f"Loss of the model trained on all of {data}: mean negative ELBO per example on the "
             "training set (solid) and on the test set (dashed) after each epoch. "

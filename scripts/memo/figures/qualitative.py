@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-from .common import (TEXTWIDTH, Result, count, mosaic, num, placeholder, short, show,
-                     tex_escape)
+from .common import (TEXTWIDTH, Result, count, lr_label, mosaic, num, placeholder, short,
+                     show, tex_escape)
 
 ROWS, COLS = 3, 5   # 15 images per grid, ordered by M row by row
 
@@ -36,7 +36,7 @@ def figure(M: np.ndarray, images: np.ndarray, sel: dict[str, np.ndarray]) -> Fig
 def caption(M: np.ndarray, sel: dict[str, np.ndarray], dataset: str, lr) -> str:
     k = len(sel["low"])
     ok = M[np.isfinite(M)]
-    return (f"Training images of {tex_escape(dataset)} (learning rate {lr:g}) with (a) the {k} "
+    return (f"Training images of {tex_escape(dataset)} ({lr_label(lr)}) with (a) the {k} "
             f"lowest, (b) the {k} closest to the median and (c) the {k} highest memorization "
             f"scores at the final epoch, each grid ordered by score row by row. Scores run from "
             f"{num(M[sel['low'][0]])} at the top left of (a) to {num(M[sel['high'][-1]])} at the "
@@ -53,5 +53,5 @@ def make(summaries, *, images=None, **_) -> Result:
     sel = select(M)
     if len(sel["low"]) == 0:
         return placeholder(title, "no finite scores")
-    return Result(figure(M, images, sel), caption(M, sel, s.dataset, s.meta.get("lr") or 0),
+    return Result(figure(M, images, sel), caption(M, sel, s.dataset, s.meta.get("lr")),
                   title, info={"selected": {k: v.tolist() for k, v in sel.items()}})

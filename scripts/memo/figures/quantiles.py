@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-from .common import TEXTWIDTH, SERIES_COLORS, Result, num, placeholder, series_labels, tex_escape
+from .common import (SERIES_COLORS, TEXTWIDTH, Result, lr_label, num, placeholder,
+                     series_labels, tex_escape)
 
 QS = (0.95, 0.999)
 
@@ -39,7 +40,7 @@ def caption(summaries, series, qs=QS) -> str:
     parts = []
     for s, (_, epochs, Q) in zip(summaries, series):
         vals = " and ".join(f"{num(Q[j, -1])} ($q = {q:g}$)" for j, q in enumerate(qs))
-        part = (f"{tex_escape(s.name)} (learning rate {s.meta.get('lr', 0):g}) reaches {vals} "
+        part = (f"{tex_escape(s.name)} ({lr_label(s.meta.get('lr'))}) reaches {vals} "
                 f"at epoch {epochs[-1]}")
         if len(epochs) > 1:
             part += f", from {num(Q[0, 0])} and {num(Q[1, 0])} at epoch {epochs[0]}"

@@ -1,0 +1,84 @@
+# analysis.mk: figures and the report from the summaries (PAPER.md §6).
+# Included by the Makefile, which defines PY (the Python interpreter); nothing else is needed
+# (ANALYSIS, when set, names the folder of the summaries).
+#
+#   analysis/<exp>.npz [+ analysis/<exp>_nn.npz]  ->  output/<exp>/<figure>.{pdf,png,pgf,tex,json}
+#   analysis/bmnist_lr3.npz + analysis/bmnist_lr4.npz  ->  output/bmnist/<figure>.* (compared)
+#   all of them  ->  output/report.pdf
+#
+# Each figure is one grouped target, made from its summary (and nn file) and its own module,
+# so a changed summary or module rebuilds only the figures that read it; `make -j` safe.
+
+AN_IN  := $(or $(ANALYSIS),analysis)
+AN_OUT := output
+AN_FIG := scripts/memo/figures
+AN_EXT := pdf png pgf tex json
+AN_LIB := scripts/analysis.py $(AN_FIG)/__init__.py $(AN_FIG)/common.py
+
+AN_SUMMARIES := $(filter-out %_nn.npz,$(wildcard $(AN_IN)/*.npz))
+AN_EXPS      := $(patsubst $(AN_IN)/%.npz,%,$(AN_SUMMARIES))
+AN_NN_EXPS   := $(filter $(AN_EXPS),$(patsubst $(AN_IN)/%_nn.npz,%,$(wildcard $(AN_IN)/*_nn.npz)))
+
+AN_SINGLE := qualitative logprob uncertainty   # one experiment each
+AN_SERIES := losses quantiles distribution     # one experiment, or a comparison group
+
+# Comparison groups, drawn when every member has a summary; members then get no single
+# versions of the AN_SERIES figures. A group: AN_GROUPS += name, AN_GROUP_name := members.
+AN_GROUPS := bmnist
+AN_GROUP_bmnist := bmnist_lr3 bmnist_lr4
+AN_BUILT_GROUPS := $(foreach g,$(AN_GROUPS),$(if $(filter-out $(AN_EXPS),$(AN_GROUP_$g)),,$g))
+AN_GROUPED := $(foreach g,$(AN_BUILT_GROUPS),$(AN_GROUP_$g))
+
+# The figures of one experiment (output/<exp>/<figure>) and of one group.
+an_exp_stems = $(addprefix $(AN_OUT)/$1/,$(AN_SINGLE) \
+                 $(if $(filter $1,$(AN_GROUPED)),,$(AN_SERIES)) \
+                 $(if $(filter $1,$(AN_NN_EXPS)),neighbours))
+an_group_stems = $(addprefix $(AN_OUT)/$1/,$(AN_SERIES))
+an_files = $(foreach s,$1,$(addprefix $s.,$(AN_EXT)))
+AN_STEMS := $(foreach e,$(AN_EXPS),$(call an_exp_stems,$e)) \
+            $(foreach g,$(AN_BUILT_GROUPS),$(call an_group_stems,$g))
+AN_FIGURES := $(call an_files,$(AN_STEMS))
+
+# One pattern rule per figure: $(call an_rule,FIGURE,EXTRA-PREREQUISITES)
+define an_rule
+$(foreach x,$(AN_EXT),$(AN_OUT)/%/$1.$x) &: $(AN_IN)/%.npz $2 $(AN_FIG)/$1.py $(AN_LIB)
+	$$(PY) scripts/analysis.py $1 $$< --out $$(@D)
+endef
+$(foreach f,$(AN_SINGLE) $(AN_SERIES),$(eval $(call an_rule,$f)))
+$(eval $(call an_rule,neighbours,$(AN_IN)/%_nn.npz))
+
+# One explicit rule per (group, figure): the summaries in the group's order.
+define an_group_rule
+$(foreach x,$(AN_EXT),$(AN_OUT)/$1/$2.$x) &: $(patsubst %,$(AN_IN)/%.npz,$(AN_GROUP_$1)) $(AN_FIG)/$2.py $(AN_LIB)
+	$$(PY) scripts/analysis.py $2 $$(filter %.npz,$$^) --out $$(@D)
+endef
+$(foreach g,$(AN_BUILT_GROUPS),$(foreach f,$(AN_SERIES),$(eval $(call an_group_rule,$g,$f))))
+
+# figures-<exp>: its own figures and those of the groups it belongs to.
+define an_exp_target
+.PHONY: figures-$1
+figures-$1: $(call an_files,$(call an_exp_stems,$1) \
+              $(foreach g,$(AN_BUILT_GROUPS),$(if $(filter $1,$(AN_GROUP_$g)),$(call an_group_stems,$g))))
+endef
+$(foreach e,$(AN_EXPS),$(eval $(call an_exp_target,$e)))
+
+figures-%: ## every figure of one experiment: make figures-EXP (needs analysis/EXP.npz)
+	@echo "figures-$*: no summary $(AN_IN)/$*.npz; make $(AN_IN)/$*.npz first" >&2; exit 1
+
+AN_JSON := $(filter %.json,$(AN_FIGURES))
+AN_NNS  := $(patsubst %,$(AN_IN)/%_nn.npz,$(AN_NN_EXPS))
+
+$(AN_OUT)/report.pdf $(AN_OUT)/report.tex &: $(AN_JSON) $(AN_SUMMARIES) $(AN_NNS) scripts/report.py \
+		$(AN_FIG)/report.py $(AN_FIG)/__init__.py $(AN_FIG)/common.py $(AN_FIG)/uncertainty.py
+	$(PY) scripts/report.py --out $(AN_OUT)/report.pdf --summaries $(AN_SUMMARIES) --figures $(AN_JSON)
+
+analysis: figures $(AN_OUT)/report.pdf ## every figure of every summary in analysis/, and output/report.pdf
+
+figures: $(AN_FIGURES) ## every figure of every summary in analysis/ (output/<experiment>/)
+
+report: $(AN_OUT)/report.pdf ## output/report.pdf: every figure with its caption, a table of key numbers
+
+clean-analysis: ## remove the figures and the report (output/)
+	rm -rf $(addprefix $(AN_OUT)/,$(sort $(AN_EXPS) $(AN_GROUPS))) $(AN_OUT)/report.pdf $(AN_OUT)/report.tex
+
+.PHONY: analysis figures report clean-analysis

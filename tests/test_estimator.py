@@ -1,0 +1,110 @@
+"""Importance-sampled log p(x) against exact marginals, and the pixel-space conversion."""
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from memo import estimator, models, preprocess
+
+
+def pytest_approx(v):
+    return pytest.approx(v, rel=1e-6)
+
+
+class LinearGaussian(nn.Module):
+    """p(z) = N(0, I), p(x|z) = N(Wz + b, s²I) with orthogonal columns of W, so the exact
+    posterior is diagonal: q(z|x) = N(Σ Wᵀ(x − b)/s², Σ), Σ = (I + WᵀW/s²)⁻¹."""
+    binary = True  # no logit-space conversion
+
+    def __init__(self, d=6, latent=3, s=0.5, seed=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        q, _ = torch.linalg.qr(torch.randn(d, latent, generator=g, dtype=torch.float64))
+        self.W = q * torch.tensor([2.0, 1.0, 0.5], dtype=torch.float64)  # orthogonal columns
+        self.b = torch.randn(d, generator=g, dtype=torch.float64)
+        self.s2 = s * s
+        self.post_var = 1.0 / (1.0 + (self.W ** 2).sum(0) / self.s2)  # diag of Σ
+        self.mean_shift, self.var_scale = 0.0, 1.0                     # proposal distortion
+
+    def encode(self, x):
+        mu = self.post_var * ((x - self.b) @ self.W) / self.s2 + self.mean_shift
+        return mu, torch.log(self.post_var * self.var_scale).expand_as(mu)
+
+    def decode(self, z):
+        return z @ self.W.T + self.b
+
+    def log_likelihood(self, x, mean):
+        x = x.view(x.shape[0], *([1] * (mean.dim() - 2)), -1)
+        return (-0.5 * (math.log(2 * math.pi * self.s2) + (x - mean) ** 2 / self.s2)).sum(-1)
+
+    def exact_log_px(self, x):
+        cov = self.W @ self.W.T + self.s2 * torch.eye(len(self.b), dtype=torch.float64)
+        return torch.distributions.MultivariateNormal(self.b, cov).log_prob(x)
+
+
+def test_log_px_exact_with_exact_posterior():
+    model = LinearGaussian()
+    x = torch.randn(5, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 2
+    lp, ess = estimator.log_px(model, x, 16, torch.Generator().manual_seed(2), chunk=7)
+    # every importance weight equals p(x): exact up to float64 rounding, ESS = N
+    assert torch.allclose(lp, model.exact_log_px(x), atol=1e-10, rtol=0)
+    assert torch.allclose(ess, torch.full((5,), 16.0, dtype=torch.float64), atol=1e-8)
+
+
+def test_log_px_converges_with_a_worse_proposal():
+    model = LinearGaussian()
+    model.mean_shift, model.var_scale = 0.3, 2.0
+    x = torch.randn(4, 6, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    n = 40000
+    log_w = estimator.log_weights(model, x, n, torch.Generator().manual_seed(4))
+    lp = estimator.logmeanexp(log_w, 1)
+    # delta method: sd(log p̂) ≈ sd(w) / (√N · mean(w)); a fixed seed keeps this deterministic,
+    # and 5 standard errors leave room for the estimator's small O(1/N) bias
+    w = torch.exp(log_w - log_w.max(1, keepdim=True).values)
+    se = w.std(1) / (math.sqrt(n) * w.mean(1))
+    err = (lp - model.exact_log_px(x)).abs()
+    assert (err < 5 * se).all(), (err, se)
+    assert (se < 0.01).all()
+    ess = estimator.effective_sample_size(log_w, 1)
+    assert ((ess > 1) & (ess < n)).all()
+
+
+def test_logmeanexp_known_values_and_stability():
+    a = torch.tensor([[0.0, math.log(3.0)], [1000.0, 1000.0], [-1000.0, -1000.0 + math.log(3.0)]])
+    out = estimator.logmeanexp(a, 1)
+    assert torch.allclose(out, torch.tensor([math.log(2.0), 1000.0, -1000.0 + math.log(2.0)]))
+
+
+def test_ess_of_equal_and_degenerate_weights():
+    assert estimator.effective_sample_size(torch.zeros(1, 10)).item() == pytest_approx(10.0)
+    w = torch.tensor([[0.0, -1e4, -1e4, -1e4]])
+    assert estimator.effective_sample_size(w).item() == pytest_approx(1.0)
+
+
+def test_logit_to_pixel_term_by_hand():
+    # D = 1, y = 0: log(1 − 2λ) − log 256 − (0 − 2·softplus(0)) = log 0.9 − log 256 + 2 log 2
+    y = torch.zeros(1, 1, 1, 1)
+    expected = math.log(0.9) - math.log(256) + 2 * math.log(2)
+    assert preprocess.logit_to_pixel_log_jacobian(y).item() == pytest_approx(expected)
+
+
+def test_logit_to_pixel_term_matches_the_jacobian():
+    # log p(pixel) = log p(y) + log|dy/dx̃| − log 256, with y = logit(λ + (1 − 2λ) x̃)
+    x_tilde = torch.tensor([0.01, 0.3, 0.5, 0.97], dtype=torch.float64)
+    y = preprocess.to_logit(x_tilde)
+    dydx = torch.func.vmap(torch.func.grad(lambda t: preprocess.to_logit(t)))(x_tilde)
+    expected = torch.log(dydx).sum() - 4 * math.log(256)
+    got = preprocess.logit_to_pixel_log_jacobian(y.view(1, 1, 2, 2))
+    assert got.item() == pytest_approx(expected.item())
+
+
+def test_logit_models_report_pixel_space_log_px():
+    torch.manual_seed(0)
+    model = models.build("ConstantGaussianDCVAE", 4, 3).eval()
+    x = preprocess.eval_inputs(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8),
+                               torch.arange(2), binary=False, seed=0)
+    lp, _ = estimator.log_px(model, x, 4, torch.Generator().manual_seed(0))
+    lp_logit = estimator.logmeanexp(
+        estimator.log_weights(model, x, 4, torch.Generator().manual_seed(0)), 1)
+    assert torch.allclose(lp, lp_logit + preprocess.logit_to_pixel_log_jacobian(x), atol=1e-3)
