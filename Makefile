@@ -26,6 +26,7 @@ SETUP := $(VENV)/.installed
 TRAIN = $(PY) scripts/memorization.py --results-dir $(RESULTS) $(if $(DEVICE),--device $(DEVICE))
 SUMMARIZE_DEPS := scripts/summarize.py scripts/memo/summary.py scripts/memo/results.py \
                   scripts/memo/uncertainty.py
+NN_DEPS := scripts/nearest_neighbours.py scripts/memo/neighbours.py
 
 ##@ Targets
 help: ## list targets and variables
@@ -42,13 +43,15 @@ $(SETUP): requirements.txt scripts/setup.sh
 
 demo: $(SETUP) ## the offline default, end to end: Fashion-MNIST K-fold VAEs -> scores -> figures
 	$(MAKE) --no-print-directory -j $(JOBS) memorization-$(DEMO)
-	$(MAKE) --no-print-directory $(ANALYSIS)/$(DEMO).npz
+	$(MAKE) --no-print-directory $(ANALYSIS)/$(DEMO).npz $(ANALYSIS)/$(DEMO)_nn.npz
 	$(MAKE) --no-print-directory figures-$(DEMO)
 	@echo "per-example memorization scores: $(ANALYSIS)/$(DEMO).csv; figures: output/$(DEMO)/"
 
 memorization: $(addprefix memorization-,$(PAPER_EXPERIMENTS)) ## train the paper's four experiments (404 models)
 
 summaries: $(addprefix $(ANALYSIS)/,$(addsuffix .npz,$(PAPER_EXPERIMENTS))) ## per-experiment summaries (U, V, M) of the paper's experiments
+
+neighbours: $(addprefix $(ANALYSIS)/,$(addsuffix _nn.npz,$(PAPER_EXPERIMENTS))) ## nearest-neighbour distance ratios from the full models
 
 data: $(SETUP) ## download DATA (needs internet): make data DATA=cifar10
 	$(PY) scripts/get_data.py $(DATA)
@@ -75,7 +78,7 @@ verify: ## check result files against results.sha256
 clean: ## remove generated build files (not results, summaries or figures)
 	rm -rf build
 
-.PHONY: help setup demo memorization summaries data test bench checksums verify clean
+.PHONY: help setup demo memorization summaries neighbours data test bench checksums verify clean
 
 # The experiment table becomes one file target per result file (scripts/plan.py). It is
 # regenerated on every run (cheap) so that EXPERIMENTS_FILE edits are always seen.

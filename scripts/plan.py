@@ -50,7 +50,12 @@ def make_fragment(table: dict[str, experiments.Experiment]) -> str:
             f"\t$(PY) scripts/summarize.py --result-files $(RESULTS_{name}) -o $@",
             f"$(ANALYSIS)/{name}.csv: $(ANALYSIS)/{name}.npz",
             f"summary-{name}: $(ANALYSIS)/{name}.npz",
-            f".PHONY: memorization-{name} summary-{name}",
+            # nearest neighbours need the full model's final checkpoint, written with its result
+            f"$(ANALYSIS)/{name}_nn.npz: {prefix}_full_repeat0.json.gz $(NN_DEPS)",
+            f"\t$(PY) scripts/nearest_neighbours.py --experiment {name} --results-dir $(RESULTS)"
+            f" $(if $(DEVICE),--device $(DEVICE)) -o $@",
+            f"nn-{name}: $(ANALYSIS)/{name}_nn.npz",
+            f".PHONY: memorization-{name} summary-{name} nn-{name}",
             "",
         ]
     return "\n".join(lines) + "\n"

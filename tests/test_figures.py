@@ -251,9 +251,9 @@ def test_summary_without_required_arrays_is_refused(tmp_path):
 
 def test_cli_loads_images_through_the_data_module(tmp_path, monkeypatch):
     import types
-    import memo
-    sys.path.insert(0, str(ROOT / "scripts"))
+
     import analysis
+    import memo
 
     monkeypatch.setenv("MEMO_NO_LATEX", "1")
     path = write_summary(tmp_path / "analysis" / "demo.npz", n=120)
@@ -281,3 +281,61 @@ def test_report_has_a_table_and_the_figures(built):
     tex = (built / "output" / "report.tex").read_text()
     assert "bmnist\\_lr3" in tex and "Spearman" in tex
     assert tex.count("\\includegraphics") == len(figures.FIGURES) + len(figures.SERIES)
+
+
+def test_report_without_latex_is_put_together_by_matplotlib(built, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MEMO_NO_LATEX", "1")
+    out = tmp_path / "report.pdf"
+    report.build(sorted((built / "analysis").glob("bmnist_lr?.npz")),
+                 sorted((built / "output").glob("bmnist/*.json")), out)
+    assert capsys.readouterr().err.count("warning:") == 1
+    assert pdf_pages(out) == 1 + len(figures.SERIES)
+
+
+# ----------------------------------------------------------------------------------------------
+# the Make fragment, dry runs in a scratch tree
+
+def make(tree: Path, *args: str) -> str:
+    return subprocess.run(["make", "--no-print-directory", "-C", str(tree), *args], check=True,
+                          capture_output=True, text=True).stdout
+
+
+@pytest.fixture
+def tree(tmp_path):
+    """A scratch project: scripts/ linked, three summaries (bmnist pair + demo), one nn file."""
+    (tmp_path / "scripts").symlink_to(ROOT / "scripts")
+    (tmp_path / "Makefile").write_text(
+        f"PY := {sys.executable}\ninclude {ROOT / 'analysis.mk'}\n"
+        "print-%: ; @echo $($*)\n")
+    for name in ("bmnist_lr3", "bmnist_lr4", "demo"):
+        write_summary(tmp_path / "analysis" / f"{name}.npz", n=40)
+    write_nn(tmp_path / "analysis" / "demo.npz")
+    return tmp_path
+
+
+@pytest.mark.skipif(not shutil.which("make"), reason="no make")
+def test_make_plans_one_command_per_figure_and_compares_the_bmnist_pair(tree):
+    cmds = [l for l in make(tree, "-n", "figures").splitlines() if "analysis.py" in l]
+    assert len(cmds) == len(cmds and set(cmds))
+    figs = [c.split("analysis.py ")[1] for c in cmds]
+    assert "losses analysis/bmnist_lr3.npz analysis/bmnist_lr4.npz --out output/bmnist" in figs
+    assert not any(f.startswith(("losses analysis/bmnist_lr3", "losses analysis/bmnist_lr4 "))
+                   and "output/bmnist_" in f for f in figs)
+    assert "neighbours analysis/demo.npz --out output/demo" in figs
+    assert not any(f.startswith("neighbours analysis/bmnist") for f in figs)
+    assert len(figs) == 2 * 3 + (3 + 3 + 1) + 3     # singles, demo's own, bmnist comparisons
+
+
+@pytest.mark.skipif(not shutil.which("make"), reason="no make")
+def test_make_rebuilds_only_the_figures_of_a_changed_summary(tree):
+    import os
+    files = make(tree, "print-AN_FIGURES").split()
+    for f in files:
+        p = tree / f
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.touch()
+        os.utime(p, (2e9, 2e9))
+    assert "analysis.py" not in make(tree, "-n", "figures")
+    os.utime(tree / "analysis" / "demo.npz", (2.1e9, 2.1e9))
+    cmds = [l for l in make(tree, "-n", "figures").splitlines() if "analysis.py" in l]
+    assert cmds and all("analysis/demo.npz" in c and "output/demo" in c for c in cmds)
