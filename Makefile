@@ -16,7 +16,8 @@ RESULTS ?= results## root of the result files
 ANALYSIS ?= analysis## where summaries (.npz, .csv) are written
 EXPERIMENTS_FILE ?=## JSON file with experiments of your own (see README)
 DATA ?= bmnist## data set for `make data`: bmnist, fashion, cifar10, celeba
-JOBS ?= $(shell nproc 2>/dev/null || echo 2)## parallel training jobs of `make demo`
+NPROC := $(shell nproc 2>/dev/null || echo 2)
+JOBS ?= $(NPROC)## parallel training jobs of `make demo` (default: the number of cores)
 PAPER_EXPERIMENTS := bmnist_lr3 bmnist_lr4 cifar10 celeba
 DEMO := fashion_demo
 
@@ -34,7 +35,7 @@ help: ## list targets and variables
 	  /^[a-zA-Z_%\/.-]+:.*## / {printf "  %-22s %s\n", $$1, $$2} \
 	  /^[A-Z_]+ \?=.*## / {split($$0, a, "## "); sub(/ \?=.*/, "", a[1]); \
 	  v = $$0; sub(/^[A-Z_]+ \?= ?/, "", v); sub(/## .*/, "", v); \
-	  printf "  %-22s %s (default: %s)\n", a[1], a[2], v}' $(MAKEFILE_LIST)
+	  printf "  %-22s %s%s\n", a[1], a[2], ((v == "" || index(a[2], "(default")) ? "" : " (default: " v ")")}' $(MAKEFILE_LIST)
 	@echo; echo "Per experiment: memorization-EXP, summary-EXP (EXP: $(PAPER_EXPERIMENTS) $(DEMO))"
 
 setup: $(SETUP) ## create the virtualenv, install requirements (and Debian packages as root)

@@ -87,4 +87,5 @@ def test_tiny_experiment_through_srun_matches_local_run(cluster, tiny_experiment
     assert len(jobs) == len(expected), "\n".join(shown)
     for line in jobs:
         assert "JobState=COMPLETED" in line and "ExitCode=0:0" in line, line
-        assert re.search(r"\bCommand=\S*/\.venv/bin/python\b", line), line
+        assert re.search(r"\bCommand=\S*python\S* ", line), line  # $(PY), the training CLI
+        assert f" WorkDir={ROOT} " in line, line

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import matplotlib
 import numpy as np
+from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 
 HIGH_Q = 0.95          # "highly memorized" = top 5 % of final-epoch M by percentile (PAPER.md §6)
@@ -240,19 +241,23 @@ def bin_of(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
 
 def lr_label(lr) -> str:
     r"""$\eta = 10^{-3}$ for powers of ten, else $\eta = 0.0003$."""
-    if lr is None:
-        return "lr ?"
+    if lr is None or lr <= 0:
+        return "lr ?" if lr is None else rf"$\eta = {lr:g}$"
     e = math.log10(lr)
     body = f"10^{{{round(e)}}}" if abs(e - round(e)) < 1e-9 else f"{lr:g}"
     return rf"$\eta = {body}$"
 
 
 def series_labels(summaries: list[Summary]) -> list[str]:
-    """Legend labels: the learning rate when the data set is shared, else name and rate."""
-    if len({s.dataset for s in summaries}) == 1 and len({s.meta.get("lr") for s in summaries}) \
-            == len(summaries):
-        return [lr_label(s.meta.get("lr")) for s in summaries]
-    return [f"{s.dataset}, {lr_label(s.meta.get('lr'))}" for s in summaries]
+    """Legend labels: the learning rate when only it differs, else data set and rate, else
+    the experiment names."""
+    rates = [lr_label(s.meta.get("lr")) for s in summaries]
+    if len({s.dataset for s in summaries}) == 1 and len(set(rates)) == len(rates):
+        return rates
+    both = [f"{s.dataset}, {r}" for s, r in zip(summaries, rates)]
+    if len(set(both)) == len(both):
+        return both
+    return [s.name for s in summaries]
 
 
 def short(x: float, digits: int = 3) -> str:
@@ -315,7 +320,7 @@ def mosaic(images: np.ndarray, rows: int, cols: int, frames: list | None = None,
         img = images[i].transpose(1, 2, 0)                 # (H, W, C)
         img = np.repeat(img, 3, axis=2) if C == 1 else img[..., :3]
         if f:
-            rgb = np.array(matplotlib.colors.to_rgb(frames[i] or "white")) * 255
+            rgb = np.array(to_rgb(frames[i] or "white")) * 255
             out[y:y + th, x:x + tw] = rgb.astype(np.uint8)
         out[y + f:y + f + H, x + f:x + f + W] = img
     return out
