@@ -44,8 +44,9 @@ define an_rule
 $(foreach x,$(AN_EXT),$(AN_OUT)/%/$1.$x) &: $(AN_IN)/%.npz $2 $(AN_FIG)/$1.py $(AN_LIB)
 	$$(PY) scripts/analysis.py $1 $$< --out $$(@D)
 endef
-$(foreach f,$(AN_SINGLE) $(AN_SERIES),$(eval $(call an_rule,$f)))
+$(foreach f,qualitative logprob $(AN_SERIES),$(eval $(call an_rule,$f)))
 $(eval $(call an_rule,neighbours,$(AN_IN)/%_nn.npz))
+$(eval $(call an_rule,uncertainty,scripts/memo/uncertainty.py))   # its ESS threshold rule
 
 # One explicit rule per (group, figure): the summaries in the group's order.
 define an_group_rule
@@ -69,7 +70,8 @@ AN_JSON := $(filter %.json,$(AN_FIGURES))
 AN_NNS  := $(patsubst %,$(AN_IN)/%_nn.npz,$(AN_NN_EXPS))
 
 $(AN_OUT)/report.pdf $(AN_OUT)/report.tex &: $(AN_JSON) $(AN_SUMMARIES) $(AN_NNS) scripts/report.py \
-		$(AN_FIG)/report.py $(AN_FIG)/__init__.py $(AN_FIG)/common.py $(AN_FIG)/uncertainty.py
+		$(AN_FIG)/report.py $(AN_FIG)/__init__.py $(AN_FIG)/common.py $(AN_FIG)/uncertainty.py \
+		scripts/memo/uncertainty.py
 	$(PY) scripts/report.py --out $(AN_OUT)/report.pdf --summaries $(AN_SUMMARIES) --figures $(AN_JSON)
 
 analysis: figures $(AN_OUT)/report.pdf ## every figure of every summary in analysis/, and output/report.pdf

@@ -21,7 +21,7 @@ from memo import figures  # noqa: E402  (light: no matplotlib until a figure is 
 
 
 def default_out(summaries: list[Path]) -> Path:
-    """output/<experiment>, or output/<shared prefix> for a comparison (bmnist_lr3 + _lr4: bmnist)."""
+    """output/<experiment>, or output/<shared prefix> when comparing (bmnist_lr3, _lr4: bmnist)."""
     stems = [p.stem for p in summaries]
     if len(stems) == 1:
         return Path("output") / stems[0]
@@ -31,15 +31,14 @@ def default_out(summaries: list[Path]) -> Path:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("figure", choices=figures.FIGURES + ("all", "list"),
                    help="figure to draw; 'all': every figure of one experiment")
     p.add_argument("summaries", nargs="*", type=Path, help="analysis/<exp>.npz file(s)")
     p.add_argument("--out", type=Path, help="output folder (default: output/<experiment>)")
     p.add_argument("--nn", type=Path, help="nearest-neighbour file (default: <summary>_nn.npz)")
     p.add_argument("--seed", type=int, default=figures.DEFAULT_SEED,
-                   help="seed of the example images in the logprob figure")
+                   help="seed of the example images in the logprob figure (default: %(default)s)")
     p.add_argument("--no-latex", action="store_true",
                    help="draw PDFs with matplotlib even when LaTeX is installed")
     args = p.parse_args(argv)

@@ -13,13 +13,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--summaries", nargs="*", type=Path,
                    help="summary files (default: analysis/*.npz without *_nn.npz)")
     p.add_argument("--figures", nargs="*", type=Path,
                    help="the figures' .json files (default: <out folder>/*/*.json)")
-    p.add_argument("--out", type=Path, default=Path("output/report.pdf"), help="the PDF to write")
+    p.add_argument("--out", type=Path, default=Path("output/report.pdf"), help="the PDF to write (default: %(default)s)")
     p.add_argument("--no-latex", action="store_true", help="put the pages together with matplotlib")
     args = p.parse_args(argv)
 

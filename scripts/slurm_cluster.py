@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import signal
 import socket
@@ -31,6 +32,7 @@ from pathlib import Path
 DAEMONS = ("slurmctld", "slurmd")                         # started in this order, stopped in reverse
 COMMANDS = DAEMONS + ("srun", "sbatch", "sinfo", "squeue", "scontrol", "scancel")
 DEFAULT_PORTS = {"slurmctld": 6817, "slurmd": 6818}
+PORT_ATTEMPTS = 3    # start() retries on other ports when a daemon finds its port taken
 MAX_SOCKET_DIR = 80  # slurmstepd puts unix sockets in the spool dir; their paths must stay < 108
 
 
@@ -103,12 +105,13 @@ def _free_port(exclude: set[int]) -> int:
             return port
 
 
-def choose_ports() -> dict[str, int]:
-    """SLURM's default ports where they are free, else ports the kernel hands out."""
+def choose_ports(defaults: bool = True) -> dict[str, int]:
+    """SLURM's default ports where they are free (if `defaults`), else ports the kernel hands out."""
     ports: dict[str, int] = {}
     for name, default in DEFAULT_PORTS.items():
         taken = set(ports.values())
-        ports[name] = default if default not in taken and _port_free(default) else _free_port(taken)
+        free = defaults and default not in taken and _port_free(default)
+        ports[name] = default if free else _free_port(taken)
     return ports
 
 
@@ -270,19 +273,31 @@ class Cluster:
                 parts.append(f"--- {path} (last {lines} lines)\n{_tail(text, lines)}")
         return "\n".join(parts) or "(no daemon logs written)"
 
+    def controller_state_dir(self) -> str:
+        """StateSaveLocation of the slurmctld that answers on this cluster's port ('' if none)."""
+        try:
+            proc = self.run("scontrol", "show", "config", timeout=10)
+        except subprocess.TimeoutExpired:
+            return ""
+        m = re.search(r"^StateSaveLocation\s*=\s*(\S+)", proc.stdout, re.M)
+        return m[1] if m else ""
+
     def wait_idle(self, timeout: float = 60.0) -> None:
-        """Wait until sinfo shows the node idle; on timeout or a daemon's death raise with the logs."""
+        """Wait until sinfo shows this cluster's node idle; raise with the logs on timeout or if a
+        daemon dies (for example because another cluster took its port after we chose it)."""
         t0 = time.monotonic()
         state = ""
         while time.monotonic() < t0 + timeout:
-            state = self.node_state()
-            if state == "idle":
-                return
             dead = [d for d in DAEMONS if self.daemon_pid(d) is None]
             if dead and time.monotonic() > t0 + 2:  # give the pid files a moment to appear
                 raise ClusterStartError(
                     f"{' and '.join(dead)} exited while starting (node state {state!r}); "
                     f"daemon logs:\n{self.logs_tail()}")
+            state = self.node_state()
+            # another cluster's slurmctld may answer on our port before ours fails to bind it
+            if (state == "idle" and not dead
+                    and self.controller_state_dir() == str(self.state_dir / "state")):
+                return
             time.sleep(0.25)
         raise ClusterStartError(
             f"the node did not become idle within {timeout:.0f} s (sinfo state {state!r}); "
@@ -315,6 +330,22 @@ class Cluster:
         self.stop()
 
 
+def _start_daemons(cluster: Cluster, timeout: float) -> None:
+    for daemon in DAEMONS:
+        for path in (cluster.pid_file(daemon), cluster.log_file(daemon)):
+            path.unlink(missing_ok=True)
+    for daemon in DAEMONS:
+        # -c: start clean (no saved jobs or node state); without -D each daemonizes and writes
+        # its pid file, so it outlives this process and `stop` finds it again
+        with open(cluster.state_dir / f"{daemon}.out", "w") as out:
+            proc = subprocess.run([daemon, "-c"], env=cluster.env(), stdin=subprocess.DEVNULL,
+                                  stdout=out, stderr=subprocess.STDOUT, timeout=60)
+        if proc.returncode != 0:
+            raise ClusterStartError(f"{daemon} -c exited with status {proc.returncode}; "
+                                    f"daemon logs:\n{cluster.logs_tail()}")
+    cluster.wait_idle(timeout)
+
+
 def start(state_dir: str | os.PathLike, timeout: float = 60.0) -> Cluster:
     """Write slurm.conf under state_dir, start slurmctld and slurmd, wait for the node to be idle."""
     missing = missing_commands()
@@ -333,27 +364,24 @@ def start(state_dir: str | os.PathLike, timeout: float = 60.0) -> Cluster:
                                 "stop that cluster first")
     for sub in ("spool", "state"):
         (cluster.state_dir / sub).mkdir(parents=True, exist_ok=True)
-    for daemon in DAEMONS:
-        for path in (cluster.pid_file(daemon), cluster.log_file(daemon)):
-            path.unlink(missing_ok=True)
 
     cpus = len(os.sched_getaffinity(0))  # what `nproc` prints
-    cluster.conf.write_text(slurm_conf(cluster.state_dir, short_hostname(), cpus,
-                                       safe_real_memory_mib(), choose_ports(), node_topology(cpus)))
-    try:
-        for daemon in DAEMONS:
-            # -c: start clean (no saved jobs or node state); without -D each daemonizes and
-            # writes its pid file, so it outlives this process and `stop` finds it again
-            with open(cluster.state_dir / f"{daemon}.out", "w") as out:
-                proc = subprocess.run([daemon, "-c"], env=cluster.env(), stdin=subprocess.DEVNULL,
-                                      stdout=out, stderr=subprocess.STDOUT, timeout=60)
-            if proc.returncode != 0:
-                raise ClusterStartError(f"{daemon} -c exited with status {proc.returncode}; "
-                                        f"daemon logs:\n{cluster.logs_tail()}")
-        cluster.wait_idle(timeout)
-    except BaseException:
-        cluster.stop()
-        raise
+    topology = node_topology(cpus)
+    for attempt in range(PORT_ATTEMPTS):
+        # ports are free when chosen, but a cluster starting beside this one may take them first
+        ports = choose_ports(defaults=attempt == 0)
+        cluster.conf.write_text(slurm_conf(cluster.state_dir, short_hostname(), cpus,
+                                           safe_real_memory_mib(), ports, topology))
+        try:
+            _start_daemons(cluster, timeout)
+            break
+        except ClusterStartError:
+            cluster.stop()
+            if attempt + 1 == PORT_ATTEMPTS or "Address already in use" not in cluster.logs_tail():
+                raise
+        except BaseException:
+            cluster.stop()
+            raise
     return cluster
 
 

@@ -224,11 +224,13 @@ def test_example_selection_is_deterministic_for_a_seed(tmp_path):
 
 def test_no_latex_fallback_writes_matplotlib_pdf_with_one_warning(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(shutil, "which", lambda *a, **k: None)
+    monkeypatch.setattr(common, "_WARNED", set())
     assert common.latex_engine() is None
     s = common.load_summary(write_summary(tmp_path / "x.npz"))
     figures.build("distribution", [s], tmp_path / "out")
+    figures.build("quantiles", [s], tmp_path / "out")
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("warning:")
+    assert len(err) == 1 and err[0].startswith("warning:")     # one line, not one per figure
     pdf = tmp_path / "out" / "distribution.pdf"
     assert pdf.read_bytes().startswith(b"%PDF") and "Matplotlib" in pdf_producer(pdf)
     assert (tmp_path / "out" / "distribution.png").stat().st_size > 0
@@ -339,3 +341,11 @@ def test_make_rebuilds_only_the_figures_of_a_changed_summary(tree):
     os.utime(tree / "analysis" / "demo.npz", (2.1e9, 2.1e9))
     cmds = [l for l in make(tree, "-n", "figures").splitlines() if "analysis.py" in l]
     assert cmds and all("analysis/demo.npz" in c and "output/demo" in c for c in cmds)
+
+
+def test_ess_threshold_is_the_summarys_or_the_projects_flagging_rule():
+    from memo import uncertainty as unc
+    from memo.figures.uncertainty import ess_threshold
+    assert ess_threshold({"ess_threshold": 10.0, "n_is": 256}) == 10.0
+    assert ess_threshold({"n_is": 256}) == pytest.approx(float(unc.ess_threshold(256)))
+    assert ess_threshold({}) is None

@@ -29,8 +29,8 @@ def build(name: str, summaries: list, out_dir, *, nn=None, images=None,
     from . import common
     mod = module(name)
     if not summaries or (name not in SERIES and len(summaries) != 1):
-        raise ValueError(f"figure {name} takes {'one or more summaries' if name in SERIES else 'one summary'}, "
-                         f"got {len(summaries)}")
+        takes = "one or more summaries" if name in SERIES else "one summary"
+        raise ValueError(f"figure {name} takes {takes}, got {len(summaries)}")
     if engine == "auto":
         engine = common.latex_engine()
     with common.style(engine):

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,9 +42,16 @@ class SummaryError(ValueError):
     pass
 
 
-def warn(msg: str) -> None:
-    """One line on stderr."""
+def warn(msg: str, once: str | None = None) -> None:
+    """One line on stderr; with `once`, only the first time per process for that key."""
+    if once is not None:
+        if once in _WARNED:
+            return
+        _WARNED.add(once)
     print(f"warning: {msg}", file=sys.stderr, flush=True)
+
+
+_WARNED: set[str] = set()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -96,6 +104,9 @@ class Summary:
 
 def load_summary(path: str | os.PathLike) -> Summary:
     path = Path(path)
+    if not path.is_file() or not zipfile.is_zipfile(path):
+        raise SummaryError(f"{path} is not a summary (.npz) file"
+                           + ("" if path.exists() else ": it does not exist"))
     try:
         z = np.load(path)
     except (OSError, ValueError) as e:
@@ -400,7 +411,8 @@ def run_latex(cmd: list[str], cwd: Path, log: Path) -> None:
     p = subprocess.run(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600)
     if p.returncode != 0:
-        text = log.read_text(errors="replace") if log.exists() else p.stdout.decode(errors="replace")
+        text = (log.read_text(errors="replace") if log.exists()
+                else p.stdout.decode(errors="replace"))
         tail = "\n".join(text.splitlines()[-25:])
         raise RuntimeError(f"{' '.join(cmd)} failed in {cwd}:\n{tail}")
 
@@ -426,8 +438,8 @@ def save(result: Result, out_dir: str | os.PathLike, name: str, meta: dict | Non
                 run_latex([engine, "-interaction=nonstopmode", "-halt-on-error", f"{name}.tex"],
                           tmp, tmp / f"{name}.log")
             else:
-                warn(f"no LaTeX (pdflatex, lualatex) found: {out_dir / name}.pdf is drawn by "
-                     "matplotlib, the .pgf only includes it")
+                warn("no LaTeX (pdflatex or lualatex) found: PDFs are drawn by matplotlib and "
+                     "each .pgf only includes its PDF", once="no-latex")
                 fig.savefig(tmp / f"{name}.pdf", metadata={"CreationDate": None})
                 (tmp / f"{name}.pgf").write_text(
                     f"% LaTeX was not available when this figure was made: this stand-in\n"

@@ -5,8 +5,8 @@ the log probability U_i = log P_A(x_i | D) at the final epoch.
 columns of example images joined to their bin by dashed lines; (b) the proportions per bin.
 
 Example images: `N_COLS` bins, evenly spaced among the bins holding at least `N_ROWS`
-observations; in each, one highly memorized observation where the bin has any (two for four
-rows and more) and regular ones for the rest, drawn uniformly without replacement by
+observations; in each, max(1, N_ROWS // 2) highly memorized observations where the bin has
+any (one for the default three rows) and regular ones for the rest, drawn uniformly without replacement by
 `np.random.default_rng([seed, bin])` -- the choice in one bin depends only on the seed and
 that bin. The frame colour tells which group an image is in.
 """
@@ -51,7 +51,7 @@ def select_examples(U: np.ndarray, mem: np.ndarray, edges: np.ndarray, seed: int
         rng = np.random.default_rng([seed, int(k)])
         high = np.flatnonzero((b == k) & mem)
         low = np.flatnonzero((b == k) & ~mem)
-        n_high = min(high.size, max(1, n_rows // 2), n_rows)
+        n_high = min(high.size, max(1, n_rows // 2))
         n_high = max(n_high, n_rows - low.size)             # too few regular ones
         chosen = np.concatenate([rng.choice(high, n_high, replace=False),
                                  rng.choice(low, n_rows - n_high, replace=False)])

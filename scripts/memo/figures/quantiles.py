@@ -52,7 +52,8 @@ def caption(summaries, series, qs=QS) -> str:
 
 def make(summaries, **_) -> Result:
     title = "Quantiles of M over epochs"
-    series = [(lab, s.epochs, quantiles(s.M)) for s, lab in zip(summaries, series_labels(summaries))]
+    labels = series_labels(summaries)
+    series = [(lab, s.epochs, quantiles(s.M)) for s, lab in zip(summaries, labels)]
     if all(np.isnan(Q).all() for _, _, Q in series):
         return placeholder(title, "no finite scores")
     return Result(figure(series), caption(summaries, series), title)

@@ -16,7 +16,8 @@ from scipy import stats
 
 from . import FIGURES
 from .common import (PREAMBLE, REPRODUCIBLE, Summary, count, finite, latex_engine, load_nn,
-                     load_summary, nn_path_for, num, pct, run_latex, tex_escape, warn)
+                     load_summary, lr_label, nn_path_for, num, pct, run_latex, tex_escape,
+                     warn)
 from .uncertainty import ess_summary
 
 TABLE_COLUMNS = 4   # experiments per table (a wider table would not fit the page)
@@ -33,8 +34,15 @@ def key_numbers(s: Summary, nn=None) -> list[tuple[str, str]]:
         return num(stats.spearmanr(x[ok], y[ok])[0], 2) if ok.sum() > 2 else "--"
 
     ess = ess_summary(s)
-    thr = ess["threshold"]
+    ess_median = ess_low = "--"
+    if not (np.isnan(ess["median_in"]) and np.isnan(ess["median_out"])):
+        ess_median = f"{num(ess['median_in'])} / {num(ess['median_out'])}"
+        if ess["threshold"] is not None:
+            ess_low = (f"{pct(ess['below_in'])} / {pct(ess['below_out'])} "
+                       f"($<{num(ess['threshold'])}$)")
     return [
+        ("data set", tex_escape(s.dataset)),
+        ("learning rate", lr_label(s.meta.get("lr"))),
         ("$n$", count(s.n)),
         ("folds $K$", str(s.meta.get("folds", "--"))),
         ("repeats $L$", str(s.repeats or s.meta.get("repeats", "--"))),
@@ -47,15 +55,14 @@ def key_numbers(s: Summary, nn=None) -> list[tuple[str, str]]:
         ("Spearman of $M$ with $U$", spearman(M, U)),
         ("Spearman of $M$ with $\\rho$", spearman(M, nn.rho) if nn is not None else "--"),
         ("split-half reliability", num(s.split_half, 2) if np.isfinite(s.split_half) else "--"),
-        ("median ESS, in / out", "--" if np.isnan(ess["median_in"]) and np.isnan(ess["median_out"])
-         else f"{num(ess['median_in'])} / {num(ess['median_out'])}"),
-        ("ESS below threshold" + (f" {num(thr)}" if thr is not None else "") + ", in / out",
-         "--" if thr is None or np.isnan(ess["below_in"]) and np.isnan(ess["below_out"])
-         else f"{pct(ess['below_in'])} / {pct(ess['below_out'])}"),
+        ("median ESS, in / out", ess_median),
+        ("ESS below the threshold, in / out", ess_low),
     ]
 
 
 def table_tex(summaries: list[Summary], nns: list) -> str:
+    if not summaries:
+        return "No summaries were given."
     rows = [key_numbers(s, nn) for s, nn in zip(summaries, nns)]
     out = []
     for start in range(0, len(summaries), TABLE_COLUMNS):
@@ -109,8 +116,9 @@ def document(summaries, nns, secs, rel) -> str:
              r"\usepackage[a4paper,margin=2.2cm]{geometry}", PREAMBLE,
              r"\usepackage{graphicx,booktabs,amsmath,amssymb,placeins}",
              r"\usepackage[font=small,labelfont=bf]{caption}",
-             r"\title{Memorization in variational autoencoders: figures and key numbers}",
-             r"\author{}", r"\date{}", r"\begin{document}", r"\maketitle", INTRO.strip(),
+             r"\begin{document}",
+             r"\begin{center}\Large Memorization in variational autoencoders: figures and key "
+             r"numbers\end{center}", INTRO.strip(),
              r"\section{Key numbers}",
              r"Per experiment, at the last evaluated epoch; $U$ is $\log P_{\mathcal{A}}(x_i \mid "
              r"\mathcal{D})$, $\rho$ the nearest-neighbour distance ratio, ESS the mean "

@@ -10,13 +10,24 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-from .common import (COLORS, HIGH_Q, TEXTWIDTH, Result, count, edges_for, finite,
+from .common import (COLORS, HIGH_Q, TEXTWIDTH, Result, edges_for, finite,
                      highly_memorized, num, pct, placeholder, short, tex_escape)
 
 
+def ess_threshold(meta: dict) -> float | None:
+    """meta's "ess_threshold", else the flagging rule of memo.uncertainty for meta's N."""
+    if meta.get("ess_threshold") is not None:
+        return float(meta["ess_threshold"])
+    if not meta.get("n_is"):
+        return None
+    from memo import uncertainty
+    fraction = meta.get("ess_threshold_fraction", uncertainty.ESS_THRESHOLD_FRACTION)
+    return float(uncertainty.ess_threshold(meta["n_is"], fraction))
+
+
 def ess_summary(s) -> dict:
-    """Median ESS and the share of examples below the summary's threshold (in, out)."""
-    thr = s.meta.get("ess_threshold")
+    """Median ESS and the share of examples below the ESS threshold (in, out)."""
+    thr = ess_threshold(s.meta)
     out = {"threshold": thr}
     for key, v in (("in", s.ess_in), ("out", s.ess_out)):
         v = finite(v)
@@ -68,7 +79,8 @@ def figure(M, sp, ess_in, ess_out, threshold, n_is) -> Figure:
             if v.size:
                 ax.stairs(np.histogram(v, edges)[0], edges, color=color, lw=0.9, label=label)
         if threshold is not None:
-            ax.axvline(threshold, color="k", ls="--", lw=0.6, label=f"threshold ({short(threshold)})")
+            ax.axvline(threshold, color="k", ls="--", lw=0.6,
+                       label=f"threshold ({short(threshold)})")
         ax.set_xlabel("mean effective sample size per example")
         ax.set_ylabel("number of examples")
         ax.set_title(f"({next(letter)}) importance sampling", loc="left")
