@@ -102,4 +102,13 @@ $(PLAN): FORCE | $(SETUP)
 FORCE:
 .PHONY: FORCE
 
--include analysis.mk
+# Experiments whose result files are all present (trained here, or the authors' published
+# files unzipped into results/): `make analysis` summarizes these and trains nothing.
+COMPLETE = $(foreach e,$(EXPERIMENTS),$(if $(filter-out $(wildcard $(RESULTS_$e)),$(RESULTS_$e)),,$e))
+summaries-present:
+	@$(if $(COMPLETE),,echo "no experiment has all its result files under $(RESULTS)/")
+	$(if $(COMPLETE),$(MAKE) --no-print-directory $(foreach e,$(COMPLETE),$(ANALYSIS)/$e.npz \
+	  $(if $(wildcard $(RESULTS)/$e/checkpoints/*_full_repeat0_epoch*.params),$(ANALYSIS)/$e_nn.npz)))
+.PHONY: summaries-present
+
+include analysis.mk

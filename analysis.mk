@@ -74,7 +74,9 @@ $(AN_OUT)/report.pdf $(AN_OUT)/report.tex &: $(AN_JSON) $(AN_SUMMARIES) $(AN_NNS
 		scripts/memo/uncertainty.py
 	$(PY) scripts/report.py --out $(AN_OUT)/report.pdf --summaries $(AN_SUMMARIES) --figures $(AN_JSON)
 
-analysis: figures $(AN_OUT)/report.pdf ## every figure of every summary in analysis/, and output/report.pdf
+analysis: ## summaries of every experiment whose result files are all present, then every figure and output/report.pdf
+	$(MAKE) --no-print-directory summaries-present
+	$(MAKE) --no-print-directory figures $(AN_OUT)/report.pdf
 
 figures: $(AN_FIGURES) ## every figure of every summary in analysis/ (output/<experiment>/)
 
