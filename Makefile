@@ -14,6 +14,7 @@ LAUNCH ?=## prefix of every training command, e.g. LAUNCH="srun --gres=gpu:1"
 DATA_ROOT ?= ./data## where MNIST, CIFAR-10, CelebA live (Fashion-MNIST also from Debian)
 RESULTS ?= results## root of the result files
 ANALYSIS ?= analysis## where summaries (.npz, .csv) are written
+CHECKSUMS ?= results.sha256## manifest written by `make checksums`
 EXPERIMENTS_FILE ?=## JSON file with experiments of your own (see README)
 DATA ?= bmnist## data set for `make data`: bmnist, fashion, cifar10, celeba
 NPROC := $(shell nproc 2>/dev/null || echo 2)
@@ -45,8 +46,8 @@ $(SETUP): requirements.txt scripts/setup.sh
 demo: $(SETUP) ## the offline default, end to end: Fashion-MNIST K-fold VAEs -> scores -> figures
 	$(MAKE) --no-print-directory -j $(JOBS) memorization-$(DEMO)
 	$(MAKE) --no-print-directory $(ANALYSIS)/$(DEMO).npz $(ANALYSIS)/$(DEMO)_nn.npz
-	$(MAKE) --no-print-directory figures-$(DEMO)
-	@echo "per-example memorization scores: $(ANALYSIS)/$(DEMO).csv; figures: output/$(DEMO)/"
+	$(MAKE) --no-print-directory figures-$(DEMO) report
+	@echo "per-example memorization scores: $(ANALYSIS)/$(DEMO).csv; figures: output/$(DEMO)/, report: output/report.pdf"
 
 memorization: $(addprefix memorization-,$(PAPER_EXPERIMENTS)) ## train the paper's four experiments (404 models)
 
@@ -63,18 +64,23 @@ test: $(SETUP) ## run the test suite
 bench: $(SETUP) ## training and importance-sampling images/s on this machine
 	$(PY) scripts/bench.py
 
-checksums: ## write results.sha256 for every file under results/
+checksums: ## write results.sha256 (sorted, sha256sum format) for every file under results/
 	@find $(RESULTS) -type f ! -name '.*' -print0 | LC_ALL=C sort -z \
-	  | xargs -0 -r sha256sum > results.sha256.tmp
-	@mv results.sha256.tmp results.sha256
-	@echo "results.sha256: $$(wc -l < results.sha256) files"
+	  | xargs -0 -r sha256sum > $(CHECKSUMS).tmp
+	@mv $(CHECKSUMS).tmp $(CHECKSUMS)
+	@echo "$(CHECKSUMS): $$(wc -l < $(CHECKSUMS)) files"
 
-verify: ## check result files against results.sha256
-	@test -f results.sha256 || { echo "verify: results.sha256 not found (make checksums)"; exit 1; }
-	@if out=$$(sha256sum --check --quiet results.sha256 2>&1); then \
-	  echo "verify: OK ($$(wc -l < results.sha256) files)"; \
+verify: ## check the files under results/ against results.sha256: OK, or the failed/missing files
+	@test -f $(CHECKSUMS) || { echo "verify: $(CHECKSUMS) not found (make checksums writes it)"; exit 1; }
+	@extra=$$(comm -13 <(cut -c67- $(CHECKSUMS) | LC_ALL=C sort) \
+	  <(find $(RESULTS) -type f ! -name '.*' | LC_ALL=C sort)); \
+	if [ -n "$$extra" ]; then echo "verify: note: files not in $(CHECKSUMS):"; \
+	  echo "$$extra" | sed 's/^/  /'; fi
+	@if out=$$(sha256sum --check --quiet $(CHECKSUMS) 2>&1); then \
+	  echo "verify: OK ($$(wc -l < $(CHECKSUMS)) files match $(CHECKSUMS))"; \
 	else \
-	  echo "verify: FAILED:"; echo "$$out" | sed 's/^/  /'; exit 1; fi
+	  echo "verify: FAILED (changed or missing files):"; \
+	  echo "$$out" | grep -v '^sha256sum: WARNING' | sed 's/^/  /'; exit 1; fi
 
 clean: ## remove generated build files (not results, summaries or figures)
 	rm -rf build
