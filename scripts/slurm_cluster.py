@@ -29,9 +29,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-DAEMONS = ("slurmctld", "slurmd")                         # started in this order, stopped in reverse
+DAEMONS = ("slurmctld", "slurmd")  # started in this order, stopped in reverse
 COMMANDS = DAEMONS + ("srun", "sbatch", "sinfo", "squeue", "scontrol", "scancel")
 DEFAULT_PORTS = {"slurmctld": 6817, "slurmd": 6818}
+PARTITION = "debug"
 PORT_ATTEMPTS = 3    # start() retries on other ports when a daemon finds its port taken
 MAX_SOCKET_DIR = 80  # slurmstepd puts unix sockets in the spool dir; their paths must stay < 108
 
@@ -106,7 +107,7 @@ def _free_port(exclude: set[int]) -> int:
 
 
 def choose_ports(defaults: bool = True) -> dict[str, int]:
-    """SLURM's default ports where they are free (if `defaults`), else ports the kernel hands out."""
+    """SLURM's default ports where free (if `defaults`), else ports the kernel hands out."""
     ports: dict[str, int] = {}
     for name, default in DEFAULT_PORTS.items():
         taken = set(ports.values())
@@ -177,7 +178,7 @@ SlurmdLogFile={state_dir}/slurmd.log
 SlurmdSpoolDir={state_dir}/spool
 StateSaveLocation={state_dir}/state
 NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus}{topology} RealMemory={real_memory} State=UNKNOWN
-PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
+PartitionName={PARTITION} Nodes={host} Default=YES MaxTime=INFINITE State=UP
 """
 
 
@@ -227,7 +228,7 @@ class Cluster:
         return self.state_dir / f"{daemon}.log"
 
     def env(self, base: dict | None = None) -> dict[str, str]:
-        """The environment for SLURM commands (srun, sinfo, make LAUNCH=srun ...) on this cluster."""
+        """The environment for SLURM commands (srun, sinfo, make LAUNCH=srun ...) here."""
         return dict(os.environ if base is None else base, SLURM_CONF=str(self.conf))
 
     def run(self, *cmd: str, timeout: float = 30) -> subprocess.CompletedProcess:
@@ -262,9 +263,10 @@ class Cluster:
         return proc.stdout.strip() if proc.returncode == 0 else ""
 
     def logs_tail(self, lines: int = 25) -> str:
+        """The end of each daemon's log and start-up output (errors before its log opens)."""
         parts = []
-        for name in (*DAEMONS, *(f"{d}.out" for d in DAEMONS)):
-            path = self.state_dir / (name if name.endswith(".out") else f"{name}.log")
+        outs = [self.state_dir / f"{d}.out" for d in DAEMONS]
+        for path in [self.log_file(d) for d in DAEMONS] + outs:
             try:
                 text = path.read_text(errors="replace")
             except OSError:
@@ -304,10 +306,15 @@ class Cluster:
             f"daemon logs:\n{self.logs_tail()}")
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Cancel this cluster's jobs, then stop the daemons named in the pid files and wait."""
+        """Cancel this cluster's jobs, stop the daemons named in the pid files, wait for them."""
         if self.daemon_pid("slurmctld") is not None:
-            try:
-                self.run("scancel", f"--user={os.geteuid()}", timeout=10)
+            try:  # steps left running would outlive slurmd
+                self.run("scancel", f"--partition={PARTITION}", timeout=10)
+                deadline = time.monotonic() + timeout
+                while self.run("squeue", "--noheader", timeout=10).stdout.strip():
+                    if time.monotonic() > deadline:
+                        break
+                    time.sleep(0.2)
             except subprocess.TimeoutExpired:
                 pass
         for daemon in reversed(DAEMONS):
@@ -347,7 +354,7 @@ def _start_daemons(cluster: Cluster, timeout: float) -> None:
 
 
 def start(state_dir: str | os.PathLike, timeout: float = 60.0) -> Cluster:
-    """Write slurm.conf under state_dir, start slurmctld and slurmd, wait for the node to be idle."""
+    """Write slurm.conf under state_dir, start slurmctld and slurmd, wait until the node is idle."""
     missing = missing_commands()
     if missing:
         raise SlurmNotInstalledError(
@@ -400,7 +407,7 @@ def main(argv=None) -> int:
         if args.action == "start":
             ensure_installed()
             cluster = start(args.state_dir, args.timeout)
-            print(f"slurm_cluster: node {short_hostname()} idle; daemon logs in {cluster.state_dir}\n"
+            print(f"slurm_cluster: node {short_hostname()} idle; logs in {cluster.state_dir}\n"
                   f"  export SLURM_CONF={cluster.conf}\n"
                   f"  then e.g.: make -j2 memorization-fashion_demo LAUNCH=\"srun -N1 -n1 -c1\"\n"
                   f"  stop with: {sys.argv[0]} stop --state-dir {cluster.state_dir}")

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
+import plan
 import slurm_cluster
+from memo import experiments
 
 ROOT = Path(__file__).resolve().parents[1]
 MAKE_TIMEOUT = 600  # seconds per make run; the tiny experiment takes ~20 s on 2 cores
@@ -57,21 +59,19 @@ def first_difference(a, b, path="") -> str:
 def test_tiny_experiment_through_srun_matches_local_run(cluster, tiny_experiment, tmp_path):
     exp_file, _ = tiny_experiment
     job_name = f"memtest-{uuid.uuid4().hex[:8]}"
-    # the plan goes to a private file so that makes run by others in the repository don't race
-    plan = tmp_path / "build" / "experiments.mk"
-    plan.parent.mkdir()
-    common = ["memorization-tiny", f"EXPERIMENTS_FILE={exp_file}", f"PLAN={plan}"]
+    # the generated Make plan goes to this test's directory, not the repository's build/
+    plan_file = tmp_path / "build" / "experiments.mk"
+    plan_file.parent.mkdir()
+    common = ["memorization-tiny", f"EXPERIMENTS_FILE={exp_file}", f"PLAN={plan_file}"]
     env = cluster.env()
-    # Both runs leave torch's thread count to the CLI: one thread per job under `make -j2` on
-    # this machine's cores, inside srun (which passes MAKEFLAGS on) as outside it.
+    # Both runs leave torch's thread count to the CLI: cores // 2 per job under `make -j2`, inside
+    # srun (which passes MAKEFLAGS on, and runs on this machine) as outside it.
     make(env, *common, f"RESULTS={tmp_path / 'slurm_results'}",
          f"LAUNCH=srun -N1 -n1 -c1 --export=ALL --job-name={job_name}")
     make(env, *common, f"RESULTS={tmp_path / 'local_results'}")
 
     # every result file of the experiment, and the same files in both trees
-    expected = sorted(subprocess.run(
-        [str(ROOT / ".venv/bin/python"), "scripts/plan.py", "files", "tiny", "--root", "."],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True, check=True).stdout.split())
+    expected = plan.result_files(experiments.get("tiny"), root=".")
     assert len(expected) == 2 * 3 + 1  # repeats x folds + the full-data model
     slurm, local = files_under(tmp_path / "slurm_results"), files_under(tmp_path / "local_results")
     assert slurm == local

@@ -11,7 +11,8 @@ the same result files; only the arithmetic is batched over the group:
 * the G models' parameters live in one (G, P) tensor and run through `torch.func.vmap` over
   `functional_call` of the very model classes of models.py, so each model keeps its own
   BatchNorm statistics and sees only its own batch;
-* Adam is one elementwise update of (G, P) tensors with a step count per model (`StackedAdam`);
+* Adam is torch.optim.Adam over the G rows of the (G, P) tensor: G independent Adams, each
+  with its own state and step count, run by torch's own (per-tensor or foreach) code;
 * folds of different sizes have different batch counts and last-batch sizes: a training step
   runs the models whose batch at that position has the same size together, the others do not
   step (so a model never takes an optimizer step it would not take alone). Evaluation is
@@ -30,6 +31,7 @@ import copy
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -40,7 +42,9 @@ from tqdm import tqdm
 from . import estimator, objectives, preprocess, results, training
 from .experiments import Experiment
 
-IS_ROWS = 16384  # decoder rows alive at once in importance sampling, over the whole group
+# Decoder rows alive at once in importance sampling, over the whole group: what one model
+# uses alone on a CPU (cache-sized); four times that on a GPU, where bigger kernels pay.
+IS_ROWS = {"cpu": 16384, "cuda": 65536}
 
 
 class _Bound(nn.Module):
@@ -64,45 +68,15 @@ def _log_px(model, x, eps, chunk):
 
 #----------------------------------------------------------------------------
 
-class StackedAdam:
-    """G independent torch.optim.Adam (default betas, eps; no weight decay) over (G, P) tensors.
-
-    The arithmetic follows torch.optim.Adam's single-tensor path; each model has its own step
-    count, and `rows` restricts a step to some models (the others do not move at all).
-    """
-
-    def __init__(self, flat: torch.Tensor, lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
-        self.lr, (self.beta1, self.beta2), self.eps = lr, betas, eps
-        self.exp_avg = torch.zeros_like(flat)
-        self.exp_avg_sq = torch.zeros_like(flat)
-        self.steps = torch.zeros(flat.shape[0], device=flat.device, dtype=torch.float64)
-
-    @torch.no_grad()
-    def step(self, flat: torch.Tensor, grad: torch.Tensor, rows: torch.Tensor | None = None):
-        """Update flat (G, P) in place from grad (G', P), G' = len(rows) or G."""
-        if rows is None:
-            p, m, v, t = flat, self.exp_avg, self.exp_avg_sq, self.steps
-        else:
-            p, m, v, t = (a.index_select(0, rows)
-                          for a in (flat, self.exp_avg, self.exp_avg_sq, self.steps))
-        t += 1
-        m.lerp_(grad, 1 - self.beta1)
-        v.mul_(self.beta2).addcmul_(grad, grad, value=1 - self.beta2)
-        # bias corrections in float64 like torch's Python floats, then cast to the param dtype
-        neg_step = (-self.lr / (1 - self.beta1 ** t)).to(p.dtype)[:, None]    # (G', 1)
-        bc2_sqrt = (1 - self.beta2 ** t).sqrt().to(p.dtype)[:, None]
-        denom = (v.sqrt() / bc2_sqrt).add_(self.eps)
-        p.addcdiv_(m * neg_step, denom)  # p + (-step_size·m)/denom, torch's CPU order
-        if rows is not None:
-            for full, part in ((flat, p), (self.exp_avg, m), (self.exp_avg_sq, v), (self.steps, t)):
-                full.index_copy_(0, rows, part)
-
-
-#----------------------------------------------------------------------------
-
 class StackedVAEs:
     """G models of one architecture, stacked: parameters in one (G, P) tensor, each model's
-    buffers (BatchNorm statistics) stacked as (G, ...), one Adam state per model."""
+    buffers (BatchNorm statistics) stacked as (G, ...).
+
+    The optimizer is a torch.optim.Adam whose "parameters" are the G rows of the (G, P) tensor:
+    Adam is elementwise, so that is G independent Adams with a step count each, run by torch's
+    own implementation (per tensor on CPU, foreach on CUDA, as for a single model). A model
+    without a batch in a step gets no gradient, and Adam leaves it and its state untouched.
+    """
 
     def __init__(self, modules: list[nn.Module], lr: float):
         ref = modules[0]
@@ -119,7 +93,8 @@ class StackedVAEs:
                                  for m in modules])                            # (G, P)
         self.buffers = {f"model.{name}": torch.stack([dict(m.named_buffers())[name] for m in modules])
                         for name, _ in ref.named_buffers()}                    # name: (G, ...)
-        self.adam = StackedAdam(self.flat, lr)
+        self.rows = list(self.flat.unbind(0))  # views: Adam updates self.flat in place
+        self.optimizer = torch.optim.Adam(self.rows, lr=lr)
         self.shell = copy.deepcopy(ref).to("meta")  # architecture only; tensors come from the stack
         self._neg_elbo = vmap(self._call(_Bound(self.shell, _train_loss)))
         self._log_px = vmap(self._call(_Bound(self.shell, _log_px)), in_dims=(0, 0, 0, 0, None))
@@ -140,9 +115,9 @@ class StackedVAEs:
         return (self.flat.index_select(0, rows),
                 {k: b.index_select(0, rows) for k, b in self.buffers.items()})
 
-    def train_step(self, x: torch.Tensor, eps: torch.Tensor,
-                   rows: torch.Tensor | None = None) -> torch.Tensor:
-        """One Adam step of each model (or of `rows`) on its own batch.
+    def train_step(self, x: torch.Tensor, eps: torch.Tensor, rows: torch.Tensor | None = None,
+                   models: list[int] | None = None) -> torch.Tensor:
+        """One Adam step of each model, or of some: `models` (list) = `rows` (on the device).
 
         x (G', B, C, H, W) model inputs, eps (G', B, L) reparameterisation draws.
         Returns the (G',) batch losses, summed over each batch as in run_job (no sync).
@@ -154,7 +129,15 @@ class StackedVAEs:
         loss = self._neg_elbo(params, buffers, x, eps).sum(1)   # (G',) BN stats update in place
         grads = torch.autograd.grad(loss.sum(), list(params.values()))
         grad = torch.cat([g.reshape(len(leaf), -1) for g in grads], dim=1)   # (G', P)
-        self.adam.step(self.flat, grad, rows)
+        if rows is None:
+            for row, g in zip(self.rows, grad):
+                row.grad = g
+        else:
+            for row in self.rows:
+                row.grad = None
+            for i, g in enumerate(models):
+                self.rows[g].grad = grad[i]
+        self.optimizer.step()
         if rows is not None:  # the BatchNorm statistics were updated in a gathered copy
             for k, b in buffers.items():
                 self.buffers[k].index_copy_(0, rows, b)
@@ -169,31 +152,33 @@ class StackedVAEs:
 
     @torch.no_grad()
     def log_px(self, x: torch.Tensor, eps: torch.Tensor, rows=None,
-               is_rows: int = IS_ROWS) -> tuple[torch.Tensor, torch.Tensor]:
+               is_rows: int = IS_ROWS["cpu"]) -> tuple[torch.Tensor, torch.Tensor]:
         """(log p̂(x), ESS), each (G', B), from eps (G', B, N, L); eval mode."""
         flat, buffers = self._rows(rows)
         self.shell.eval()
         chunk = max(1, is_rows // len(flat))  # decoder rows per model and chunk
         return self._log_px(self._views(flat), buffers, x, eps, chunk)
 
-    # -- per-model state, in the layout of a module and a torch.optim.Adam ------------------
+    # -- per-model state, in the layout of a module and its torch.optim.Adam -----------------
+    def _split(self, row: torch.Tensor) -> list[torch.Tensor]:
+        return [row[o:o + n].view(shape) for _, o, n, shape in self._layout]
+
     @torch.no_grad()
     def export(self, g: int, model: nn.Module, optimizer: torch.optim.Adam) -> None:
         """Write model g's parameters, buffers and Adam state into model and optimizer."""
         params = list(model.parameters())
-        for p, view in zip(params, self._views(self.flat).values()):
-            p.copy_(view[g])
+        for p, value in zip(params, self._split(self.flat[g])):
+            p.copy_(value)
         for name, b in model.named_buffers():
             b.copy_(self.buffers[f"model.{name}"][g])
-        step = float(self.adam.steps[g])
-        m = self._views(self.adam.exp_avg).values()
-        v = self._views(self.adam.exp_avg_sq).values()
-        for p, m_p, v_p in zip(params, m, v):
-            if step == 0:  # a fresh torch.optim.Adam has no state yet
+        state = self.optimizer.state.get(self.rows[g])
+        if not state:  # no step yet: a fresh torch.optim.Adam has no state either
+            for p in params:
                 optimizer.state.pop(p, None)
-            else:
-                optimizer.state[p] = {"step": torch.tensor(step, dtype=torch.get_default_dtype()),
-                                      "exp_avg": m_p[g].clone(), "exp_avg_sq": v_p[g].clone()}
+            return
+        for p, m, v in zip(params, self._split(state["exp_avg"]), self._split(state["exp_avg_sq"])):
+            optimizer.state[p] = {"step": state["step"].clone(), "exp_avg": m.clone(),
+                                  "exp_avg_sq": v.clone()}
 
     @torch.no_grad()
     def load(self, g: int, model: nn.Module, optimizer: torch.optim.Adam) -> None:
@@ -202,11 +187,12 @@ class StackedVAEs:
         for name, b in model.named_buffers():
             self.buffers[f"model.{name}"][g] = b
         states = [optimizer.state.get(p, {}) for p in model.parameters()]
-        if not states or "step" not in states[0]:
-            return
-        self.adam.exp_avg[g] = torch.cat([s["exp_avg"].reshape(-1) for s in states])
-        self.adam.exp_avg_sq[g] = torch.cat([s["exp_avg_sq"].reshape(-1) for s in states])
-        self.adam.steps[g] = float(states[0]["step"])
+        self.optimizer.state.pop(self.rows[g], None)
+        if states and "step" in states[0]:
+            self.optimizer.state[self.rows[g]] = {
+                "step": states[0]["step"].clone(),
+                "exp_avg": torch.cat([s["exp_avg"].reshape(-1) for s in states]),
+                "exp_avg_sq": torch.cat([s["exp_avg_sq"].reshape(-1) for s in states])}
 
 
 #----------------------------------------------------------------------------
@@ -218,27 +204,34 @@ class _Member:
     train_idx: np.ndarray
     test_idx: np.ndarray
     seed: int
-    model: nn.Module                 # its own module: initial weights, exports, meta
-    optimizer: torch.optim.Adam      # only a container for resume files
-    gen: torch.Generator             # its training stream, as in run_job
-    resume: object                   # Path of its resume file
-    train_t: torch.Tensor = None     # in-fold indices on the device
-    test_t: torch.Tensor = None
+    train_t: torch.Tensor            # in-fold indices, on the device
+    test_t: torch.Tensor             # held-out indices, on the device
+    resume: Path                     # its resume file (run_job's format)
+    model: nn.Module = None          # its own module: initial weights, exports, meta
+    optimizer: torch.optim.Adam = None  # a container for resume files only
+    gen: torch.Generator = None      # its training stream, as in run_job
     history: dict = field(default_factory=training.new_history)
 
+    def start(self, exp: Experiment, in_channels: int, device) -> None:
+        """The state run_job starts from: model from the job's seed, fresh Adam and generator."""
+        self.model = training.init_model(exp, self.seed, in_channels, device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=exp.lr)
+        self.gen = torch.Generator(device=device).manual_seed(self.seed)
+        self.history = training.new_history()
 
-def _sizes(n: int, batch: int) -> list[int]:
-    return [min(batch, n - s) for s in range(0, n, batch)]
+
+def _n_batches(n: int, batch: int) -> int:
+    return -(-n // batch)
 
 
-def _train_plan(lengths: list[int], batch: int, device) -> list[tuple[int, int, list, object]]:
+def train_plan(lengths: list[int], batch: int, device) -> list[tuple[int, int, list, object]]:
     """Training steps of one epoch: (start, batch size, models, their rows or None for all).
 
     Step s of every model starts at s·batch of its own order; models whose step s has the same
     size run together. Models without a step s left sit it out.
     """
     plan = []
-    for s in range(max(len(_sizes(n, batch)) for n in lengths)):
+    for s in range(max(_n_batches(n, batch) for n in lengths)):
         by_size: dict[int, list[int]] = {}
         for g, n in enumerate(lengths):
             b = min(batch, n - s * batch)
@@ -250,139 +243,153 @@ def _train_plan(lengths: list[int], batch: int, device) -> list[tuple[int, int, 
     return plan
 
 
+def train_epoch(stack: StackedVAEs, images: torch.Tensor, orders: list[torch.Tensor],
+                gens: list[torch.Generator], plan, hflip: bool) -> torch.Tensor:
+    """One pass of every model over its examples `orders` (indices into images, in the order of
+    visiting), as run_job's inner loop. Returns (G,) float64 loss totals, left on the device."""
+    device = images.device
+    order = nn.utils.rnn.pad_sequence(orders, batch_first=True)  # (G, max n)
+    totals = torch.zeros(len(orders), device=device, dtype=torch.float64)
+    for start, b, active, rows in plan:
+        idx = order[:, start:start + b] if rows is None else order[rows, start:start + b]
+        batch = images[idx]                                        # (G', b, C, H, W) uint8
+        xs, eps = [], []
+        for i, g in enumerate(active):  # each model draws from its own stream, in run_job's order
+            xs.append(preprocess.train_inputs(batch[i], stack.binary, hflip, gens[g]))
+            eps.append(torch.randn((b, stack.latent_dim), device=device, generator=gens[g]))
+        loss = stack.train_step(torch.stack(xs), torch.stack(eps), rows, active)
+        if rows is None:
+            totals += loss.double()
+        else:
+            totals.index_add_(0, rows, loss.double())
+    return totals
+
+
 def _eval_steps(lengths: list[int], batch: int):
     """Evaluation steps: (start, [(member, size)]) with every member that has examples left."""
-    for s in range(max([len(_sizes(n, batch)) for n in lengths] + [0])):
+    for s in range(max([_n_batches(n, batch) for n in lengths] + [0])):
         yield s * batch, [(g, min(batch, n - s * batch)) for g, n in enumerate(lengths)
                           if n - s * batch > 0]
 
 
-def _pad(t: torch.Tensor, size: int) -> torch.Tensor:
-    """Pad dim 0 to `size` with copies of the first row (results for the padding are dropped)."""
+def _pad(t: torch.Tensor, size: int, zeros: bool = False) -> torch.Tensor:
+    """Pad dim 0 to `size` with zeros or copies of the first row (their results are dropped)."""
     if len(t) == size:
         return t
-    return torch.cat([t, t[:1].expand(size - len(t), *t.shape[1:])])
+    fill = t.new_zeros(size - len(t), *t.shape[1:]) if zeros else t[:1].expand(
+        size - len(t), *t.shape[1:])
+    return torch.cat([t, fill])
 
 
-def _pad_zeros(t: torch.Tensor, size: int) -> torch.Tensor:
-    if len(t) == size:
-        return t
-    return torch.cat([t, t.new_zeros(size - len(t), *t.shape[1:])])
+def _eval_inputs(binary: bool, seed: int, sources, start: int, parts, width: int) -> torch.Tensor:
+    """(G', width, C, H, W) evaluation inputs (noise fixed per example), padded to width.
+
+    sources[i] = (images, image index, noise index) of the i-th model in parts."""
+    imgs, noise = [], []
+    for (images, image_idx, noise_idx), (_, b) in zip(sources, parts):
+        imgs.append(_pad(images[image_idx[start:start + b]], width))
+        noise.append(_pad(noise_idx[start:start + b], width))
+    imgs, noise = torch.stack(imgs), torch.stack(noise)
+    x = preprocess.eval_inputs(imgs.flatten(0, 1), noise.flatten(), binary, seed)
+    return x.view(*imgs.shape)
+
+
+def _rows(stack: StackedVAEs, models: list[int]):
+    return None if len(models) == stack.size else torch.tensor(models, device=stack.device)
+
+
+@torch.no_grad()
+def group_log_px(stack: StackedVAEs, images: torch.Tensor, indices: list[torch.Tensor],
+                 gens: list[torch.Generator], n_is: int, seed: int, is_rows: int | None = None,
+                 desc: str | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """IS (log p, ESS) of each model g on the examples indices[g] of images, as
+    training.evaluate: batches of EVAL_BATCH, eps from gens[g], input noise fixed by (seed,
+    index). Tensors are left on the device."""
+    is_rows = is_rows or IS_ROWS.get(images.device.type, IS_ROWS["cpu"])
+    lps, esss = [[] for _ in indices], [[] for _ in indices]
+    steps = list(_eval_steps([len(i) for i in indices], training.EVAL_BATCH))
+    for start, parts in tqdm(steps, desc=desc, leave=False, disable=None if desc else True,
+                             file=sys.stderr):
+        models = [g for g, _ in parts]
+        width = max(b for _, b in parts)
+        x = _eval_inputs(stack.binary, seed, [(images, indices[g], indices[g]) for g in models],
+                         start, parts, width)
+        eps = torch.stack([_pad(estimator.sample_eps(b, n_is, stack.latent_dim, gens[g],
+                                                     images.device, torch.float32), width, True)
+                           for g, b in parts])                         # (G', width, N, L)
+        lp, ess = stack.log_px(x, eps, _rows(stack, models), is_rows)
+        for i, (g, b) in enumerate(parts):
+            lps[g].append(lp[i, :b])
+            esss[g].append(ess[i, :b])
+    empty = torch.zeros(0, device=images.device)
+    return [(torch.cat(lp) if lp else empty, torch.cat(ess) if ess else empty)
+            for lp, ess in zip(lps, esss)]
+
+
+@torch.no_grad()
+def group_test_loss(stack: StackedVAEs, sources: list, gens: list[torch.Generator],
+                    seed: int) -> list[torch.Tensor]:
+    """Held-out negative ELBO totals (float64, on the device) of each model, as
+    training.test_loss: sources[g] = (images, image index, noise index)."""
+    device = stack.device
+    totals = [torch.zeros((), device=device, dtype=torch.float64) for _ in sources]
+    for start, parts in _eval_steps([len(s[1]) for s in sources], training.LOSS_BATCH):
+        models = [g for g, _ in parts]
+        width = max(b for _, b in parts)
+        x = _eval_inputs(stack.binary, seed, [sources[g] for g in models], start, parts, width)
+        eps = torch.stack([_pad(torch.randn((b, stack.latent_dim), device=device,
+                                            generator=gens[g]), width, True) for g, b in parts])
+        loss = stack.neg_elbo(x, eps, _rows(stack, models))                # (G', width)
+        for i, (g, b) in enumerate(parts):
+            totals[g] += loss[i, :b].sum().double()
+    return totals
 
 
 #----------------------------------------------------------------------------
 
 class _Group:
-    """The state of one group run: members, stacked models, data."""
+    """One group run: its members, their stacked models, the data."""
 
     def __init__(self, exp: Experiment, members: list[_Member], stack: StackedVAEs,
-                 jd: training.JobData, device: torch.device, is_rows: int):
-        self.exp, self.members, self.stack, self.jd = exp, members, stack, jd
-        self.device, self.is_rows = device, is_rows
-        self.all_rows = torch.arange(len(members), device=device)
-
-    def _subset(self, active: list[int]):
-        return None if len(active) == len(self.members) else self.all_rows[active]
+                 jd: training.JobData, is_rows: int | None):
+        self.exp, self.members, self.stack, self.jd, self.is_rows = exp, members, stack, jd, is_rows
+        self.plan = train_plan([len(m.train_idx) for m in members], exp.batch_size, stack.device)
 
     def train_epoch(self) -> list[float]:
         """One epoch of every model; the mean training loss per example of each."""
-        exp, jd, stack, members = self.exp, self.jd, self.stack, self.members
-        orders = [m.train_t[torch.randperm(len(m.train_t), device=self.device, generator=m.gen)]
-                  for m in members]
-        order = nn.utils.rnn.pad_sequence(orders, batch_first=True)  # (G, max n)
-        totals = torch.zeros(len(members), device=self.device, dtype=torch.float64)
-        for start, b, active, rows in self.plan:
-            idx = order[:, start:start + b] if rows is None else order[rows, start:start + b]
-            images = jd.train[idx]                                  # (G', b, C, H, W) uint8
-            xs, eps = [], []
-            for i, g in enumerate(active):  # each model draws from its own stream, run_job's order
-                gen = members[g].gen
-                xs.append(preprocess.train_inputs(images[i], stack.binary, jd.hflip, gen))
-                eps.append(torch.randn((b, stack.latent_dim), device=self.device, generator=gen))
-            loss = stack.train_step(torch.stack(xs), torch.stack(eps), rows)
-            if rows is None:
-                totals += loss.double()
-            else:
-                totals.index_add_(0, rows, loss.double())
-        n_train = torch.tensor([len(m.train_idx) for m in members], dtype=torch.float64)
+        device = self.stack.device
+        gens = [m.gen for m in self.members]
+        orders = [m.train_t[torch.randperm(len(m.train_t), device=device, generator=m.gen)]
+                  for m in self.members]
+        totals = train_epoch(self.stack, self.jd.train, orders, gens, self.plan, self.jd.hflip)
+        n_train = torch.tensor([len(m.train_idx) for m in self.members], dtype=torch.float64)
         return (totals.cpu() / n_train).tolist()  # the one host sync per epoch
 
-    def _eval_inputs(self, sources, starts_sizes, width):
-        """Padded (G', width, C, H, W) model inputs for evaluation, noise fixed per example."""
-        imgs, noise = [], []
-        for (images, image_idx, noise_idx), (start, b) in zip(sources, starts_sizes):
-            imgs.append(_pad(images[image_idx[start:start + b]], width))
-            noise.append(_pad(noise_idx[start:start + b], width))
-        imgs, noise = torch.stack(imgs), torch.stack(noise)
-        x = preprocess.eval_inputs(imgs.flatten(0, 1), noise.flatten(), self.stack.binary,
-                                   self.exp.seed)
-        return x.view(*imgs.shape)
-
-    @torch.no_grad()
     def heldout_losses(self, epoch: int) -> list[float | None]:
-        """Mean eval-mode negative ELBO on each model's held-out set (as training.test_loss)."""
-        n, device = self.jd.train.shape[0], self.device
+        """Mean eval-mode negative ELBO per example of each model's held-out set, or None."""
+        n, device = self.jd.train.shape[0], self.stack.device
         sources = []
         for m in self.members:
             if m.job.full and self.jd.test is not None:  # test split; noise indices past D's
                 k = torch.arange(len(self.jd.test), device=device)
                 sources.append((self.jd.test, k, k + n))
-            elif m.job.full:
-                sources.append(None)
-            else:
+            else:  # a full model without a test split has an empty held-out set: no loss
                 sources.append((self.jd.train, m.test_t, m.test_t))
-        have = [g for g, s in enumerate(sources) if s is not None]
-        gens = {g: torch.Generator(device=device).manual_seed(
-            training._eval_seed(self.members[g].seed, epoch) + 1) for g in have}
-        totals = {g: torch.zeros((), device=device, dtype=torch.float64) for g in have}
-        lengths = [len(sources[g][1]) for g in have]
-        for start, parts in _eval_steps(lengths, training.LOSS_BATCH):
-            active = [have[i] for i, _ in parts]
-            width = max(b for _, b in parts)
-            x = self._eval_inputs([sources[g] for g in active], [(start, b) for _, b in parts],
-                                  width)
-            eps = torch.stack([_pad_zeros(torch.randn((b, self.stack.latent_dim), device=device,
-                                                      generator=gens[g]), width)
-                               for g, (_, b) in zip(active, parts)])
-            loss = self.stack.neg_elbo(x, eps, self._subset(active))       # (G', width)
-            for i, (g, (_, b)) in enumerate(zip(active, parts)):
-                totals[g] += loss[i, :b].sum().double()
-        out = [None] * len(self.members)
-        for g, length in zip(have, lengths):
-            out[g] = float(totals[g]) / max(length, 1)
-        return out
+        gens = [torch.Generator(device=device).manual_seed(training._eval_seed(m.seed, epoch) + 1)
+                for m in self.members]
+        totals = torch.stack(group_test_loss(self.stack, sources, gens, self.exp.seed)).cpu()
+        return [float(t) / len(s[1]) if len(s[1]) else None for t, s in zip(totals, sources)]
 
-    @torch.no_grad()
     def log_px(self, epoch: int, part: str) -> list[tuple[np.ndarray, np.ndarray]]:
         """IS (log p, ESS) of every model's in-fold ("train") or held-out ("test") examples."""
-        device, stack = self.device, self.stack
-        index = [m.train_t if part == "train" else m.test_t for m in self.members]
+        device = self.stack.device
+        indices = [m.train_t if part == "train" else m.test_t for m in self.members]
         gens = [torch.Generator(device=device).manual_seed(training._eval_seed(m.seed, epoch))
                 for m in self.members]
-        lps = [[] for _ in self.members]
-        esss = [[] for _ in self.members]
-        steps = list(_eval_steps([len(i) for i in index], training.EVAL_BATCH))
-        for start, parts in tqdm(steps, desc=f"log p ({'in' if part == 'train' else 'out'})",
-                                 leave=False, disable=None, file=sys.stderr):
-            active = [g for g, _ in parts]
-            width = max(b for _, b in parts)
-            x = self._eval_inputs([(self.jd.train, index[g], index[g]) for g in active],
-                                  [(start, b) for _, b in parts], width)
-            eps = torch.stack([_pad_zeros(estimator.sample_eps(
-                b, self.exp.n_is, stack.latent_dim, gens[g], device, torch.float32), width)
-                for g, b in parts])                                        # (G', width, N, L)
-            lp, ess = stack.log_px(x, eps, self._subset(active), self.is_rows)
-            for i, (g, b) in enumerate(parts):
-                lps[g].append(lp[i, :b])
-                esss[g].append(ess[i, :b])
-        out = []
-        for lp, ess in zip(lps, esss):
-            if not lp:
-                out.append((np.zeros(0), np.zeros(0)))
-            else:
-                out.append((torch.cat(lp).double().cpu().numpy(),
-                            torch.cat(ess).double().cpu().numpy()))
-        return out
+        out = group_log_px(self.stack, self.jd.train, indices, gens, self.exp.n_is,
+                           self.exp.seed, self.is_rows,
+                           desc=f"log p ({'in' if part == 'train' else 'out'})")
+        return [(lp.double().cpu().numpy(), ess.double().cpu().numpy()) for lp, ess in out]
 
     def checkpoint(self, epoch: int) -> None:
         for g, m in enumerate(self.members):
@@ -397,7 +404,8 @@ def _describe(exp: Experiment, jobs: list[results.Job]) -> str:
 
 def run_group(exp: Experiment, jobs: list[results.Job], results_root="results", device="cpu",
               data_root=None, download: bool = False, jd: training.JobData | None = None,
-              log=print, stop_after: int | None = None, is_rows: int = IS_ROWS) -> list[dict] | None:
+              log=print, stop_after: int | None = None,
+              is_rows: int | None = None) -> list[dict] | None:
     """Train the jobs' models together and write each one's result file, as run_job would.
 
     Returns the result dicts in the order of `jobs`. stop_after=E: checkpoint after epoch E and
@@ -416,14 +424,12 @@ def run_group(exp: Experiment, jobs: list[results.Job], results_root="results", 
     members = []
     for job in jobs:
         train_idx, test_idx, seed = training.job_split(exp, job, n)
-        model = training.init_model(exp, seed, in_channels, device)
-        stem = results.stem(jd.dataset, exp.model, model.description, exp.seed, job)
-        members.append(_Member(
-            job, train_idx, test_idx, seed, model,
-            torch.optim.Adam(model.parameters(), lr=exp.lr),
-            torch.Generator(device=device).manual_seed(seed),
-            results.resume_path(results_root, exp.name, stem),
-            torch.as_tensor(train_idx, device=device), torch.as_tensor(test_idx, device=device)))
+        stem = training.file_stem(exp, job, in_channels)
+        members.append(_Member(job, train_idx, test_idx, seed,
+                               torch.as_tensor(train_idx, device=device),
+                               torch.as_tensor(test_idx, device=device),
+                               results.resume_path(results_root, exp.name, stem)))
+        members[-1].start(exp, in_channels, device)
 
     # Resume only when every member has a resume file of the same epoch.
     start_epoch = 1
@@ -439,17 +445,12 @@ def run_group(exp: Experiment, jobs: list[results.Job], results_root="results", 
             log(f"[{name}] resuming after epoch {done[0]} from {len(members)} resume files")
         else:
             log(f"[{name}] resume files are missing or of different epochs; starting afresh")
-            for g, job in enumerate(jobs):  # rebuild the untouched initial state
-                m = members[g]
-                m.model = training.init_model(exp, m.seed, in_channels, device)
-                m.optimizer = torch.optim.Adam(m.model.parameters(), lr=exp.lr)
-                m.gen = torch.Generator(device=device).manual_seed(m.seed)
-                m.history = training.new_history()
+            for m in members:
+                m.start(exp, in_channels, device)
     stack = StackedVAEs([m.model for m in members], exp.lr)
     for g, m in enumerate(members):
         stack.load(g, m.model, m.optimizer)
-    group = _Group(exp, members, stack, jd, device, is_rows)
-    group.plan = _train_plan([len(m.train_idx) for m in members], exp.batch_size, device)
+    group = _Group(exp, members, stack, jd, is_rows)
 
     eval_epochs = set(exp.eval_epochs())
     for epoch in tqdm(range(start_epoch, exp.epochs + 1), desc=name, initial=start_epoch - 1,

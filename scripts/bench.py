@@ -1,0 +1,358 @@
+#!/usr/bin/env python3
+"""Training and importance-sampling throughput: one model at a time, grouped, and a baseline.
+
+For each model of the paper (BernoulliMLPVAE on 1x32x32 binary data, DiagonalGaussianDCVAE and
+ConstantGaussianDCVAE on 3x32x32) and each device, in one run:
+
+  train one    run_job's inner loop: data resident on the device as uint8, batched
+               preprocessing (preprocess.train_inputs), batch 64, Adam
+  train group  the same for G models at once (memo.ensemble: stacked parameters, vmap)
+  train base   the authors'-style pipeline: a Dataset whose __getitem__ turns one uint8 image
+               into a float tensor and binarizes / dequantizes (and flips) it, a DataLoader
+               (batch 64, shuffle), one model, loss.item() per batch
+  IS one       training.evaluate (batches of 256, chunked samples) at N = 256 (MLP) / 128 (DC)
+  IS group     ensemble.group_log_px over G models
+  IS base      one example at a time, repeated N times through encoder and decoder
+
+Rates are images/s (for the group: all G models together). The data are random uint8 images:
+speed does not depend on their content. Each rate is timed after one warm-up call, for at least
+--seconds, so single numbers are noisy where other processes share the machine; ratios within
+one run are the reliable part. The projected wall time of each paper experiment (PAPER.md §5:
+K = L = 10 fold models plus the full model) combines the image counts with these rates; the
+held-out loss pass of each epoch is counted as a third of a training image (forward only).
+
+  python scripts/bench.py                  # current device (cuda when available), ~2-3 min on 2 CPU cores
+  python scripts/bench.py --quick          # ~20 s
+  python scripts/bench.py --device cpu cuda
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+MODELS = {  # name: (in_channels, latent_dim L, IS samples N, random flips in training)
+    "BernoulliMLPVAE": (1, 16, 256, False),
+    "DiagonalGaussianDCVAE": (3, 64, 128, True),
+    "ConstantGaussianDCVAE": (3, 32, 128, True),
+}
+PAPER = {  # experiment: (model, n train, n test)  (PAPER.md §3, §5)
+    "bmnist_lr3": ("BernoulliMLPVAE", 60000, 10000),
+    "bmnist_lr4": ("BernoulliMLPVAE", 60000, 10000),
+    "cifar10": ("DiagonalGaussianDCVAE", 50000, 10000),
+    "celeba": ("ConstantGaussianDCVAE", 162770, 19962),
+}
+RATES = ("train_one", "train_group", "train_base", "is_one", "is_group", "is_base")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--device", nargs="+", default=None,
+                   help="devices to measure (default: cuda when available, else cpu)")
+    p.add_argument("--quick", action="store_true", help="a ~20 s version: shorter timings")
+    p.add_argument("--seconds", type=float, default=None,
+                   help="minimum timed seconds per rate (default 2, --quick 0.3)")
+    p.add_argument("--group", type=int, default=10, help="G, models trained together")
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--out", default=str(ROOT / "output" / "bench.json"), help="JSON report")
+    return p.parse_args(argv)
+
+
+#----------------------------------------------------------------------------
+# Timing
+
+def _sync(device):
+    import torch
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(fn, items: int, device, seconds: float, warmup: int = 1) -> float:
+    """Items per second of fn() (which handles `items` items), after `warmup` calls."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    calls, t0 = 0, time.perf_counter()
+    while True:
+        fn()
+        calls += 1
+        _sync(device)
+        elapsed = time.perf_counter() - t0
+        if elapsed >= seconds:
+            return calls * items / elapsed
+
+
+#----------------------------------------------------------------------------
+# Ours: one model at a time (run_job's loop and training.evaluate) and grouped (memo.ensemble)
+
+def _experiment(name: str, n_is: int):
+    from memo.experiments import Experiment
+    c, latent, _, _ = MODELS[name]
+    return Experiment("bench", "npz:synthetic", name, latent, 1e-3, 1, 1, n_is)
+
+
+def bench_ours(name, data, device, seconds, group, sizes) -> dict:
+    import torch
+    from memo import ensemble, models, objectives, preprocess, training
+    c, latent, n_is, hflip = MODELS[name]
+    exp = _experiment(name, n_is)
+    n, batch = len(data), exp.batch_size
+    out = {}
+
+    # train one: the loop of training.run_job
+    model = training.init_model(exp, 0, c, device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=exp.lr)
+    gen = torch.Generator(device=device).manual_seed(0)
+    steps = sizes["steps"]
+
+    def train_one():
+        model.train()
+        total = torch.zeros((), device=device, dtype=torch.float64)
+        order = torch.randperm(n, device=device, generator=gen)[:steps * batch]
+        for start in range(0, steps * batch, batch):
+            x = preprocess.train_inputs(data[order[start:start + batch]], model.binary, hflip, gen)
+            loss = objectives.neg_elbo(model, x, gen).sum()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.detach().double()
+        return float(total)
+    out["train_one"] = measure(train_one, steps * batch, device, seconds)
+
+    # train group: G models, each with its own data order and generator
+    members = [training.init_model(exp, g, c, device) for g in range(group)]
+    stack = ensemble.StackedVAEs(members, exp.lr)
+    gens = [torch.Generator(device=device).manual_seed(g) for g in range(group)]
+    plan = ensemble.train_plan([steps * batch] * group, batch, device)
+
+    def train_group():
+        orders = [torch.randperm(n, device=device, generator=g)[:steps * batch] for g in gens]
+        return float(ensemble.train_epoch(stack, data, orders, gens, plan, hflip).sum())
+    out["train_group"] = measure(train_group, group * steps * batch, device, seconds)
+    del stack
+
+    # IS one: training.evaluate on `k` examples
+    k = sizes["is_examples"]
+    index = torch.arange(k, device=device)
+    out["is_one"] = measure(lambda: training.evaluate(model, data[:k], index, exp, 1, 0),
+                            k, device, seconds)
+
+    # IS group: G models, k examples each
+    stack = ensemble.StackedVAEs(members, exp.lr)
+    indices = [torch.arange(g * k, (g + 1) * k, device=device) % n for g in range(group)]
+
+    def is_group():
+        gens = [torch.Generator(device=device).manual_seed(g) for g in range(group)]
+        res = ensemble.group_log_px(stack, data, indices, gens, n_is, exp.seed)
+        return float(sum(lp.sum() for lp, _ in res))
+    out["is_group"] = measure(is_group, group * k, device, seconds)
+    return out
+
+
+#----------------------------------------------------------------------------
+# Baseline: per-example transforms through a DataLoader; IS one example at a time
+
+class PerItemDataset:
+    """uint8 images (N, C, H, W) on the CPU; each item converted and noised on its own."""
+
+    def __init__(self, images, binary: bool, hflip: bool):
+        self.images, self.binary, self.hflip = images, binary, hflip
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        import torch
+        from memo import preprocess
+        x = self.images[i].float()  # one image, uint8 -> float
+        if self.binary:
+            return torch.bernoulli(x / 255.0)
+        if self.hflip and torch.rand(1).item() < 0.5:
+            x = x.flip(-1)
+        x = (x + torch.rand_like(x)) / 256.0  # uniform dequantization
+        return preprocess.to_logit(x)
+
+
+def bench_baseline(name, data, device, seconds, sizes) -> dict:
+    import torch
+    from memo import objectives, preprocess, training
+    from memo.estimator import logmeanexp
+    c, latent, n_is, hflip = MODELS[name]
+    exp = _experiment(name, n_is)
+    model = training.init_model(exp, 0, c, device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=exp.lr)
+    dataset = PerItemDataset(data.cpu(), model.binary, hflip)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=exp.batch_size, shuffle=True)
+    steps = sizes["steps"]
+    out = {}
+
+    def train_base():
+        model.train()
+        losses = []
+        for i, x in enumerate(loader):
+            if i == steps:
+                break
+            x = x.to(device)
+            loss = objectives.neg_elbo(model, x).sum()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        return losses
+    out["train_base"] = measure(train_base, steps * exp.batch_size, device, seconds)
+
+    k = sizes["base_is_examples"]
+
+    @torch.no_grad()
+    def is_base():
+        model.eval()
+        lps = []
+        for i in range(k):
+            x = dataset[i].to(device)[None].expand(n_is, *data.shape[1:])  # (N, C, H, W)
+            mu, logvar = model.encode(x)
+            std = torch.exp(0.5 * logvar)
+            eps = torch.randn_like(mu)
+            z = mu + std * eps
+            log_prior = -0.5 * (z.pow(2) + math.log(2 * math.pi)).sum(-1)
+            log_q = -0.5 * (eps.pow(2) + math.log(2 * math.pi) + logvar).sum(-1)
+            log_w = model.log_likelihood(x, model.decode(z)) + log_prior - log_q
+            lp = logmeanexp(log_w, 0)
+            if not model.binary:
+                lp = lp + preprocess.logit_to_pixel_log_jacobian(x[:1])[0]
+            lps.append(lp.item())
+        return lps
+    out["is_base"] = measure(is_base, k, device, seconds)
+    return out
+
+
+#----------------------------------------------------------------------------
+# Projections
+
+def project(rates: dict, epochs: int, eval_every: int, n: int, n_test: int,
+            folds: int = 10, repeats: int = 10) -> dict:
+    """Hours for one paper experiment: K·L fold models plus the full model."""
+    from memo.experiments import Experiment
+    n_evals = len(Experiment("x", "x", "x", 1, 1.0, epochs, eval_every, 1).eval_epochs())
+    n_in = n - n // folds  # ~(K-1)/K of the data train each fold model
+    cv = folds * repeats
+    # per-model image counts: (trained, held-out loss, importance-sampled)
+    fold_model = (epochs * n_in, epochs * (n - n_in), n_evals * n)
+    full_model = (epochs * n, epochs * n_test, n_evals * n)
+
+    def seconds(counts, train_rate, is_rate):
+        trained, heldout, sampled = counts
+        return (trained + heldout / 3) / train_rate + sampled / is_rate
+
+    one = seconds(fold_model, rates["train_one"], rates["is_one"])
+    full = seconds(full_model, rates["train_one"], rates["is_one"])
+    group = seconds(fold_model, rates["train_group"], rates["is_group"])  # G models per rate
+    base = seconds(fold_model, rates["train_base"], rates["is_base"])
+    full_base = seconds(full_model, rates["train_base"], rates["is_base"])
+    images = {"trained": cv * fold_model[0] + full_model[0],
+              "heldout_loss": cv * fold_model[1] + full_model[1],
+              "importance_sampled": cv * fold_model[2] + full_model[2]}
+    return {"images": images,
+            "hours_one_at_a_time": (cv * one + full) / 3600,
+            "hours_grouped": (cv * group + full) / 3600,
+            "hours_baseline": (cv * base + full_base) / 3600}
+
+
+#----------------------------------------------------------------------------
+
+def _fmt_hours(h: float) -> str:
+    return f"{h:,.1f} h" if h < 48 else f"{h / 24:,.1f} d"
+
+
+def run_device(device_name: str, args, log) -> dict:
+    import torch
+    device = torch.device(device_name)
+    cpu = device.type == "cpu"
+    seconds = args.seconds if args.seconds is not None else (0.3 if args.quick else 2.0)
+    out = {"device": torch.cuda.get_device_name(device) if device.type == "cuda"
+           else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)",
+           "rates": {}, "projections": {}}
+    for name in args.models:
+        c, _, n_is, _ = MODELS[name]
+        mlp = c == 1
+        sizes = {  # work per timed call (IS: examples per model), ~0.05-5 s a call
+            "steps": 1 if cpu else 20,
+            "is_examples": (64 if mlp else 8) if cpu else 256,
+            "base_is_examples": (16 if mlp else 4) if cpu else 64,
+        }
+        g = torch.Generator().manual_seed(0)
+        data = torch.randint(0, 256, (2048, c, 32, 32), dtype=torch.uint8, generator=g).to(device)
+        t0 = time.perf_counter()
+        rates = bench_ours(name, data, device, seconds, args.group, sizes)
+        rates.update(bench_baseline(name, data, device, seconds, sizes))
+        out["rates"][name] = {k: rates[k] for k in RATES}
+        log(f"  {name}: measured in {time.perf_counter() - t0:.0f} s")
+    for exp_name, (model, n, n_test) in PAPER.items():
+        if model in out["rates"]:
+            from memo.experiments import EXPERIMENTS
+            e = EXPERIMENTS[exp_name]
+            out["projections"][exp_name] = project(out["rates"][model], e.epochs, e.eval_every,
+                                                   n, n_test, e.folds, e.repeats)
+    return out
+
+
+def table(report: dict, group: int) -> str:
+    lines = []
+    for dev, r in report["devices"].items():
+        lines += [f"\n{dev}: {r['device']}", "images/s          train: one   group(G=%d)  baseline"
+                  "  | IS: one   group   baseline" % group]
+        for name, x in r["rates"].items():
+            lines.append(f"{name:<22} {x['train_one']:>8.0f} {x['train_group']:>10.0f} "
+                         f"{x['train_base']:>9.0f}  | {x['is_one']:>8.1f} {x['is_group']:>7.1f} "
+                         f"{x['is_base']:>8.1f}")
+            lines.append(f"{'  speed-up vs baseline':<22} {x['train_one'] / x['train_base']:>7.1f}x "
+                         f"{x['train_group'] / x['train_base']:>9.1f}x {'':>9}  | "
+                         f"{x['is_one'] / x['is_base']:>7.1f}x {x['is_group'] / x['is_base']:>6.1f}x")
+        if r["projections"]:
+            lines.append("projected wall time (100 fold models + full model; one device):")
+            lines.append(f"{'':<12} {'one-at-a-time':>14} {'grouped':>10} {'baseline':>10}")
+            for exp_name, p in r["projections"].items():
+                lines.append(f"{exp_name:<12} {_fmt_hours(p['hours_one_at_a_time']):>14} "
+                             f"{_fmt_hours(p['hours_grouped']):>10} "
+                             f"{_fmt_hours(p['hours_baseline']):>10}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import torch
+    from memo import results
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    devices = args.device or ["cuda" if torch.cuda.is_available() else "cpu"]
+    for d in devices:
+        if d.startswith("cuda") and not torch.cuda.is_available():
+            print(f"bench.py: error: device {d} is not available here", file=sys.stderr)
+            return 2
+    report = {"torch": torch.__version__, "python": platform.python_version(),
+              "host": platform.node(), "group": args.group, "quick": args.quick,
+              "data": "random uint8 images, resident on the device (speed does not depend "
+                      "on content)",
+              "rates_unit": "images/s; group rates count all G models together",
+              "devices": {}}
+    t0 = time.perf_counter()
+    for d in devices:
+        print(f"measuring on {d} ...", file=sys.stderr)
+        report["devices"][d] = run_device(d, args, lambda s: print(s, file=sys.stderr))
+    report["seconds"] = time.perf_counter() - t0
+    print(table(report, args.group))
+    results.atomic_write_bytes(args.out, (json.dumps(report, indent=1) + "\n").encode())
+    print(f"\nwrote {args.out} ({report['seconds']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
