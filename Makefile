@@ -19,6 +19,7 @@ EXPERIMENTS_FILE ?=## JSON file with experiments of your own (see README)
 DATA ?= bmnist## data set for `make data`: bmnist, fashion, cifar10, celeba
 NPROC := $(shell nproc 2>/dev/null || echo 2)
 JOBS ?= $(NPROC)## parallel training jobs of `make demo` (default: the number of cores)
+GROUP ?= 1## fold models trained together by one process, vectorized (GPU: 10; CPU: keep 1, use -j)
 PAPER_EXPERIMENTS := bmnist_lr3 bmnist_lr4 cifar10 celeba
 DEMO := fashion_demo
 
@@ -103,7 +104,7 @@ include $(PLAN)
 endif
 $(PLAN): FORCE | $(SETUP)
 	@mkdir -p build
-	@$(PY) scripts/plan.py make > $@.tmp
+	@$(PY) scripts/plan.py make --group $(GROUP) > $@.tmp
 	@if cmp -s $@.tmp $@; then rm $@.tmp; else mv $@.tmp $@; fi
 FORCE:
 .PHONY: FORCE

@@ -55,9 +55,11 @@ def parse_args(argv=None):
                      help="full: the model trained on all of D")
     job.add_argument("--job", help="job tag instead of the three above: cv_repeat<R>_fold<K> "
                      "or full_repeat0")
+    job.add_argument("--jobs", nargs="+", metavar="TAG", help="several job tags, trained "
+                     "together as one vectorized group (memo/ensemble.py; pays on a GPU)")
     p.add_argument("--results-dir", default="results", help="root of the result tree")
-    p.add_argument("--output", help="expected result file path (the Makefile passes its "
-                   "target; a mismatch is an error)")
+    p.add_argument("--output", nargs="+", help="expected result file path(s) (the Makefile "
+                   "passes its targets; a mismatch is an error)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--data-root", default=None, help="data directory (default: $DATA_ROOT or ./data)")
     p.add_argument("--download", action="store_true", help="download the data set if missing")
@@ -103,14 +105,16 @@ def main(argv=None) -> int:
         exp = resolve(args)
         models.build(exp.model, 2, 1)  # validates the model name
         data.dataset_name(exp.data)    # validates the data spec
-        if args.job:
-            job = results.Job.parse(args.job)
+        if args.jobs:
+            jobs = [results.Job.parse(tag) for tag in args.jobs]
+        elif args.job:
+            jobs = [results.Job.parse(args.job)]
         elif args.mode == "full":
-            job = results.Job(0, None)
+            jobs = [results.Job(0, None)]
         elif args.repeat is None or args.fold is None:
-            raise ValueError("give --repeat R --fold K, --mode full, or --job TAG")
+            raise ValueError("give --repeat R --fold K, --mode full, --job TAG or --jobs TAG...")
         else:
-            job = results.Job(args.repeat, args.fold)
+            jobs = [results.Job(args.repeat, args.fold)]
     except ValueError as e:
         print(f"memorization.py: error: {e}", file=sys.stderr)
         return 2
@@ -121,24 +125,33 @@ def main(argv=None) -> int:
         torch.set_num_threads(threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.dry_run:
-        print(f"experiment: {dataclasses.asdict(exp)}\njob: {job.tag}\ndevice: {device}")
+        print(f"experiment: {dataclasses.asdict(exp)}\njob: {' '.join(j.tag for j in jobs)}"
+              f"\ndevice: {device}")
         return 0
     try:
-        jd = training.load_job_data(exp, torch.device(device), job.full, args.data_root,
-                                    args.download)
-        stem = training.file_stem(exp, job, jd.train.shape[1])
-        path = results.result_path(args.results_dir, exp.name, stem)
-        if args.output and Path(args.output).resolve() != path.resolve():
-            raise ValueError(f"--output {args.output} does not match this job's result file {path}")
-        done = training.run_job(exp, job, args.results_dir, device, jd=jd,
-                                stop_after=args.stop_after)
+        jd = training.load_job_data(exp, torch.device(device), any(j.full for j in jobs),
+                                    args.data_root, args.download)
+        paths = [results.result_path(args.results_dir, exp.name,
+                                     training.file_stem(exp, job, jd.train.shape[1]))
+                 for job in jobs]
+        if args.output and ({Path(o).resolve() for o in args.output}
+                            != {p.resolve() for p in paths}):
+            raise ValueError(f"--output {' '.join(args.output)} does not match the result "
+                             f"file(s) {' '.join(map(str, paths))}")
+        if len(jobs) > 1:
+            from memo import ensemble
+            done = ensemble.run_group(exp, jobs, args.results_dir, device, jd=jd,
+                                      stop_after=args.stop_after)
+        else:
+            done = training.run_job(exp, jobs[0], args.results_dir, device, jd=jd,
+                                    stop_after=args.stop_after)
     except (data.DataMissingError, training.TrainingDivergedError, ValueError) as e:
         print(f"memorization.py: error: {e}", file=sys.stderr)
         return 1
     if done is None:
         print(f"stopped after epoch {args.stop_after}; run again to resume")
         return 3
-    print(f"wrote {path}")
+    print("\n".join(f"wrote {path}" for path in paths))
     return 0
 
 

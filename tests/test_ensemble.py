@@ -209,3 +209,32 @@ def test_stacked_adam_equals_one_adam_per_model():
         for a, b in zip(exported.parameters(), m.parameters()):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
         assert float(opt.state[next(exported.parameters())]["step"]) == 3.0
+
+
+def test_cli_trains_a_group_and_checks_its_outputs(tmp_path, monkeypatch, capsys):
+    import memorization
+    exp = _experiment(tmp_path, monkeypatch, n=61, epochs=1, eval_every=1)
+    root = tmp_path / "res"
+    files = [str(results.result_path(root, exp.name, training.file_stem(exp, results.Job(0, k), 1)))
+             for k in (0, 1)]
+    base = ["--experiment", "tiny", "--results-dir", str(root), "--device", "cpu"]
+    assert memorization.main(base + ["--jobs", "cv_repeat0_fold0", "cv_repeat0_fold1",
+                                     "--output", files[0]]) == 1
+    assert "does not match" in capsys.readouterr().err
+    assert memorization.main(base + ["--jobs", "cv_repeat0_fold0", "cv_repeat0_fold1",
+                                     "--output", *files]) == 0
+    for f in files:
+        assert results.read_result(f)["meta"]["mode"] == "split-cv"
+
+
+def test_plan_groups_the_folds_of_a_repeat_into_grouped_targets(tiny_experiment):
+    import plan
+    exp = experiments.get("tiny")  # K = 3, L = 2
+    one = plan.make_fragment({"tiny": exp})
+    assert "&:" not in one and "--jobs" not in one
+    grouped = plan.make_fragment({"tiny": exp}, group=3)
+    assert grouped.count("&: | $(SETUP)") == 2
+    assert "--jobs cv_repeat1_fold0 cv_repeat1_fold1 cv_repeat1_fold2 --output $(GROUP_tiny_1)" \
+        in grouped
+    full_rule = next(line for line in grouped.splitlines() if "_%.json.gz:" in line)
+    assert "full_repeat0.json.gz" in full_rule and "cv_repeat" not in full_rule

@@ -24,6 +24,10 @@ tests/test_ensemble.py for the tolerance.
 
 Resume files are per model and in `run_job`'s format, so a group can be resumed one model at a
 time and the other way round.
+
+Speed: the lever is a GPU, where a batch-64 step of one of these small models is launch-bound.
+On a CPU a group is no faster than its models one after another (grouped transposed
+convolutions are slow there): keep one model per process and run processes side by side.
 """
 from __future__ import annotations
 
@@ -91,8 +95,9 @@ class StackedVAEs:
             offset += p.numel()
         self.flat = torch.stack([torch.cat([p.detach().reshape(-1) for p in m.parameters()])
                                  for m in modules])                            # (G, P)
-        self.buffers = {f"model.{name}": torch.stack([dict(m.named_buffers())[name] for m in modules])
-                        for name, _ in ref.named_buffers()}                    # name: (G, ...)
+        buffers = [dict(m.named_buffers()) for m in modules]
+        self.buffers = {f"model.{name}": torch.stack([b[name] for b in buffers])
+                        for name in buffers[0]}                                # name: (G, ...)
         self.rows = list(self.flat.unbind(0))  # views: Adam updates self.flat in place
         self.optimizer = torch.optim.Adam(self.rows, lr=lr)
         self.shell = copy.deepcopy(ref).to("meta")  # architecture only; tensors come from the stack
@@ -438,7 +443,8 @@ def run_group(exp: Experiment, jobs: list[results.Job], results_root="results", 
         done = []
         if all(have):
             for m in members:
-                m.history, epoch = training.load_resume(m.resume, m.model, m.optimizer, m.gen, device)
+                m.history, epoch = training.load_resume(m.resume, m.model, m.optimizer, m.gen,
+                                                        device)
                 done.append(epoch)
         if all(have) and len(set(done)) == 1:
             start_epoch = done[0] + 1

@@ -25,32 +25,50 @@ def effective_sample_size(log_w: torch.Tensor, dim: int = -1) -> torch.Tensor:
     return torch.exp(2 * torch.logsumexp(log_w, dim) - torch.logsumexp(2 * log_w, dim))
 
 
+def _per_chunk(b: int, n_samples: int, chunk: int | None) -> int:
+    return max(1, min(n_samples, (chunk or 16384) // max(b, 1)))
+
+
+def sample_eps(b: int, n_samples: int, latent: int, generator: torch.Generator | None = None,
+               device=None, dtype=None, chunk: int | None = None) -> torch.Tensor:
+    """(B, N, L) standard normal draws, chunk by chunk in the order `log_weights` draws them."""
+    per_chunk = _per_chunk(b, n_samples, chunk)
+    return torch.cat([torch.randn((b, min(per_chunk, n_samples - start), latent), device=device,
+                                  dtype=dtype, generator=generator)
+                      for start in range(0, n_samples, per_chunk)], dim=1)
+
+
 def log_weights(model, x: torch.Tensor, n_samples: int,
-                generator: torch.Generator | None = None, chunk: int | None = None) -> torch.Tensor:
+                generator: torch.Generator | None = None, chunk: int | None = None,
+                eps: torch.Tensor | None = None) -> torch.Tensor:
     """(B, N) log importance weights log p(x|z) + log p(z) − log q(z|x), z ~ q(z|x).
 
-    The N samples are drawn in chunks so that at most ~`chunk` decoder rows are alive at once.
+    The N samples are decoded in chunks so that at most ~`chunk` decoder rows are alive at once.
+    eps: the (B, N, L) standard normal draws to use; by default `sample_eps` from `generator`.
     """
     mu, logvar = model.encode(x)                              # (B, L)
     std = torch.exp(0.5 * logvar)
     b, latent = mu.shape
-    per_chunk = max(1, min(n_samples, (chunk or 16384) // max(b, 1)))
+    if eps is None:
+        eps = sample_eps(b, n_samples, latent, generator, mu.device, mu.dtype, chunk)
+    n_samples = eps.shape[1]
+    per_chunk = _per_chunk(b, n_samples, chunk)
     out = []
     for start in range(0, n_samples, per_chunk):
-        n = min(per_chunk, n_samples - start)
-        eps = torch.randn((b, n, latent), device=mu.device, dtype=mu.dtype, generator=generator)
-        z = mu[:, None] + std[:, None] * eps                  # (B, n, L)
+        e = eps[:, start:start + per_chunk]                   # (B, n, L)
+        z = mu[:, None] + std[:, None] * e
         log_prior = -0.5 * (z.pow(2) + _LOG_2PI).sum(-1)
-        log_q = -0.5 * (eps.pow(2) + _LOG_2PI + logvar[:, None]).sum(-1)
+        log_q = -0.5 * (e.pow(2) + _LOG_2PI + logvar[:, None]).sum(-1)
         out.append(model.log_likelihood(x, model.decode(z)) + log_prior - log_q)
     return torch.cat(out, dim=1)
 
 
 @torch.no_grad()
 def log_px(model, x: torch.Tensor, n_samples: int, generator: torch.Generator | None = None,
-           chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+           chunk: int | None = None, eps: torch.Tensor | None = None
+           ) -> tuple[torch.Tensor, torch.Tensor]:
     """(log p̂(x), ESS), each (B,). For logit-space models log p is of the 8-bit pixels."""
-    log_w = log_weights(model, x, n_samples, generator, chunk)
+    log_w = log_weights(model, x, n_samples, generator, chunk, eps)
     lp = logmeanexp(log_w, dim=1)
     if not model.binary:
         lp = lp + preprocess.logit_to_pixel_log_jacobian(x)

@@ -9,9 +9,14 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)
 
 
-def neg_elbo(model, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """(B,) negative ELBO per example: one reparameterised sample, analytic KL (nats)."""
+def neg_elbo(model, x: torch.Tensor, generator: torch.Generator | None = None,
+             eps: torch.Tensor | None = None) -> torch.Tensor:
+    """(B,) negative ELBO per example: one reparameterised sample, analytic KL (nats).
+
+    eps: the (B, L) standard normal draws to use; by default drawn from `generator`.
+    """
     mu, logvar = model.encode(x)
-    eps = torch.randn(mu.shape, device=mu.device, dtype=mu.dtype, generator=generator)
+    if eps is None:
+        eps = torch.randn(mu.shape, device=mu.device, dtype=mu.dtype, generator=generator)
     z = mu + torch.exp(0.5 * logvar) * eps
     return gaussian_kl(mu, logvar) - model.log_likelihood(x, model.decode(z))

@@ -20,6 +20,10 @@ from . import estimator, models, objectives, preprocess, results, splits
 from .experiments import Experiment
 
 
+EVAL_BATCH = 256   # examples per importance-sampling batch (its noise layout depends on it)
+LOSS_BATCH = 1024  # examples per held-out loss batch
+
+
 class TrainingDivergedError(RuntimeError):
     pass
 
@@ -63,7 +67,7 @@ def _batches(n: int, size: int):
 
 @torch.no_grad()
 def evaluate(model, images: torch.Tensor, index: torch.Tensor, exp: Experiment, epoch: int,
-             model_seed: int, batch_size: int = 256, desc: str = "log p") -> tuple[np.ndarray, np.ndarray]:
+             model_seed: int, batch_size: int = EVAL_BATCH, desc: str = "log p") -> tuple[np.ndarray, np.ndarray]:
     """IS log p(x) and ESS for images (the examples `index` of D); input noise fixed per example."""
     model.eval()
     gen = torch.Generator(device=images.device).manual_seed(_eval_seed(model_seed, epoch))
@@ -81,7 +85,7 @@ def evaluate(model, images: torch.Tensor, index: torch.Tensor, exp: Experiment, 
 
 @torch.no_grad()
 def test_loss(model, images: torch.Tensor, index: torch.Tensor, exp: Experiment, epoch: int,
-              model_seed: int, batch_size: int = 1024) -> float:
+              model_seed: int, batch_size: int = LOSS_BATCH) -> float:
     """Mean negative ELBO per example on a held-out set, eval mode, fixed input noise."""
     model.eval()
     gen = torch.Generator(device=images.device).manual_seed(_eval_seed(model_seed, epoch) + 1)
@@ -109,6 +113,83 @@ def meta_for(exp: Experiment, job: results.Job, jd: JobData, model) -> dict:
     }
 
 
+def job_split(exp: Experiment, job: results.Job, n: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """(in-fold indices, held-out indices, model seed) of a job on a training set of n examples."""
+    if job.full:
+        return np.arange(n), np.arange(0), splits.model_seed(exp.seed, job.repeat, splits.FULL_FOLD)
+    if not (0 <= job.repeat < exp.repeats and 0 <= job.fold < exp.folds):
+        raise ValueError(f"{job.tag} is outside this experiment's {exp.repeats} repeats "
+                         f"x {exp.folds} folds")
+    train_idx, test_idx = splits.train_test_indices(n, exp.folds, exp.seed, job.repeat, job.fold)
+    return train_idx, test_idx, splits.model_seed(exp.seed, job.repeat, job.fold)
+
+
+def init_model(exp: Experiment, seed: int, in_channels: int, device) -> torch.nn.Module:
+    """A fresh model initialised from `seed`; the global RNG is left untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return models.build(exp.model, exp.latent_dim, in_channels).to(device)
+
+
+def new_history() -> dict:
+    return {"logpxs": {}, "ess": {}, "losses": {"train": [], "test": []}}
+
+
+def save_resume(path, model, optimizer, gen: torch.Generator, history: dict, epoch: int) -> None:
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "generator": gen.get_state(), "history": history, "epoch": epoch}, buf)
+    results.atomic_write_bytes(path, buf.getvalue())
+
+
+def load_resume(path, model, optimizer, gen: torch.Generator, device) -> tuple[dict, int]:
+    """Restore model, optimizer and generator from a resume file: (history, last epoch done)."""
+    device = torch.device(device)
+    state = torch.load(path, map_location=device, weights_only=False)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    gen.set_state(state["generator"].cpu() if device.type == "cpu" else state["generator"])
+    return state["history"], state["epoch"]
+
+
+def check_train_loss(train_loss: float, epoch: int, where: str) -> None:
+    if not math.isfinite(train_loss):
+        raise TrainingDivergedError(
+            f"[{where}] training loss became {train_loss} at epoch {epoch}; "
+            "no result written (try a lower learning rate)")
+
+
+def record_log_px(history: dict, epoch: int, train_idx: np.ndarray, test_idx: np.ndarray,
+                  lp_tr: np.ndarray, ess_tr: np.ndarray, lp_te: np.ndarray, ess_te: np.ndarray,
+                  where: str) -> None:
+    """Add one evaluation epoch's log p and ESS to the history; non-finite log p is an error."""
+    if not (np.isfinite(lp_tr).all() and np.isfinite(lp_te).all()):
+        raise TrainingDivergedError(
+            f"[{where}] non-finite log p(x) at epoch {epoch}; no result written")
+    history["logpxs"][str(epoch)] = {
+        "train": dict(zip(map(str, train_idx.tolist()), lp_tr.tolist())),
+        "test": dict(zip(map(str, test_idx.tolist()), lp_te.tolist()))}
+    history["ess"][str(epoch)] = {
+        "train": dict(zip(map(str, train_idx.tolist()), ess_tr.tolist())),
+        "test": dict(zip(map(str, test_idx.tolist()), ess_te.tolist()))}
+
+
+def finish_job(exp: Experiment, job: results.Job, jd: JobData, model, history: dict,
+               results_root) -> dict:
+    """Write the result file (and the full model's final weights); drop the resume file."""
+    stem = results.stem(jd.dataset, exp.model, model.description, exp.seed, job)
+    if job.full:  # the full model keeps its final weights (loss curves, nearest neighbours)
+        buf = io.BytesIO()
+        torch.save(model.state_dict(), buf)
+        results.atomic_write_bytes(
+            results.checkpoint_path(results_root, exp.name, stem, exp.epochs), buf.getvalue())
+    content = {"logpxs": history["logpxs"], "losses": history["losses"], "ess": history["ess"]}
+    results.write_result(results.result_path(results_root, exp.name, stem),
+                         meta_for(exp, job, jd, model), content)
+    results.resume_path(results_root, exp.name, stem).unlink(missing_ok=True)
+    return content
+
+
 def run_job(exp: Experiment, job: results.Job, results_root="results", device="cpu",
             data_root=None, download: bool = False, jd: JobData | None = None,
             log=print, stop_after: int | None = None) -> dict | None:
@@ -119,37 +200,21 @@ def run_job(exp: Experiment, job: results.Job, results_root="results", device="c
     device = torch.device(device)
     jd = jd or load_job_data(exp, device, job.full, data_root, download)
     n, in_channels = jd.train.shape[0], jd.train.shape[1]
-    if job.full:
-        train_idx, test_idx = np.arange(n), np.arange(0)
-        fold = splits.FULL_FOLD
-    else:
-        if not (0 <= job.repeat < exp.repeats and 0 <= job.fold < exp.folds):
-            raise ValueError(f"{job.tag} is outside this experiment's {exp.repeats} repeats "
-                             f"x {exp.folds} folds")
-        fold = job.fold
-        train_idx, test_idx = splits.train_test_indices(n, exp.folds, exp.seed, job.repeat, fold)
-    seed = splits.model_seed(exp.seed, job.repeat, fold)
+    train_idx, test_idx, seed = job_split(exp, job, n)
     train_idx_t = torch.as_tensor(train_idx, device=device)
     test_idx_t = torch.as_tensor(test_idx, device=device)
 
-    with torch.random.fork_rng(devices=[]):  # model init from the job's seed, global RNG untouched
-        torch.manual_seed(seed)
-        model = models.build(exp.model, exp.latent_dim, in_channels).to(device)
+    model = init_model(exp, seed, in_channels, device)  # from the job's own seed
     optimizer = torch.optim.Adam(model.parameters(), lr=exp.lr)
     gen = torch.Generator(device=device).manual_seed(seed)
 
     stem = results.stem(jd.dataset, exp.model, model.description, exp.seed, job)
-    out_path = results.result_path(results_root, exp.name, stem)
     resume = results.resume_path(results_root, exp.name, stem)
-    history = {"logpxs": {}, "ess": {}, "losses": {"train": [], "test": []}}
-    start_epoch = 1
+    history, start_epoch = new_history(), 1
     if resume.exists():
-        state = torch.load(resume, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        gen.set_state(state["generator"].cpu() if device.type == "cpu" else state["generator"])
-        history, start_epoch = state["history"], state["epoch"] + 1
-        log(f"[{exp.name} {job.tag}] resuming after epoch {state['epoch']} from {resume}")
+        history, done = load_resume(resume, model, optimizer, gen, device)
+        start_epoch = done + 1
+        log(f"[{exp.name} {job.tag}] resuming after epoch {done} from {resume}")
 
     eval_epochs = set(exp.eval_epochs())
     n_train = len(train_idx)
@@ -167,10 +232,7 @@ def run_job(exp: Experiment, job: results.Job, results_root="results", device="c
             optimizer.step()
             total += loss.detach().double()
         train_loss = float(total) / n_train  # the one host sync per epoch
-        if not math.isfinite(train_loss):
-            raise TrainingDivergedError(
-                f"[{exp.name} {job.tag}] training loss became {train_loss} at epoch {epoch}; "
-                "no result written (try a lower learning rate)")
+        check_train_loss(train_loss, epoch, f"{exp.name} {job.tag}")
         history["losses"]["train"].append(train_loss)
         line = f"[{exp.name} {job.tag}] epoch {epoch}/{exp.epochs} loss train {train_loss:.3f}"
         if job.full and jd.test is not None:  # test split; its noise indices sit past D's
@@ -186,33 +248,15 @@ def run_job(exp: Experiment, job: results.Job, results_root="results", device="c
                                         desc="log p (in)")
             lp_te, ess_te = evaluate(model, jd.train[test_idx_t], test_idx_t, exp, epoch, seed,
                                         desc="log p (out)")
-            if not (np.isfinite(lp_tr).all() and np.isfinite(lp_te).all()):
-                raise TrainingDivergedError(
-                    f"[{exp.name} {job.tag}] non-finite log p(x) at epoch {epoch}; no result written")
-            history["logpxs"][str(epoch)] = {
-                "train": dict(zip(map(str, train_idx.tolist()), lp_tr.tolist())),
-                "test": dict(zip(map(str, test_idx.tolist()), lp_te.tolist()))}
-            history["ess"][str(epoch)] = {
-                "train": dict(zip(map(str, train_idx.tolist()), ess_tr.tolist())),
-                "test": dict(zip(map(str, test_idx.tolist()), ess_te.tolist()))}
+            record_log_px(history, epoch, train_idx, test_idx, lp_tr, ess_tr, lp_te, ess_te,
+                          f"{exp.name} {job.tag}")
             line += f" | mean log p in {lp_tr.mean():.3f}" + (
                 f" out {lp_te.mean():.3f}" if len(lp_te) else "")
         log(line + f" ({time.perf_counter() - t0:.1f} s)")
         stopping = stop_after is not None and epoch >= stop_after and epoch < exp.epochs
         if (epoch % exp.checkpoint_every == 0 and epoch < exp.epochs) or stopping:
-            buf = io.BytesIO()
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "generator": gen.get_state(), "history": history, "epoch": epoch}, buf)
-            results.atomic_write_bytes(resume, buf.getvalue())
+            save_resume(resume, model, optimizer, gen, history, epoch)
         if stopping:
             return None
 
-    if job.full:  # the full model keeps its final weights (loss curves, nearest neighbours)
-        buf = io.BytesIO()
-        torch.save(model.state_dict(), buf)
-        results.atomic_write_bytes(
-            results.checkpoint_path(results_root, exp.name, stem, exp.epochs), buf.getvalue())
-    content = {"logpxs": history["logpxs"], "losses": history["losses"], "ess": history["ess"]}
-    results.write_result(out_path, meta_for(exp, job, jd, model), content)
-    resume.unlink(missing_ok=True)
-    return content
+    return finish_job(exp, job, jd, model, history, results_root)
