@@ -7,12 +7,13 @@ ConstantGaussianDCVAE on 3x32x32) and each device, in one run:
   train one    run_job's inner loop: data resident on the device as uint8, batched
                preprocessing (preprocess.train_inputs), batch 64, Adam
   train group  the same for G models at once (memo.ensemble: stacked parameters, vmap)
-  train base   the authors'-style pipeline: a Dataset whose __getitem__ turns one uint8 image
-               into a float tensor and binarizes / dequantizes (and flips) it, a DataLoader
-               (batch 64, shuffle), one model, loss.item() per batch
+  train base   the authors'-style pipeline: a Dataset whose __getitem__ makes one PIL image,
+               applies torchvision transforms (pad / flip, ToTensor) and binarizes or
+               dequantizes it, a DataLoader (batch 64, shuffle), one model, loss.item() per batch
   IS one       training.evaluate (batches of 256, chunked samples) at N = 256 (MLP) / 128 (DC)
   IS group     ensemble.group_log_px over G models
-  IS base      one example at a time, repeated N times through encoder and decoder
+  IS base      one example at a time, repeated N times through encoder and decoder, with
+               full-covariance MultivariateNormal densities for q and the prior (as theirs)
 
 Rates are images/s (for the group: all G models together). The data are random uint8 images:
 speed does not depend on their content. Each rate is the best of two timed rounds (together at
@@ -172,21 +173,28 @@ def bench_ours(name, data, device, seconds, group, sizes) -> dict:
 # Baseline: per-example transforms through a DataLoader; IS one example at a time
 
 class PerItemDataset:
-    """uint8 images (N, C, H, W) on the CPU; each item converted and noised on its own."""
+    """The authors' data path: each item becomes a PIL image and goes through torchvision
+    transforms on its own (MNIST: 28x28 padded to 32 per item; colour: random flip per item),
+    then is binarized or dequantized + logit-transformed per item."""
 
     def __init__(self, images, binary: bool, hflip: bool):
-        self.images, self.binary, self.hflip = images, binary, hflip
+        from torchvision import transforms
+        arr = images.permute(0, 2, 3, 1).numpy()          # (N, H, W, C) uint8
+        self.images = arr[:, 2:30, 2:30, 0] if binary else arr  # MNIST is stored 28x28
+        steps = [transforms.Pad(2)] if binary else (
+            [transforms.RandomHorizontalFlip()] if hflip else [])
+        self.transform = transforms.Compose(steps + [transforms.ToTensor()])
+        self.binary = binary
 
     def __len__(self):
         return len(self.images)
 
     def __getitem__(self, i):
-        x = self.images[i].float()  # one image, uint8 -> float
+        from PIL import Image
+        x = self.transform(Image.fromarray(self.images[i]))  # float in [0, 1]
         if self.binary:
-            return torch.bernoulli(x / 255.0)
-        if self.hflip and torch.rand(1).item() < 0.5:
-            x = x.flip(-1)
-        x = (x + torch.rand_like(x)) / 256.0  # uniform dequantization
+            return torch.bernoulli(x)
+        x = (255.0 * x + torch.rand_like(x)) / 256.0  # uniform dequantization
         return preprocess.to_logit(x)
 
 
@@ -225,11 +233,12 @@ def bench_baseline(name, data, device, seconds, sizes) -> dict:
         for i in range(k):
             x = dataset[i].to(device)[None].expand(n_is, *data.shape[1:])  # (N, C, H, W)
             mu, logvar = model.encode(x)
-            std = torch.exp(0.5 * logvar)
-            eps = torch.randn_like(mu)
-            z = mu + std * eps
-            log_prior = -0.5 * (z.pow(2) + math.log(2 * math.pi)).sum(-1)
-            log_q = -0.5 * (eps.pow(2) + math.log(2 * math.pi) + logvar).sum(-1)
+            # as the authors' code: full-covariance normals for a diagonal q and the prior
+            q = torch.distributions.MultivariateNormal(mu, torch.diag_embed(logvar.exp()))
+            prior = torch.distributions.MultivariateNormal(
+                torch.zeros_like(mu), torch.diag_embed(torch.ones_like(mu)))
+            z = q.sample()
+            log_prior, log_q = prior.log_prob(z), q.log_prob(z)
             log_w = model.log_likelihood(x, model.decode(z)) + log_prior - log_q
             lp = logmeanexp(log_w, 0)
             if not model.binary:
