@@ -108,3 +108,12 @@ def test_logit_models_report_pixel_space_log_px():
     lp_logit = estimator.logmeanexp(
         estimator.log_weights(model, x, 4, torch.Generator().manual_seed(0)), 1)
     assert torch.allclose(lp, lp_logit + preprocess.logit_to_pixel_log_jacobian(x), atol=1e-3)
+
+
+def test_chunk_size_does_not_change_the_estimate():
+    torch.manual_seed(0)
+    model = models.build("BernoulliMLPVAE", 8, 1).eval()
+    x = (torch.rand(6, 1, 32, 32) < 0.3).float()
+    runs = [estimator.log_px(model, x, 32, torch.Generator().manual_seed(5), chunk=c)[0]
+            for c in (6, 64, 10 ** 6)]  # 1, 10 and 32 samples per chunk
+    assert torch.allclose(runs[0], runs[1], atol=1e-4) and torch.allclose(runs[0], runs[2], atol=1e-4)
