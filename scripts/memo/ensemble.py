@@ -46,8 +46,8 @@ from tqdm import tqdm
 from . import estimator, objectives, preprocess, results, training
 from .experiments import Experiment
 
-# Decoder rows alive at once in importance sampling, over the whole group: what one model
-# uses alone on a CPU (cache-sized); four times that on a GPU, where bigger kernels pay.
+# Decoder rows alive at once in importance sampling, over the whole group (CPU: measured
+# best for the grouped DCVAE; GPU: a guess, to be tuned with `make bench`).
 IS_ROWS = {"cpu": 16384, "cuda": 65536}
 
 
