@@ -91,3 +91,10 @@ def test_experiments_file_errors_are_clear(tmp_path, monkeypatch):
     monkeypatch.setenv("EXPERIMENTS_FILE", str(bad))
     with pytest.raises(experiments.UnknownExperimentError, match="colour"):
         experiments.get("x")
+
+
+def test_resume_checkpoint_from_other_settings_is_refused(tiny_experiment, tmp_path, capsys):
+    assert memorization.main(_args(tmp_path, "cv_repeat0_fold1", "--stop-after", "1")) == 3
+    assert memorization.main(_args(tmp_path, "cv_repeat0_fold1", "--lr", "0.01")) == 1
+    err = capsys.readouterr().err
+    assert "other settings" in err and "lr" in err and "delete it" in err

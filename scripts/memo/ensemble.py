@@ -399,7 +399,8 @@ class _Group:
     def checkpoint(self, epoch: int) -> None:
         for g, m in enumerate(self.members):
             self.stack.export(g, m.model, m.optimizer)
-            training.save_resume(m.resume, m.model, m.optimizer, m.gen, m.history, epoch)
+            training.save_resume(m.resume, m.model, m.optimizer, m.gen, m.history, epoch,
+                                 self.exp)
 
 
 def _describe(exp: Experiment, jobs: list[results.Job]) -> str:
@@ -444,7 +445,7 @@ def run_group(exp: Experiment, jobs: list[results.Job], results_root="results", 
         if all(have):
             for m in members:
                 m.history, epoch = training.load_resume(m.resume, m.model, m.optimizer, m.gen,
-                                                        device)
+                                                        device, exp)
                 done.append(epoch)
         if all(have) and len(set(done)) == 1:
             start_epoch = done[0] + 1

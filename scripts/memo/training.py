@@ -135,17 +135,27 @@ def new_history() -> dict:
     return {"logpxs": {}, "ess": {}, "losses": {"train": [], "test": []}}
 
 
-def save_resume(path, model, optimizer, gen: torch.Generator, history: dict, epoch: int) -> None:
+def save_resume(path, model, optimizer, gen: torch.Generator, history: dict, epoch: int,
+                exp: Experiment | None = None) -> None:
     buf = io.BytesIO()
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "generator": gen.get_state(), "history": history, "epoch": epoch}, buf)
+                "generator": gen.get_state(), "history": history, "epoch": epoch,
+                "settings": asdict(exp) if exp else None}, buf)
     results.atomic_write_bytes(path, buf.getvalue())
 
 
-def load_resume(path, model, optimizer, gen: torch.Generator, device) -> tuple[dict, int]:
-    """Restore model, optimizer and generator from a resume file: (history, last epoch done)."""
+def load_resume(path, model, optimizer, gen: torch.Generator, device,
+                exp: Experiment | None = None) -> tuple[dict, int]:
+    """Restore model, optimizer and generator from a resume file: (history, last epoch done).
+
+    A checkpoint written under other settings is refused rather than silently continued."""
     device = torch.device(device)
     state = torch.load(path, map_location=device, weights_only=False)
+    saved = state.get("settings")
+    if exp is not None and saved is not None and saved != asdict(exp):
+        changed = sorted(k for k in saved if saved[k] != asdict(exp).get(k))
+        raise ValueError(f"resume checkpoint {path} was written with other settings "
+                         f"({', '.join(changed)} differ); delete it to start this job afresh")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     gen.set_state(state["generator"].cpu() if device.type == "cpu" else state["generator"])
@@ -212,7 +222,7 @@ def run_job(exp: Experiment, job: results.Job, results_root="results", device="c
     resume = results.resume_path(results_root, exp.name, stem)
     history, start_epoch = new_history(), 1
     if resume.exists():
-        history, done = load_resume(resume, model, optimizer, gen, device)
+        history, done = load_resume(resume, model, optimizer, gen, device, exp)
         start_epoch = done + 1
         log(f"[{exp.name} {job.tag}] resuming after epoch {done} from {resume}")
 
@@ -255,7 +265,7 @@ def run_job(exp: Experiment, job: results.Job, results_root="results", device="c
         log(line + f" ({time.perf_counter() - t0:.1f} s)")
         stopping = stop_after is not None and epoch >= stop_after and epoch < exp.epochs
         if (epoch % exp.checkpoint_every == 0 and epoch < exp.epochs) or stopping:
-            save_resume(resume, model, optimizer, gen, history, epoch)
+            save_resume(resume, model, optimizer, gen, history, epoch, exp)
         if stopping:
             return None
 
