@@ -18,8 +18,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "setup: installing Debian packages: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -q >/dev/null
-    apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+    if ! { apt-get update -q >/dev/null &&
+           apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null; }; then
+      echo "setup: warning: apt-get could not install ${missing[*]}; going on without them" >&2
+    fi
   else
     echo "setup: warning: missing system packages: ${missing[*]}" >&2
     echo "setup:   install them with: sudo apt-get install ${missing[*]}" >&2
