@@ -15,10 +15,9 @@ special_names) and meta (a JSON string).
 from __future__ import annotations
 
 import argparse
+import io
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -88,15 +87,9 @@ def model_samples(model, n: int, latent_dim: int, seed: int, device, batch: int)
 
 
 def save_npz(path: Path, arrays: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    results.atomic_write_bytes(path, buf.getvalue())
 
 
 def run(args: argparse.Namespace) -> Path:

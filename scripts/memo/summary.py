@@ -165,8 +165,8 @@ def summarize(paths: list[str | Path], progress: bool = True) -> Summary:
 
 
 def _spec_from_dataset(dataset: str) -> str:
-    return {"BinarizedMNIST": "bmnist", "FashionMNIST": "fashion", "CIFAR10": "cifar10",
-            "CelebA": "celeba"}.get(dataset, dataset)
+    from .data import DATASET_NAMES
+    return {name: spec for spec, name in DATASET_NAMES.items()}.get(dataset, dataset)
 
 
 def save(summary: Summary, path: str | Path, extra: dict | None = None) -> None:
