@@ -52,7 +52,7 @@ _TABLE = [
     Experiment("bmnist_lr4", "bmnist", "BernoulliMLPVAE", 16, 1e-4, 100, 5, 256),
     Experiment("cifar10", "cifar10", "DiagonalGaussianDCVAE", 64, 1e-3, 100, 50, 128),
     Experiment("celeba", "celeba", "ConstantGaussianDCVAE", 32, 1e-3, 50, 25, 128),
-    Experiment("fashion_demo", "fashion", "BernoulliMLPVAE", 16, 1e-3, 40, 20, 128,
+    Experiment("fashion_demo", "fashion", "BernoulliMLPVAE", 16, 1e-3, 40, 10, 128,
                folds=5, repeats=2, subset=2000, checkpoint_every=10),
 ]
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in _TABLE}
