@@ -20,8 +20,6 @@ DATA ?= bmnist## data set for `make data`: bmnist, fashion, cifar10, celeba
 NPROC := $(shell nproc 2>/dev/null || echo 2)
 JOBS ?= $(NPROC)## parallel training jobs of `make demo` (default: the number of cores)
 GROUP ?= 1## fold models trained together by one process, vectorized (GPU: 10; CPU: keep 1, use -j)
-PAPER_EXPERIMENTS := bmnist_lr3 bmnist_lr4 cifar10 celeba
-DEMO := fashion_demo
 
 export DATA_ROOT EXPERIMENTS_FILE
 PY := $(VENV)/bin/python
@@ -31,6 +29,28 @@ SUMMARIZE_DEPS := scripts/summarize.py scripts/memo/summary.py scripts/memo/resu
                   scripts/memo/uncertainty.py
 NN_DEPS := scripts/nearest_neighbours.py scripts/memo/neighbours.py
 
+# The experiment table becomes one file target per result file (scripts/plan.py) and also names
+# PAPER_EXPERIMENTS and DEMO. It is regenerated on every run (cheap) so that EXPERIMENTS_FILE
+# edits are always seen.
+PLAN := build/experiments$(subst /,_,$(abspath $(EXPERIMENTS_FILE))).mk
+NO_PLAN_GOALS := help setup clean checksums verify test bench data
+ifneq ($(MAKECMDGOALS),)
+ifeq ($(filter-out $(NO_PLAN_GOALS),$(MAKECMDGOALS)),)
+SKIP_PLAN := 1
+endif
+else
+SKIP_PLAN := 1
+endif
+ifndef SKIP_PLAN
+include $(PLAN)
+endif
+$(PLAN): FORCE | $(SETUP)
+	@mkdir -p build
+	@$(PY) scripts/plan.py make --group $(GROUP) > $@.tmp
+	@if cmp -s $@.tmp $@; then rm $@.tmp; else mv $@.tmp $@; fi
+FORCE:
+.PHONY: FORCE
+
 ##@ Targets
 help: ## list targets and variables
 	@awk 'BEGIN {FS = ":.*## "} /^##@/ {printf "\n%s\n", substr($$0, 5); next} \
@@ -38,7 +58,8 @@ help: ## list targets and variables
 	  /^[A-Z_]+ \?=.*## / {split($$0, a, "## "); sub(/ \?=.*/, "", a[1]); \
 	  v = $$0; sub(/^[A-Z_]+ \?= ?/, "", v); sub(/## .*/, "", v); \
 	  printf "  %-22s %s%s\n", a[1], a[2], ((v == "" || index(a[2], "(default")) ? "" : " (default: " v ")")}' $(MAKEFILE_LIST)
-	@echo; echo "Per experiment: memorization-EXP, summary-EXP (EXP: $(PAPER_EXPERIMENTS) $(DEMO))"
+	@echo; echo "Per experiment: memorization-EXP, summary-EXP, nn-EXP, figures-EXP" \
+	  "(EXP: a name in scripts/memo/experiments.py or EXPERIMENTS_FILE)"
 
 setup: $(SETUP) ## create the virtualenv, install requirements (and Debian packages as root)
 $(SETUP): requirements.txt scripts/setup.sh
@@ -88,26 +109,6 @@ clean: ## remove generated build files (not results, summaries or figures)
 
 .PHONY: help setup demo memorization summaries neighbours data test bench checksums verify clean
 
-# The experiment table becomes one file target per result file (scripts/plan.py). It is
-# regenerated on every run (cheap) so that EXPERIMENTS_FILE edits are always seen.
-PLAN := build/experiments$(subst /,_,$(abspath $(EXPERIMENTS_FILE))).mk
-NO_PLAN_GOALS := help setup clean checksums verify test bench data
-ifneq ($(MAKECMDGOALS),)
-ifeq ($(filter-out $(NO_PLAN_GOALS),$(MAKECMDGOALS)),)
-SKIP_PLAN := 1
-endif
-else
-SKIP_PLAN := 1
-endif
-ifndef SKIP_PLAN
-include $(PLAN)
-endif
-$(PLAN): FORCE | $(SETUP)
-	@mkdir -p build
-	@$(PY) scripts/plan.py make --group $(GROUP) > $@.tmp
-	@if cmp -s $@.tmp $@; then rm $@.tmp; else mv $@.tmp $@; fi
-FORCE:
-.PHONY: FORCE
 
 # Experiments whose result files are all present (trained here, or the authors' published
 # files unzipped into results/): `make analysis` summarizes these and trains nothing.

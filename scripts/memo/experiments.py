@@ -57,6 +57,7 @@ _TABLE = [
 ]
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in _TABLE}
 PAPER_EXPERIMENTS = ["bmnist_lr3", "bmnist_lr4", "cifar10", "celeba"]
+DEMO_EXPERIMENT = "fashion_demo"  # what `make demo` runs
 
 
 class UnknownExperimentError(ValueError):

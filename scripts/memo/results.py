@@ -18,6 +18,8 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 AUTHOR_META_KEYS = ("batch_size", "dataset", "epochs", "fold_idx", "img_dim", "latent_dim",
                     "learning_rate", "mode", "model", "num_feature", "num_iw_samples", "run",
                     "seed", "trainer_params")
@@ -126,13 +128,21 @@ def read_result(path: str | Path) -> dict:
         if missing:
             raise KeyError(f"meta lacks {missing}")
         logpxs, losses = res["logpxs"], res["losses"]
-        for epoch, parts in logpxs.items():
+        for epoch, parts in logpxs.items():  # structure here; values in `as_arrays`
             int(epoch)
-            for part in ("train", "test"):
-                for idx, value in parts[part].items():
-                    int(idx)
-                    float(value)
+            if not (isinstance(parts["train"], dict) and isinstance(parts["test"], dict)):
+                raise TypeError(f"epoch {epoch}: train/test are not objects")
         losses["train"], losses["test"]
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise ResultFileError(f"{path}: not a result file in the expected schema ({e})") from None
     return content
+
+
+def as_arrays(values: dict, path: str | Path = "") -> tuple[np.ndarray, np.ndarray]:
+    """{"<idx>": value} of a result file -> (int64 indices, float64 values), checked."""
+    try:
+        idx = np.fromiter(map(int, values.keys()), dtype=np.int64, count=len(values))
+        val = np.fromiter(values.values(), dtype=np.float64, count=len(values))
+    except (TypeError, ValueError) as e:
+        raise ResultFileError(f"{path}: not a result file in the expected schema ({e})") from None
+    return idx, val

@@ -58,18 +58,12 @@ def _check_identity(contents: dict[Path, dict]) -> dict:
     return ref_meta
 
 
-def _to_arrays(part: dict) -> tuple[np.ndarray, np.ndarray]:
-    idx = np.fromiter(map(int, part.keys()), dtype=np.int64, count=len(part))
-    val = np.fromiter(part.values(), dtype=np.float64, count=len(part))
-    return idx, val
-
-
 def summarize(paths: list[str | Path], progress: bool = True) -> Summary:
     paths = [Path(p) for p in paths]
     if not paths:
         raise SummaryError("no result files given")
     contents = {}
-    for p in tqdm(paths, desc="reading result files", disable=not progress or None, leave=False):
+    for p in tqdm(paths, desc="reading result files", disable=None if progress else True, leave=False):
         contents[p] = results.read_result(p)
     meta = _check_identity(contents)
 
@@ -118,7 +112,7 @@ def summarize(paths: list[str | Path], progress: bool = True) -> Summary:
         for ei, epoch in enumerate(epochs):
             parts = c["results"]["logpxs"][str(epoch)]
             for part, lse, cnt in (("train", in_lse, in_count), ("test", out_lse, out_count)):
-                idx, val = _to_arrays(parts[part])
+                idx, val = results.as_arrays(parts[part], p)
                 if len(idx) and (idx.min() < 0 or idx.max() >= n):
                     raise SummaryError(f"{p.name}: example index outside 0..{n - 1}")
                 if not np.isfinite(val).all():
@@ -130,7 +124,7 @@ def summarize(paths: list[str | Path], progress: bool = True) -> Summary:
         ess = c["results"].get("ess", {}).get(str(epochs[-1]))
         if ess:
             for part in ("train", "test"):
-                idx, val = _to_arrays(ess[part])
+                idx, val = results.as_arrays(ess[part], p)
                 ess_sum[part][idx] += val
                 ess_cnt[part][idx] += 1
     for r, cov in covered.items():
