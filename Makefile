@@ -20,11 +20,14 @@ DATA ?= bmnist## data set for `make data`: bmnist, fashion, cifar10, celeba
 NPROC := $(shell nproc 2>/dev/null || echo 2)
 JOBS ?= $(NPROC)## parallel training jobs of `make demo` (default: the number of cores)
 GROUP ?= 1## fold models trained together by one process, vectorized (GPU: 10; CPU: keep 1, use -j)
+TF32 ?=## 1: TF32 tensor cores in training on CUDA (evaluation stays IEEE float32)
+COMPILE ?=## torch.compile the training loss: auto (CUDA graphs on CUDA), default, ...
 
 export DATA_ROOT EXPERIMENTS_FILE
 PY := $(VENV)/bin/python
 SETUP := $(VENV)/.installed
-TRAIN = $(PY) scripts/memorization.py --results-dir $(RESULTS) $(if $(DEVICE),--device $(DEVICE))
+TRAIN = $(PY) scripts/memorization.py --results-dir $(RESULTS) $(if $(DEVICE),--device $(DEVICE)) \
+        $(if $(filter 1,$(TF32)),--tf32) $(if $(COMPILE),--compile $(COMPILE))
 SUMMARIZE_DEPS := scripts/summarize.py scripts/memo/summary.py scripts/memo/results.py \
                   scripts/memo/uncertainty.py
 NN_DEPS := scripts/nearest_neighbours.py scripts/memo/neighbours.py
@@ -55,8 +58,8 @@ FORCE:
 help: ## list targets and variables
 	@awk 'BEGIN {FS = ":.*## "} /^##@/ {printf "\n%s\n", substr($$0, 5); next} \
 	  /^[a-zA-Z_%\/.-]+:.*## / {printf "  %-22s %s\n", $$1, $$2} \
-	  /^[A-Z_]+ \?=.*## / {split($$0, a, "## "); sub(/ \?=.*/, "", a[1]); \
-	  v = $$0; sub(/^[A-Z_]+ \?= ?/, "", v); sub(/## .*/, "", v); \
+	  /^[A-Z0-9_]+ \?=.*## / {split($$0, a, "## "); sub(/ \?=.*/, "", a[1]); \
+	  v = $$0; sub(/^[A-Z0-9_]+ \?= ?/, "", v); sub(/## .*/, "", v); \
 	  printf "  %-22s %s%s\n", a[1], a[2], ((v == "" || index(a[2], "(default")) ? "" : " (default: " v ")")}' $(MAKEFILE_LIST)
 	@echo; echo "Per experiment: memorization-EXP, summary-EXP, nn-EXP, figures-EXP" \
 	  "(EXP: a name in scripts/memo/experiments.py or EXPERIMENTS_FILE)"

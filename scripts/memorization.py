@@ -63,6 +63,13 @@ def parse_args(argv=None):
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--data-root", default=None, help="data directory (default: $DATA_ROOT or ./data)")
     p.add_argument("--download", action="store_true", help="download the data set if missing")
+    speed = p.add_argument_group("speed (memo/accel.py; evaluation always runs in IEEE float32)")
+    speed.add_argument("--tf32", action="store_true", help="TF32 tensor cores in training "
+                       "matmuls and convolutions (CUDA, Ampere or later)")
+    speed.add_argument("--compile", nargs="?", const="auto", default=None, metavar="MODE",
+                       help="torch.compile the training loss; MODE auto (default: "
+                       "reduce-overhead, i.e. CUDA graphs, on CUDA; default on CPU), default, "
+                       "reduce-overhead, max-autotune or max-autotune-no-cudagraphs")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: $TORCH_THREADS or torch's choice)")
     p.add_argument("--stop-after", type=int, default=None, metavar="EPOCH",
@@ -99,10 +106,11 @@ def make_job_threads() -> int:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from memo import data, models, results, training  # heavy imports after --help
+    from memo import accel, data, models, results, training  # heavy imports after --help
 
     try:
         exp = resolve(args)
+        speed = accel.Speed(tf32=args.tf32, compile=args.compile)
         models.build(exp.model, 2, 1)  # validates the model name
         data.dataset_name(exp.data)    # validates the data spec
         if args.jobs:
@@ -126,7 +134,7 @@ def main(argv=None) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.dry_run:
         print(f"experiment: {dataclasses.asdict(exp)}\njob: {' '.join(j.tag for j in jobs)}"
-              f"\ndevice: {device}")
+              f"\ndevice: {device}\nspeed: {speed.describe(device)}")
         return 0
     try:
         jd = training.load_job_data(exp, torch.device(device), any(j.full for j in jobs),
@@ -141,10 +149,10 @@ def main(argv=None) -> int:
         if len(jobs) > 1:
             from memo import ensemble
             done = ensemble.run_group(exp, jobs, args.results_dir, device, jd=jd,
-                                      stop_after=args.stop_after)
+                                      stop_after=args.stop_after, speed=speed)
         else:
             done = training.run_job(exp, jobs[0], args.results_dir, device, jd=jd,
-                                    stop_after=args.stop_after)
+                                    stop_after=args.stop_after, speed=speed)
     except (data.DataMissingError, training.TrainingDivergedError, ValueError) as e:
         print(f"memorization.py: error: {e}", file=sys.stderr)
         return 1

@@ -107,8 +107,9 @@ def test_each_model_draws_the_same_random_numbers_grouped_and_alone(tmp_path, mo
     real_neg_elbo = objectives.neg_elbo
 
     def neg_elbo(model, x, generator=None, eps=None):
-        if model.training:  # objectives.neg_elbo's own draw, recorded
-            eps = torch.randn((x.shape[0], exp.latent_dim), generator=generator)
+        if model.training:  # the draws of each training step, recorded
+            if eps is None:
+                eps = torch.randn((x.shape[0], exp.latent_dim), generator=generator)
             alone[-1].append((x, eps))
         return real_neg_elbo(model, x, generator, eps)
     monkeypatch.setattr(objectives, "neg_elbo", neg_elbo)

@@ -43,7 +43,7 @@ import torch.nn as nn
 from torch.func import functional_call, vmap
 from tqdm import tqdm
 
-from . import estimator, objectives, preprocess, results, training
+from . import accel, estimator, objectives, preprocess, results, training
 from .experiments import Experiment
 
 # Decoder rows alive at once in importance sampling, over the whole group (CPU: measured
@@ -82,12 +82,14 @@ class StackedVAEs:
     without a batch in a step gets no gradient, and Adam leaves it and its state untouched.
     """
 
-    def __init__(self, modules: list[nn.Module], lr: float):
+    def __init__(self, modules: list[nn.Module], lr: float,
+                 speed: accel.Speed = accel.Speed()):
         ref = modules[0]
         self.size = len(modules)
         self.binary = ref.binary
         self.latent_dim = ref.mu.out_features
         self.device = next(ref.parameters()).device
+        self.speed = speed
         named = list(ref.named_parameters())
         self._layout, offset = [], 0   # (prefixed name, offset, numel, shape) per parameter
         for name, p in named:
@@ -102,6 +104,7 @@ class StackedVAEs:
         self.optimizer = torch.optim.Adam(self.rows, lr=lr)
         self.shell = copy.deepcopy(ref).to("meta")  # architecture only; tensors come from the stack
         self._neg_elbo = vmap(self._call(_Bound(self.shell, _train_loss)))
+        self._train_loss = accel.compile_loss(self._neg_elbo, speed, self.device)
         self._log_px = vmap(self._call(_Bound(self.shell, _log_px)), in_dims=(0, 0, 0, 0, None))
 
     @staticmethod
@@ -131,7 +134,7 @@ class StackedVAEs:
         leaf = flat.detach().requires_grad_()
         params = self._views(leaf)
         self.shell.train()
-        loss = self._neg_elbo(params, buffers, x, eps).sum(1)   # (G',) BN stats update in place
+        loss = self._train_loss(params, buffers, x, eps).sum(1)  # (G',) BN stats update in place
         grads = torch.autograd.grad(loss.sum(), list(params.values()))
         grad = torch.cat([g.reshape(len(leaf), -1) for g in grads], dim=1)   # (G', P)
         if rows is None:
@@ -153,7 +156,8 @@ class StackedVAEs:
         """(G', B) negative ELBO in eval mode (BatchNorm running statistics)."""
         flat, buffers = self._rows(rows)
         self.shell.eval()
-        return self._neg_elbo(self._views(flat), buffers, x, eps)
+        with accel.exact_float32():
+            return self._neg_elbo(self._views(flat), buffers, x, eps)
 
     @torch.no_grad()
     def log_px(self, x: torch.Tensor, eps: torch.Tensor, rows=None,
@@ -162,7 +166,8 @@ class StackedVAEs:
         flat, buffers = self._rows(rows)
         self.shell.eval()
         chunk = max(1, is_rows // len(flat))  # decoder rows per model and chunk
-        return self._log_px(self._views(flat), buffers, x, eps, chunk)
+        with accel.exact_float32():
+            return self._log_px(self._views(flat), buffers, x, eps, chunk)
 
     # -- per-model state, in the layout of a module and its torch.optim.Adam -----------------
     def _split(self, row: torch.Tensor) -> list[torch.Tensor]:
@@ -255,19 +260,25 @@ def train_epoch(stack: StackedVAEs, images: torch.Tensor, orders: list[torch.Ten
     device = images.device
     order = nn.utils.rnn.pad_sequence(orders, batch_first=True)  # (G, max n)
     totals = torch.zeros(len(orders), device=device, dtype=torch.float64)
-    for start, b, active, rows in plan:
-        idx = order[:, start:start + b] if rows is None else order[rows, start:start + b]
-        batch = images[idx]                                        # (G', b, C, H, W) uint8
-        xs, eps = [], []
-        for i, g in enumerate(active):  # each model draws from its own stream, in run_job's order
-            xs.append(preprocess.train_inputs(batch[i], stack.binary, hflip, gens[g]))
-            eps.append(torch.randn((b, stack.latent_dim), device=device, generator=gens[g]))
-        loss = stack.train_step(torch.stack(xs), torch.stack(eps), rows, active)
-        if rows is None:
-            totals += loss.double()
-        else:
-            totals.index_add_(0, rows, loss.double())
+    with accel.training_precision(stack.speed):
+        for start, b, active, rows in plan:
+            _train_step(stack, images, order, gens, hflip, totals, start, b, active, rows)
     return totals
+
+
+def _train_step(stack, images, order, gens, hflip, totals, start, b, active, rows) -> None:
+    """One step of train_epoch: the models `active` (rows) on their batches at start:start+b."""
+    idx = order[:, start:start + b] if rows is None else order[rows, start:start + b]
+    batch = images[idx]                                            # (G', b, C, H, W) uint8
+    xs, eps = [], []
+    for i, g in enumerate(active):  # each model draws from its own stream, in run_job's order
+        xs.append(preprocess.train_inputs(batch[i], stack.binary, hflip, gens[g]))
+        eps.append(torch.randn((b, stack.latent_dim), device=images.device, generator=gens[g]))
+    loss = stack.train_step(torch.stack(xs), torch.stack(eps), rows, active)
+    if rows is None:
+        totals += loss.double()
+    else:
+        totals.index_add_(0, rows, loss.double())
 
 
 def _eval_steps(lengths: list[int], batch: int):
@@ -411,7 +422,8 @@ def _describe(exp: Experiment, jobs: list[results.Job]) -> str:
 def run_group(exp: Experiment, jobs: list[results.Job], results_root="results", device="cpu",
               data_root=None, download: bool = False, jd: training.JobData | None = None,
               log=print, stop_after: int | None = None,
-              is_rows: int | None = None) -> list[dict] | None:
+              is_rows: int | None = None,
+              speed: accel.Speed = accel.Speed()) -> list[dict] | None:
     """Train the jobs' models together and write each one's result file, as run_job would.
 
     Returns the result dicts in the order of `jobs`. stop_after=E: checkpoint after epoch E and
@@ -454,7 +466,7 @@ def run_group(exp: Experiment, jobs: list[results.Job], results_root="results", 
             log(f"[{name}] resume files are missing or of different epochs; starting afresh")
             for m in members:
                 m.start(exp, in_channels, device)
-    stack = StackedVAEs([m.model for m in members], exp.lr)
+    stack = StackedVAEs([m.model for m in members], exp.lr, speed)
     for g, m in enumerate(members):
         stack.load(g, m.model, m.optimizer)
     group = _Group(exp, members, stack, jd, is_rows)
@@ -488,5 +500,6 @@ def run_group(exp: Experiment, jobs: list[results.Job], results_root="results", 
     out = []
     for g, m in enumerate(members):
         stack.export(g, m.model, m.optimizer)
-        out.append(training.finish_job(exp, m.job, jd, m.model, m.history, results_root))
+        out.append(training.finish_job(exp, m.job, jd, m.model, m.history, results_root,
+                                       speed.describe(device)))
     return out

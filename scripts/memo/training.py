@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from . import data as datasets
-from . import estimator, models, objectives, preprocess, results, splits
+from . import accel, estimator, models, objectives, preprocess, results, splits
 from .experiments import Experiment
 
 
@@ -72,12 +72,13 @@ def evaluate(model, images: torch.Tensor, index: torch.Tensor, exp: Experiment, 
     model.eval()
     gen = torch.Generator(device=images.device).manual_seed(_eval_seed(model_seed, epoch))
     lps, esss = [], []
-    for sl in tqdm(list(_batches(len(index), batch_size)), desc=desc, leave=False,
-                   disable=None, file=sys.stderr):
-        x = preprocess.eval_inputs(images[sl], index[sl], model.binary, exp.seed)
-        lp, ess = estimator.log_px(model, x, exp.n_is, gen)
-        lps.append(lp)
-        esss.append(ess)
+    with accel.exact_float32():
+        for sl in tqdm(list(_batches(len(index), batch_size)), desc=desc, leave=False,
+                       disable=None, file=sys.stderr):
+            x = preprocess.eval_inputs(images[sl], index[sl], model.binary, exp.seed)
+            lp, ess = estimator.log_px(model, x, exp.n_is, gen)
+            lps.append(lp)
+            esss.append(ess)
     if not lps:
         return np.zeros(0), np.zeros(0)
     return torch.cat(lps).double().cpu().numpy(), torch.cat(esss).double().cpu().numpy()
@@ -90,13 +91,15 @@ def test_loss(model, images: torch.Tensor, index: torch.Tensor, exp: Experiment,
     model.eval()
     gen = torch.Generator(device=images.device).manual_seed(_eval_seed(model_seed, epoch) + 1)
     total = torch.zeros((), device=images.device, dtype=torch.float64)
-    for sl in _batches(len(images), batch_size):
-        x = preprocess.eval_inputs(images[sl], index[sl], model.binary, exp.seed)
-        total += objectives.neg_elbo(model, x, gen).sum().double()
+    with accel.exact_float32():
+        for sl in _batches(len(images), batch_size):
+            x = preprocess.eval_inputs(images[sl], index[sl], model.binary, exp.seed)
+            total += objectives.neg_elbo(model, x, gen).sum().double()
     return float(total) / max(len(images), 1)
 
 
-def meta_for(exp: Experiment, job: results.Job, jd: JobData, model) -> dict:
+def meta_for(exp: Experiment, job: results.Job, jd: JobData, model,
+             speed: dict | None = None) -> dict:
     """The authors' meta keys (PAPER.md §7) plus ours (experiment, folds, repeats, data spec)."""
     return {
         "batch_size": exp.batch_size, "dataset": jd.dataset, "epochs": exp.epochs,
@@ -109,7 +112,7 @@ def meta_for(exp: Experiment, job: results.Job, jd: JobData, model) -> dict:
         "experiment": exp.name, "num_folds": exp.folds, "repeats": exp.repeats,
         "data_spec": exp.data, "subset": exp.subset, "n": int(jd.train.shape[0]),
         "in_channels": int(jd.train.shape[1]), "eval_noise": "fixed per example (seed, index)",
-        "settings": asdict(exp),
+        "settings": asdict(exp), "speed": speed,
     }
 
 
@@ -185,7 +188,7 @@ def record_log_px(history: dict, epoch: int, train_idx: np.ndarray, test_idx: np
 
 
 def finish_job(exp: Experiment, job: results.Job, jd: JobData, model, history: dict,
-               results_root) -> dict:
+               results_root, speed: dict | None = None) -> dict:
     """Write the result file (and the full model's final weights); drop the resume file."""
     stem = results.stem(jd.dataset, exp.model, model.description, exp.seed, job)
     if job.full:  # the full model keeps its final weights (loss curves, nearest neighbours)
@@ -195,17 +198,19 @@ def finish_job(exp: Experiment, job: results.Job, jd: JobData, model, history: d
             results.checkpoint_path(results_root, exp.name, stem, exp.epochs), buf.getvalue())
     content = {"logpxs": history["logpxs"], "losses": history["losses"], "ess": history["ess"]}
     results.write_result(results.result_path(results_root, exp.name, stem),
-                         meta_for(exp, job, jd, model), content)
+                         meta_for(exp, job, jd, model, speed), content)
     results.resume_path(results_root, exp.name, stem).unlink(missing_ok=True)
     return content
 
 
 def run_job(exp: Experiment, job: results.Job, results_root="results", device="cpu",
             data_root=None, download: bool = False, jd: JobData | None = None,
-            log=print, stop_after: int | None = None) -> dict | None:
+            log=print, stop_after: int | None = None,
+            speed: accel.Speed = accel.Speed()) -> dict | None:
     """Train one model and write its result file. Returns the result dict.
 
     stop_after=E: checkpoint after epoch E and return None without a result file.
+    speed: TF32 and torch.compile for the training steps (memo/accel.py).
     """
     device = torch.device(device)
     jd = jd or load_job_data(exp, device, job.full, data_root, download)
@@ -226,21 +231,29 @@ def run_job(exp: Experiment, job: results.Job, results_root="results", device="c
         start_epoch = done + 1
         log(f"[{exp.name} {job.tag}] resuming after epoch {done} from {resume}")
 
+    def batch_loss(x, eps):  # the summed negative ELBO of a batch (paper)
+        return objectives.neg_elbo(model, x, eps=eps).sum()
+    batch_loss = accel.compile_loss(batch_loss, speed, device)
+
     eval_epochs = set(exp.eval_epochs())
     n_train = len(train_idx)
+    latent = model.mu.out_features
     for epoch in tqdm(range(start_epoch, exp.epochs + 1), desc=f"{exp.name} {job.tag}",
                       initial=start_epoch - 1, total=exp.epochs, disable=None, file=sys.stderr):
         t0 = time.perf_counter()
         model.train()
         total = torch.zeros((), device=device, dtype=torch.float64)
         order = train_idx_t[torch.randperm(n_train, device=device, generator=gen)]
-        for sl in _batches(n_train, exp.batch_size):
-            x = preprocess.train_inputs(jd.train[order[sl]], model.binary, jd.hflip, gen)
-            loss = objectives.neg_elbo(model, x, gen).sum()  # summed over the batch (paper)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.detach().double()
+        with accel.training_precision(speed):
+            for sl in _batches(n_train, exp.batch_size):
+                # noise is drawn outside the (possibly compiled) loss, in neg_elbo's order
+                x = preprocess.train_inputs(jd.train[order[sl]], model.binary, jd.hflip, gen)
+                eps = torch.randn((x.shape[0], latent), device=device, generator=gen)
+                loss = batch_loss(x, eps)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += loss.detach().double()
         train_loss = float(total) / n_train  # the one host sync per epoch
         check_train_loss(train_loss, epoch, f"{exp.name} {job.tag}")
         history["losses"]["train"].append(train_loss)
@@ -269,4 +282,4 @@ def run_job(exp: Experiment, job: results.Job, results_root="results", device="c
         if stopping:
             return None
 
-    return finish_job(exp, job, jd, model, history, results_root)
+    return finish_job(exp, job, jd, model, history, results_root, speed.describe(device))
