@@ -86,8 +86,8 @@ data: $(SETUP) ## download DATA (needs internet): make data DATA=cifar10
 test: $(SETUP) ## run the test suite
 	$(PY) -m pytest -q tests
 
-bench: $(SETUP) ## training and importance-sampling images/s on this machine
-	$(PY) scripts/bench.py
+bench: $(SETUP) ## training and importance-sampling images/s on this machine (BENCH_ARGS: more flags)
+	$(PY) scripts/bench.py $(BENCH_ARGS)
 
 checksums: ## write results.sha256 (sorted, sha256sum format) for every file under results/
 	@find $(RESULTS) -type f ! -name '.*' -print0 | LC_ALL=C sort -z \

@@ -26,6 +26,10 @@ image (forward only).
   python scripts/bench.py                  # current device (cuda if available); ~75 s on 2 cores
   python scripts/bench.py --quick          # ~20 s
   python scripts/bench.py --device cpu cuda
+  python scripts/bench.py --tf32 --compile # also training with TF32 / torch.compile / both
+
+The speed options (memo/accel.py) change only training, so they add training rates (and
+projections that use them); importance sampling always runs in IEEE float32.
 """
 from __future__ import annotations
 
@@ -41,7 +45,7 @@ from pathlib import Path
 
 import torch
 
-from memo import ensemble, objectives, preprocess, results, training
+from memo import accel, ensemble, objectives, preprocess, results, training
 from memo.estimator import logmeanexp
 from memo.experiments import EXPERIMENTS, Experiment
 
@@ -72,6 +76,10 @@ def parse_args(argv=None):
     p.add_argument("--group", type=int, default=10, help="G, models trained together")
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--tf32", action="store_true",
+                   help="also measure training with TF32 (CUDA; see memo/accel.py)")
+    p.add_argument("--compile", nargs="?", const="auto", default=None, metavar="MODE",
+                   help="also measure training with torch.compile (auto: CUDA graphs on CUDA)")
     p.add_argument("--out", default=str(ROOT / "output" / "bench.json"), help="JSON report")
     return p.parse_args(argv)
 
@@ -115,7 +123,8 @@ def _experiment(name: str, n_is: int) -> Experiment:
     return Experiment("bench", "npz:synthetic", name, latent, 1e-3, 1, 1, n_is)
 
 
-def bench_ours(name, data, device, seconds, group, sizes) -> dict:
+def bench_ours(name, data, device, seconds, group, sizes, speed: accel.Speed = accel.Speed(),
+               train_only: bool = False) -> dict:
     c, _, n_is, hflip = MODELS[name]
     exp = _experiment(name, n_is)
     n, batch = len(data), exp.batch_size
@@ -127,24 +136,29 @@ def bench_ours(name, data, device, seconds, group, sizes) -> dict:
     optimizer = torch.optim.Adam(model.parameters(), lr=exp.lr)
     gen = torch.Generator(device=device).manual_seed(0)
     steps = sizes["steps"]
+    batch_loss = accel.compile_loss(
+        lambda x, eps: objectives.neg_elbo(model, x, eps=eps).sum(), speed, device)
 
     def train_one():
         model.train()
         total = torch.zeros((), device=device, dtype=torch.float64)
         order = torch.randperm(n, device=device, generator=gen)[:steps * batch]
-        for start in range(0, steps * batch, batch):
-            x = preprocess.train_inputs(data[order[start:start + batch]], model.binary, hflip, gen)
-            loss = objectives.neg_elbo(model, x, gen).sum()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.detach().double()
+        with accel.training_precision(speed):
+            for start in range(0, steps * batch, batch):
+                x = preprocess.train_inputs(data[order[start:start + batch]], model.binary,
+                                            hflip, gen)
+                eps = torch.randn((batch, exp.latent_dim), device=device, generator=gen)
+                loss = batch_loss(x, eps)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += loss.detach().double()
         return float(total)
     out["train_one"] = rate(train_one, steps * batch)
 
     # train group: G models, each with its own data order and generator
     members = [training.init_model(exp, g, c, device) for g in range(group)]
-    stack = ensemble.StackedVAEs(members, exp.lr)
+    stack = ensemble.StackedVAEs(members, exp.lr, speed)
     gens = [torch.Generator(device=device).manual_seed(g) for g in range(group)]
     plan = ensemble.train_plan([steps * batch] * group, batch, device)
 
@@ -152,6 +166,8 @@ def bench_ours(name, data, device, seconds, group, sizes) -> dict:
         orders = [torch.randperm(n, device=device, generator=g)[:steps * batch] for g in gens]
         return float(ensemble.train_epoch(stack, data, orders, gens, plan, hflip).sum())
     out["train_group"] = rate(train_group, group * steps * batch)
+    if train_only:
+        return out
 
     # IS one: training.evaluate on `k` examples
     k = sizes["is_examples"]
@@ -286,13 +302,27 @@ def _fmt_hours(h: float) -> str:
     return f"{h:,.1f} h" if h < 48 else f"{h / 24:,.1f} d"
 
 
+def speed_variants(args, device) -> dict[str, accel.Speed]:
+    """The training speed options to measure beside plain float32 eager training (TF32 only
+    on CUDA: elsewhere it changes nothing)."""
+    out = {}
+    tf32 = args.tf32 and device.type == "cuda"
+    if tf32:
+        out["tf32"] = accel.Speed(tf32=True)
+    if args.compile:
+        out[f"compile={args.compile}"] = accel.Speed(compile=args.compile)
+    if tf32 and args.compile:
+        out[f"tf32+compile={args.compile}"] = accel.Speed(tf32=True, compile=args.compile)
+    return out
+
+
 def run_device(device_name: str, args, log) -> dict:
     device = torch.device(device_name)
     cpu = device.type == "cpu"
     seconds = args.seconds if args.seconds is not None else (0.3 if args.quick else 2.0)
     out = {"device": torch.cuda.get_device_name(device) if device.type == "cuda"
            else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)",
-           "rates": {}, "projections": {}}
+           "rates": {}, "projections": {}, "variants": {}}
     for name in args.models:
         c, _, n_is, _ = MODELS[name]
         mlp = c == 1
@@ -309,12 +339,19 @@ def run_device(device_name: str, args, log) -> dict:
         rates = bench_ours(name, data, device, seconds, args.group, sizes)
         rates.update(bench_baseline(name, data, device, seconds, sizes))
         out["rates"][name] = {k: rates[k] for k in RATES}
+        for label, speed in speed_variants(args, device).items():
+            train = bench_ours(name, data, device, seconds, args.group, sizes, speed,
+                               train_only=True)
+            out["variants"].setdefault(label, {"rates": {}, "projections": {}})
+            out["variants"][label]["rates"][name] = {**out["rates"][name], **train}
         log(f"  {name}: measured in {time.perf_counter() - t0:.0f} s")
     for exp_name, (model, n, n_test) in PAPER.items():
-        if model in out["rates"]:
-            e = EXPERIMENTS[exp_name]
-            out["projections"][exp_name] = project(out["rates"][model], e.epochs, e.eval_every,
-                                                   n, n_test, e.folds, e.repeats)
+        e = EXPERIMENTS[exp_name]
+        for target in [out, *out["variants"].values()]:
+            if model in target["rates"]:
+                target["projections"][exp_name] = project(
+                    target["rates"][model], e.epochs, e.eval_every, n, n_test, e.folds,
+                    e.repeats)
     return out
 
 
@@ -338,6 +375,16 @@ def table(report: dict, group: int) -> str:
                 lines.append(f"{exp_name:<12} {_fmt_hours(p['hours_one_at_a_time']):>14} "
                              f"{_fmt_hours(p['hours_grouped']):>10} "
                              f"{_fmt_hours(p['hours_baseline']):>10}")
+        for label, v in r.get("variants", {}).items():
+            lines.append(f"training with {label}: images/s (speed-up over float32 eager), "
+                         "projected wall time")
+            for name, x in v["rates"].items():
+                base = r["rates"][name]
+                lines.append(f"{name:<22} {x['train_one']:>8.0f} ({x['train_one'] / base['train_one']:.2f}x)"
+                             f" {x['train_group']:>8.0f} ({x['train_group'] / base['train_group']:.2f}x)")
+            for exp_name, p in v["projections"].items():
+                lines.append(f"{exp_name:<12} {_fmt_hours(p['hours_one_at_a_time']):>14} "
+                             f"{_fmt_hours(p['hours_grouped']):>10}")
     return "\n".join(lines)
 
 
