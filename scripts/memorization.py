@@ -153,7 +153,8 @@ def main(argv=None) -> int:
         else:
             done = training.run_job(exp, jobs[0], args.results_dir, device, jd=jd,
                                     stop_after=args.stop_after, speed=speed)
-    except (data.DataMissingError, training.TrainingDivergedError, ValueError) as e:
+    except (data.DataMissingError, training.TrainingDivergedError, accel.CompileError,
+            ValueError) as e:
         print(f"memorization.py: error: {e}", file=sys.stderr)
         return 1
     if done is None:

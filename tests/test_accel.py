@@ -170,3 +170,23 @@ def test_the_sync_counter_catches_a_per_step_item(tmp_path, monkeypatch, host_sy
     host_syncs.sources.append(__file__)
     many_steps, few_steps = _syncs_per_batch_size(tmp_path, monkeypatch, host_syncs)
     assert many_steps["item"] - few_steps["item"] == 3 * (10 - 2)  # epochs x extra steps
+
+
+def test_compile_without_a_cxx_compiler_is_one_clear_error(tiny_experiment, tmp_path, capsys,
+                                                           monkeypatch):
+    monkeypatch.setattr(accel, "_cxx_compiler", lambda: None)
+    code = memorization.main(["--experiment", "tiny", "--job", "cv_repeat0_fold0", "--device",
+                              "cpu", "--results-dir", str(tmp_path), "--compile"])
+    err = capsys.readouterr().err
+    assert code == 1 and "needs a C++ compiler" in err and "Traceback" not in err
+    assert not list(tmp_path.rglob("*.json.gz"))
+
+
+def test_a_failing_compilation_is_one_clear_error(monkeypatch):
+    def broken(*args, **kwargs):
+        raise torch._dynamo.exc.BackendCompilerFailed.__new__(
+            torch._dynamo.exc.BackendCompilerFailed)
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: broken)
+    loss = accel.compile_loss(lambda x: x.sum(), accel.Speed(compile="default"), "cpu")
+    with pytest.raises(accel.CompileError, match="torch.compile \\(mode default\\) failed"):
+        loss(torch.ones(3))

@@ -20,6 +20,8 @@ torch.compile reads the legacy ones.
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 from dataclasses import asdict, dataclass
 
 import torch
@@ -77,10 +79,35 @@ def training_precision(speed: Speed):
     return _tf32(speed.tf32)
 
 
+class CompileError(RuntimeError):
+    """torch.compile cannot work here (no C++ compiler, no Triton, or its compilation failed)."""
+
+
 def compile_loss(fn, speed: Speed, device):
-    """fn itself, or torch.compile(fn) in the speed's mode with static shapes (a run has at
-    most two batch sizes: the full one and the epoch's last)."""
+    """fn itself, or torch.compile(fn) in the speed's mode with static shapes (a run has only
+    a few batch shapes: the full batch and the epoch's last, per group of models).
+
+    torch.compile compiles on the first call; a failure there is raised as CompileError."""
     mode = speed.compile_mode(device)
     if mode is None:
         return fn
-    return torch.compile(fn, mode=mode, dynamic=False)
+    if torch.device(device).type == "cpu" and not _cxx_compiler():
+        raise CompileError("--compile on a CPU needs a C++ compiler (g++ or clang++, or $CXX); "
+                           "install one or train without --compile")
+    compiled = torch.compile(fn, mode=mode, dynamic=False)
+
+    def call(*args):
+        try:
+            return compiled(*args)
+        except torch._dynamo.exc.TorchDynamoException as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CompileError(f"torch.compile (mode {mode}) failed: {first}; "
+                               "train without --compile") from None
+    return call
+
+
+def _cxx_compiler() -> str | None:
+    for name in (os.environ.get("CXX"), "g++", "clang++", "c++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
