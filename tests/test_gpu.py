@@ -127,3 +127,18 @@ def test_tf32_training_stays_within_tolerance_of_float32(tmp_path, monkeypatch, 
     fp32, tf32 = _read(tmp_path / "fp32", exp, job), _read(tmp_path / "tf32", exp, job)
     tf32["meta"]["speed"] = fp32["meta"]["speed"]
     _assert_same_result(fp32, tf32, rtol=1e-2, atol=1e-1, ess_rtol=0.5)
+
+
+@pytest.mark.parametrize("grouped", [False, True], ids=["one", "grouped"])
+def test_interrupted_cuda_jobs_resume_to_identical_numbers(tmp_path, monkeypatch, grouped):
+    exp = _experiment(tmp_path, monkeypatch, n=45)
+    jobs = [results.Job(0, 0), results.Job(0, 1)]
+
+    def run(root, stop_after=None):
+        if grouped:
+            return ensemble.run_group(exp, jobs, root, "cuda", log=_quiet, stop_after=stop_after)
+        return [training.run_job(exp, job, root, "cuda", log=_quiet, stop_after=stop_after)
+                for job in jobs]
+    whole = run(tmp_path / "whole")
+    assert run(tmp_path / "resumed", stop_after=1) in (None, [None, None])
+    assert run(tmp_path / "resumed") == whole

@@ -98,3 +98,16 @@ def test_resume_checkpoint_from_other_settings_is_refused(tiny_experiment, tmp_p
     assert memorization.main(_args(tmp_path, "cv_repeat0_fold1", "--lr", "0.01")) == 1
     err = capsys.readouterr().err
     assert "other settings" in err and "lr" in err and "delete it" in err
+
+
+def test_resume_checkpoint_from_another_device_is_refused(tiny_experiment, tmp_path, capsys):
+    assert memorization.main(_args(tmp_path, "cv_repeat0_fold1", "--stop-after", "1")) == 3
+    resume = next((tmp_path / "res" / "tiny" / "checkpoints").glob("*_resume.pt"))
+    state = torch.load(resume, weights_only=False)
+    assert state["generator_device"] == "cpu"
+    state["generator_device"] = "cuda"  # as a GPU run would have written it
+    torch.save(state, resume)
+    assert memorization.main(_args(tmp_path, "cv_repeat0_fold1")) == 1
+    err = capsys.readouterr().err
+    assert "written by a run on cuda" in err and "resume it on cuda" in err
+    assert "Traceback" not in err

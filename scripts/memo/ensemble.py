@@ -457,7 +457,7 @@ def run_group(exp: Experiment, jobs: list[results.Job], results_root="results", 
         if all(have):
             for m in members:
                 m.history, epoch = training.load_resume(m.resume, m.model, m.optimizer, m.gen,
-                                                        device, exp)
+                                                        exp)
                 done.append(epoch)
         if all(have) and len(set(done)) == 1:
             start_epoch = done[0] + 1

@@ -142,26 +142,34 @@ def save_resume(path, model, optimizer, gen: torch.Generator, history: dict, epo
                 exp: Experiment | None = None) -> None:
     buf = io.BytesIO()
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "generator": gen.get_state(), "history": history, "epoch": epoch,
+                "generator": gen.get_state(), "generator_device": gen.device.type,
+                "history": history, "epoch": epoch,
                 "settings": asdict(exp) if exp else None}, buf)
     results.atomic_write_bytes(path, buf.getvalue())
 
 
-def load_resume(path, model, optimizer, gen: torch.Generator, device,
+def load_resume(path, model, optimizer, gen: torch.Generator,
                 exp: Experiment | None = None) -> tuple[dict, int]:
     """Restore model, optimizer and generator from a resume file: (history, last epoch done).
 
     A checkpoint written under other settings is refused rather than silently continued."""
-    device = torch.device(device)
-    state = torch.load(path, map_location=device, weights_only=False)
+    # Read to the CPU: load_state_dict moves weights and Adam moments to the parameters'
+    # device, while Adam's step counts and the generator state must stay CPU tensors (a step
+    # count on the GPU would make every optimizer step wait for the device).
+    state = torch.load(path, map_location="cpu", weights_only=False)
     saved = state.get("settings")
     if exp is not None and saved is not None and saved != asdict(exp):
         changed = sorted(k for k in saved if saved[k] != asdict(exp).get(k))
         raise ValueError(f"resume checkpoint {path} was written with other settings "
                          f"({', '.join(changed)} differ); delete it to start this job afresh")
+    saved_device = state.get("generator_device", "cpu")
+    if saved_device != gen.device.type:  # the random streams of CPU and CUDA differ in kind
+        raise ValueError(f"resume checkpoint {path} was written by a run on {saved_device}; "
+                         f"resume it on {saved_device}, or delete it to start afresh on "
+                         f"{gen.device.type}")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
-    gen.set_state(state["generator"].cpu() if device.type == "cpu" else state["generator"])
+    gen.set_state(state["generator"])
     return state["history"], state["epoch"]
 
 
@@ -227,7 +235,7 @@ def run_job(exp: Experiment, job: results.Job, results_root="results", device="c
     resume = results.resume_path(results_root, exp.name, stem)
     history, start_epoch = new_history(), 1
     if resume.exists():
-        history, done = load_resume(resume, model, optimizer, gen, device, exp)
+        history, done = load_resume(resume, model, optimizer, gen, exp)
         start_epoch = done + 1
         log(f"[{exp.name} {job.tag}] resuming after epoch {done} from {resume}")
 
