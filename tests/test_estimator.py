@@ -117,3 +117,60 @@ def test_chunk_size_does_not_change_the_estimate():
     runs = [estimator.log_px(model, x, 32, torch.Generator().manual_seed(5), chunk=c)[0]
             for c in (6, 64, 10 ** 6)]  # 1, 10 and 32 samples per chunk
     assert torch.allclose(runs[0], runs[1], atol=1e-4) and torch.allclose(runs[0], runs[2], atol=1e-4)
+
+
+@pytest.fixture
+def small_device_memory(monkeypatch):
+    """Decoding more than 64 rows at once raises torch.OutOfMemoryError, as on a small GPU."""
+    monkeypatch.setattr(estimator, "_ROW_LIMIT", {})
+    real = models.BernoulliMLPVAE.decode
+    calls = []
+
+    def decode(self, z):
+        rows = z.numel() // z.shape[-1]
+        calls.append(rows)
+        if rows > 64:
+            raise torch.OutOfMemoryError("out of memory (test)")
+        return real(self, z)
+    monkeypatch.setattr(models.BernoulliMLPVAE, "decode", decode)
+    return calls
+
+
+def test_running_out_of_memory_halves_the_chunk_and_keeps_the_numbers(small_device_memory):
+    torch.manual_seed(0)
+    model = models.build("BernoulliMLPVAE", 4, 1).eval()
+    x = (torch.rand(8, 1, 32, 32) < 0.5).float()
+    eps = torch.randn(8, 40, 4)
+    lp, ess = estimator.log_px(model, x, 40, chunk=1024, eps=eps)   # 320 rows: too many
+    assert small_device_memory[:3] == [320, 160, 80] and max(small_device_memory[3:]) <= 64
+    assert estimator._ROW_LIMIT == {"cpu": 40}  # remembered: later calls start below
+    small_device_memory.clear()
+    again, _ = estimator.log_px(model, x, 40, chunk=1024, eps=eps)
+    assert max(small_device_memory) <= 40 and torch.equal(again, lp)
+    ref, _ = estimator.log_px(model, x, 40, chunk=8, eps=eps)  # one sample a chunk, no retry
+    assert torch.allclose(lp, ref, rtol=1e-6)
+
+
+def test_out_of_memory_with_single_samples_is_raised(small_device_memory):
+    model = models.build("BernoulliMLPVAE", 4, 1).eval()
+    x = (torch.rand(100, 1, 32, 32) < 0.5).float()  # 100 rows even at one sample each
+    with pytest.raises(torch.OutOfMemoryError):
+        estimator.log_px(model, x, 4, eps=torch.randn(100, 4, 4))
+
+
+def test_grouped_importance_sampling_also_shrinks_its_chunks(small_device_memory):
+    from memo import ensemble, training
+    from memo.experiments import Experiment
+    exp = Experiment("t", "npz:x", "BernoulliMLPVAE", 4, 1e-3, 1, 1, 40)
+    stack = ensemble.StackedVAEs([training.init_model(exp, g, 1, "cpu") for g in range(2)], 1e-3)
+    images = torch.randint(0, 256, (12, 1, 32, 32), dtype=torch.uint8)
+    indices = [torch.arange(0, 8), torch.arange(4, 12)]
+
+    def run(is_rows):
+        gens = [torch.Generator().manual_seed(g) for g in range(2)]
+        return ensemble.group_log_px(stack, images, indices, gens, 40, 0, is_rows=is_rows)
+    big = run(100_000)        # 8 examples x 40 samples per model: out of memory, then halved
+    assert max(small_device_memory) > 64 and estimator._ROW_LIMIT["cpu"] <= 64
+    small = run(16)           # 8 rows per model a chunk: never out of memory
+    for (lp_big, _), (lp_small, _) in zip(big, small):
+        assert torch.allclose(lp_big, lp_small, rtol=1e-6)
