@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from memo import data, experiments, models, neighbours, results
+from memo import accel, data, experiments, models, neighbours, results
 
 
 class CLIError(Exception):
@@ -78,11 +78,13 @@ def load_model(exp, in_channels: int, results_dir, device) -> tuple[torch.nn.Mod
 
 @torch.no_grad()
 def model_samples(model, n: int, latent_dim: int, seed: int, device, batch: int) -> torch.Tensor:
-    """(n, D) pooled decoder means for z ~ N(0, I); z drawn on the CPU so devices agree."""
+    """(n, D) pooled decoder means for z ~ N(0, I); z drawn on the CPU and decoded in IEEE
+    float32 (no TF32) so devices agree."""
     gen = torch.Generator().manual_seed(seed)
     z = torch.randn((n, latent_dim), generator=gen)
-    out = [neighbours.downsample(model.pixel_mean(z[s:s + batch].to(device))).cpu()
-           for s in range(0, n, batch)]
+    with accel.exact_float32():
+        out = [neighbours.downsample(model.pixel_mean(z[s:s + batch].to(device))).cpu()
+               for s in range(0, n, batch)]
     return torch.cat(out) if out else torch.empty((0, 0))
 
 
