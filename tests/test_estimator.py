@@ -174,3 +174,19 @@ def test_grouped_importance_sampling_also_shrinks_its_chunks(small_device_memory
     small = run(16)           # 8 rows per model a chunk: never out of memory
     for (lp_big, _), (lp_small, _) in zip(big, small):
         assert torch.allclose(lp_big, lp_small, rtol=1e-6)
+
+
+def test_bernoulli_log_likelihood_by_hand_for_one_and_many_samples():
+    """log Bern(x; sigmoid(l)) summed over pixels, for (B, D) logits (training) and
+    (B, N, D) logits (importance sampling: another code path), against the textbook form."""
+    model = models.build("BernoulliMLPVAE", 2, 1)
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(3, 1, 32, 32, generator=g) < 0.3).float()
+    logits = 4 * torch.randn(3, 5, 1024, generator=g, dtype=torch.float64)
+    p = torch.sigmoid(logits)
+    xf = x.flatten(1)[:, None].double()
+    expected = (xf * torch.log(p) + (1 - xf) * torch.log1p(-p)).sum(-1)     # (3, 5)
+    assert torch.allclose(model.log_likelihood(x.double(), logits), expected, rtol=1e-10)
+    for j in range(5):
+        assert torch.allclose(model.log_likelihood(x.double(), logits[:, j]), expected[:, j],
+                              rtol=1e-10)

@@ -44,9 +44,16 @@ class BernoulliMLPVAE(nn.Module):
         return self.decoder(z)  # (..., D) Bernoulli logits
 
     def log_likelihood(self, x, logits):
-        # log Bern(x; sigmoid(l)) = x·l − softplus(l); x broadcasts over sample dims of logits
-        x = x.flatten(1).view(x.shape[0], *([1] * (logits.dim() - 2)), -1)
-        return (x * logits - F.softplus(logits)).sum(-1)
+        # log Bern(x; sigmoid(l)) = x·l − softplus(l), summed over the D pixels
+        x = x.flatten(1)                                          # (B, D)
+        if logits.dim() == 2:                                     # training: (B, D)
+            return (x * logits - F.softplus(logits)).sum(-1)
+        # importance sampling, logits (B, ..., D): x·l as a batched matrix product, without a
+        # (B, ..., D) temporary. On the 2-core CPU this was never slower and, in processes
+        # where the elementwise form hit its slow mode, 1.7x faster IS.
+        b, d = x.shape
+        xl = torch.matmul(logits.reshape(b, -1, d), x[:, :, None]).reshape(logits.shape[:-1])
+        return xl - F.softplus(logits).sum(-1)
 
     def pixel_mean(self, z):
         return torch.sigmoid(self.decode(z)).view(-1, *self.shape)
