@@ -133,7 +133,7 @@ def bench_ours(name, data, device, seconds, group, sizes, speed: accel.Speed = a
 
     # train one: the loop of training.run_job
     model = training.init_model(exp, 0, c, device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=exp.lr)
+    optimizer = training.adam(model.parameters(), exp.lr)
     gen = torch.Generator(device=device).manual_seed(0)
     steps = sizes["steps"]
     batch_loss = accel.compile_loss(
@@ -218,7 +218,7 @@ def bench_baseline(name, data, device, seconds, sizes) -> dict:
     c, _, n_is, hflip = MODELS[name]
     exp = _experiment(name, n_is)
     model = training.init_model(exp, 0, c, device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=exp.lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=exp.lr)  # torch's default Adam, as theirs
     dataset = PerItemDataset(data.cpu(), model.binary, hflip)
     loader = torch.utils.data.DataLoader(dataset, batch_size=exp.batch_size, shuffle=True)
     steps = sizes["steps"]

@@ -192,7 +192,7 @@ def test_stacked_adam_equals_one_adam_per_model():
     torch.manual_seed(0)
     modules = [models.build("BernoulliMLPVAE", 4, 1) for _ in range(2)]
     alone = [copy.deepcopy(m) for m in modules]
-    opts = [torch.optim.Adam(m.parameters(), lr=1e-3) for m in alone]
+    opts = [training.adam(m.parameters(), 1e-3) for m in alone]
     stack = ensemble.StackedVAEs(modules, lr=1e-3)
     for _ in range(3):
         x = torch.bernoulli(torch.rand(2, 8, 1, 32, 32))
@@ -205,7 +205,7 @@ def test_stacked_adam_equals_one_adam_per_model():
             opt.step()
     for g, m in enumerate(alone):
         exported = copy.deepcopy(m)
-        opt = torch.optim.Adam(exported.parameters(), lr=1e-3)
+        opt = training.adam(exported.parameters(), 1e-3)
         stack.export(g, exported, opt)
         for a, b in zip(exported.parameters(), m.parameters()):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

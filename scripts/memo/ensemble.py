@@ -11,8 +11,8 @@ the same result files; only the arithmetic is batched over the group:
 * the G models' parameters live in one (G, P) tensor and run through `torch.func.vmap` over
   `functional_call` of the very model classes of models.py, so each model keeps its own
   BatchNorm statistics and sees only its own batch;
-* Adam is torch.optim.Adam over the G rows of the (G, P) tensor: G independent Adams, each
-  with its own state and step count, run by torch's own (per-tensor or foreach) code;
+* Adam is torch.optim.Adam (fused, as training.adam) over the G rows of the (G, P) tensor:
+  G independent Adams, each with its own state and step count, run by torch's own code;
 * folds of different sizes have different batch counts and last-batch sizes: a training step
   runs the models whose batch at that position has the same size together, the others do not
   step (so a model never takes an optimizer step it would not take alone). Evaluation is
@@ -76,9 +76,9 @@ class StackedVAEs:
     """G models of one architecture, stacked: parameters in one (G, P) tensor, each model's
     buffers (BatchNorm statistics) stacked as (G, ...).
 
-    The optimizer is a torch.optim.Adam whose "parameters" are the G rows of the (G, P) tensor:
+    The optimizer is training.adam whose "parameters" are the G rows of the (G, P) tensor:
     Adam is elementwise, so that is G independent Adams with a step count each, run by torch's
-    own implementation (per tensor on CPU, foreach on CUDA, as for a single model). A model
+    own (fused) implementation, as for a single model. A model
     without a batch in a step gets no gradient, and Adam leaves it and its state untouched.
     """
 
@@ -101,7 +101,7 @@ class StackedVAEs:
         self.buffers = {f"model.{name}": torch.stack([b[name] for b in buffers])
                         for name in buffers[0]}                                # name: (G, ...)
         self.rows = list(self.flat.unbind(0))  # views: Adam updates self.flat in place
-        self.optimizer = torch.optim.Adam(self.rows, lr=lr)
+        self.optimizer = training.adam(self.rows, lr)
         self.shell = copy.deepcopy(ref).to("meta")  # architecture only; tensors come from the stack
         self._neg_elbo = vmap(self._call(_Bound(self.shell, _train_loss)))
         self._train_loss = accel.compile_loss(self._neg_elbo, speed, self.device)
@@ -225,7 +225,7 @@ class _Member:
     def start(self, exp: Experiment, in_channels: int, device) -> None:
         """The state run_job starts from: model from the job's seed, fresh Adam and generator."""
         self.model = training.init_model(exp, self.seed, in_channels, device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=exp.lr)
+        self.optimizer = training.adam(self.model.parameters(), exp.lr)
         self.gen = torch.Generator(device=device).manual_seed(self.seed)
         self.history = training.new_history()
 
