@@ -161,9 +161,8 @@ def load_resume(path, model, optimizer, gen: torch.Generator,
     """Restore model, optimizer and generator from a resume file: (history, last epoch done).
 
     A checkpoint written under other settings is refused rather than silently continued."""
-    # Read to the CPU: load_state_dict moves weights and Adam moments to the parameters'
-    # device, while Adam's step counts and the generator state must stay CPU tensors (a step
-    # count on the GPU would make every optimizer step wait for the device).
+    # Read to the CPU: load_state_dict puts weights and Adam's state where the parameters and
+    # the Adam implementation want them, and a generator state must be a CPU tensor.
     state = torch.load(path, map_location="cpu", weights_only=False)
     saved = state.get("settings")
     if exp is not None and saved is not None and saved != asdict(exp):
