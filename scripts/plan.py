@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from memo import data, experiments, models, results
+from memo import data, experiments, models
 
 
 def file_prefix(exp: experiments.Experiment) -> str:

@@ -2,12 +2,11 @@
 host synchronisation per training step, and the speed options within their tolerances."""
 import warnings
 
-import numpy as np
 import pytest
 import torch
 
 import memorization
-from memo import accel, ensemble, estimator, experiments, models, preprocess, results, training
+from memo import accel, ensemble, estimator, models, preprocess, results, training
 from test_ensemble import _assert_same_result, _experiment, _quiet, _read
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
