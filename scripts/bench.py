@@ -135,24 +135,12 @@ def bench_ours(name, data, device, seconds, group, sizes, speed: accel.Speed = a
     optimizer = training.adam(model.parameters(), exp.lr)
     gen = torch.Generator(device=device).manual_seed(0)
     steps = sizes["steps"]
-    batch_loss = accel.compile_loss(
-        lambda x, eps: objectives.neg_elbo(model, x, eps=eps).sum(), speed, device)
+    batch_loss = training.batch_loss_fn(model, speed, device)
 
     def train_one():
-        model.train()
-        total = torch.zeros((), device=device, dtype=torch.float64)
         order = torch.randperm(n, device=device, generator=gen)[:steps * batch]
-        with accel.training_precision(speed):
-            for start in range(0, steps * batch, batch):
-                x = preprocess.train_inputs(data[order[start:start + batch]], model.binary,
-                                            hflip, gen)
-                eps = torch.randn((batch, exp.latent_dim), device=device, generator=gen)
-                loss = batch_loss(x, eps)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += loss.detach().double()
-        return float(total)
+        return float(training.train_steps(model, optimizer, batch_loss, data, order, batch,
+                                          hflip, gen, speed))
     out["train_one"] = rate(train_one, steps * batch)
 
     # train group: G models, each with its own data order and generator

@@ -262,23 +262,18 @@ def train_epoch(stack: StackedVAEs, images: torch.Tensor, orders: list[torch.Ten
     totals = torch.zeros(len(orders), device=device, dtype=torch.float64)
     with accel.training_precision(stack.speed):
         for start, b, active, rows in plan:
-            _train_step(stack, images, order, gens, hflip, totals, start, b, active, rows)
+            idx = order[:, start:start + b] if rows is None else order[rows, start:start + b]
+            batch = images[idx]                                    # (G', b, C, H, W) uint8
+            xs, eps = [], []
+            for i, g in enumerate(active):  # each model draws from its own stream, as run_job
+                xs.append(preprocess.train_inputs(batch[i], stack.binary, hflip, gens[g]))
+                eps.append(torch.randn((b, stack.latent_dim), device=device, generator=gens[g]))
+            loss = stack.train_step(torch.stack(xs), torch.stack(eps), rows, active)
+            if rows is None:
+                totals += loss.double()
+            else:
+                totals.index_add_(0, rows, loss.double())
     return totals
-
-
-def _train_step(stack, images, order, gens, hflip, totals, start, b, active, rows) -> None:
-    """One step of train_epoch: the models `active` (rows) on their batches at start:start+b."""
-    idx = order[:, start:start + b] if rows is None else order[rows, start:start + b]
-    batch = images[idx]                                            # (G', b, C, H, W) uint8
-    xs, eps = [], []
-    for i, g in enumerate(active):  # each model draws from its own stream, in run_job's order
-        xs.append(preprocess.train_inputs(batch[i], stack.binary, hflip, gens[g]))
-        eps.append(torch.randn((b, stack.latent_dim), device=images.device, generator=gens[g]))
-    loss = stack.train_step(torch.stack(xs), torch.stack(eps), rows, active)
-    if rows is None:
-        totals += loss.double()
-    else:
-        totals.index_add_(0, rows, loss.double())
 
 
 def _eval_steps(lengths: list[int], batch: int):

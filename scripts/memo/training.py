@@ -218,6 +218,34 @@ def finish_job(exp: Experiment, job: results.Job, jd: JobData, model, history: d
     return content
 
 
+def batch_loss_fn(model, speed: accel.Speed, device):
+    """(x, eps) -> the summed negative ELBO of a batch (paper), compiled when speed says so."""
+    def batch_loss(x, eps):
+        return objectives.neg_elbo(model, x, eps=eps).sum()
+    return accel.compile_loss(batch_loss, speed, device)
+
+
+def train_steps(model, optimizer, batch_loss, images: torch.Tensor, order: torch.Tensor,
+                batch_size: int, hflip: bool, gen: torch.Generator,
+                speed: accel.Speed) -> torch.Tensor:
+    """One pass of Adam steps over images[order] in batches: the summed loss, float64, left on
+    the device (no host synchronisation)."""
+    model.train()
+    total = torch.zeros((), device=images.device, dtype=torch.float64)
+    latent = model.mu.out_features
+    with accel.training_precision(speed):
+        for sl in _batches(len(order), batch_size):
+            # noise is drawn outside the (possibly compiled) loss, in neg_elbo's order
+            x = preprocess.train_inputs(images[order[sl]], model.binary, hflip, gen)
+            eps = torch.randn((x.shape[0], latent), device=images.device, generator=gen)
+            loss = batch_loss(x, eps)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.detach().double()
+    return total
+
+
 def run_job(exp: Experiment, job: results.Job, results_root="results", device="cpu",
             data_root=None, download: bool = False, jd: JobData | None = None,
             log=print, stop_after: int | None = None,
@@ -246,29 +274,15 @@ def run_job(exp: Experiment, job: results.Job, results_root="results", device="c
         start_epoch = done + 1
         log(f"[{exp.name} {job.tag}] resuming after epoch {done} from {resume}")
 
-    def batch_loss(x, eps):  # the summed negative ELBO of a batch (paper)
-        return objectives.neg_elbo(model, x, eps=eps).sum()
-    batch_loss = accel.compile_loss(batch_loss, speed, device)
-
+    batch_loss = batch_loss_fn(model, speed, device)
     eval_epochs = set(exp.eval_epochs())
     n_train = len(train_idx)
-    latent = model.mu.out_features
     for epoch in tqdm(range(start_epoch, exp.epochs + 1), desc=f"{exp.name} {job.tag}",
                       initial=start_epoch - 1, total=exp.epochs, disable=None, file=sys.stderr):
         t0 = time.perf_counter()
-        model.train()
-        total = torch.zeros((), device=device, dtype=torch.float64)
         order = train_idx_t[torch.randperm(n_train, device=device, generator=gen)]
-        with accel.training_precision(speed):
-            for sl in _batches(n_train, exp.batch_size):
-                # noise is drawn outside the (possibly compiled) loss, in neg_elbo's order
-                x = preprocess.train_inputs(jd.train[order[sl]], model.binary, jd.hflip, gen)
-                eps = torch.randn((x.shape[0], latent), device=device, generator=gen)
-                loss = batch_loss(x, eps)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += loss.detach().double()
+        total = train_steps(model, optimizer, batch_loss, jd.train, order, exp.batch_size,
+                            jd.hflip, gen, speed)
         train_loss = float(total) / n_train  # the one host sync per epoch
         check_train_loss(train_loss, epoch, f"{exp.name} {job.tag}")
         history["losses"]["train"].append(train_loss)
