@@ -44,7 +44,7 @@ from pathlib import Path
 
 import torch
 
-from memo import accel, ensemble, objectives, preprocess, results, training
+from memo import accel, ensemble, fileio, objectives, preprocess, results, training
 from memo.estimator import logmeanexp
 from memo.experiments import EXPERIMENTS, Experiment
 
@@ -402,7 +402,7 @@ def main(argv=None) -> int:
         report["devices"][d] = run_device(d, args, lambda s: print(s, file=sys.stderr))
     report["seconds"] = time.perf_counter() - t0
     print(table(report, args.group))
-    results.atomic_write_bytes(args.out, (json.dumps(report, indent=1) + "\n").encode())
+    fileio.atomic_write_bytes(args.out, (json.dumps(report, indent=1) + "\n").encode())
     print(f"\nwrote {args.out} ({report['seconds']:.0f} s)")
     return 0
 

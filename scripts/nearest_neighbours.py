@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from memo import accel, data, experiments, models, neighbours, results
+from memo import accel, data, experiments, fileio, models, neighbours, results
 
 
 class CLIError(Exception):
@@ -91,7 +91,7 @@ def model_samples(model, n: int, latent_dim: int, seed: int, device, batch: int)
 def save_npz(path: Path, arrays: dict) -> None:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    results.atomic_write_bytes(path, buf.getvalue())
+    fileio.atomic_write_bytes(path, buf.getvalue())
 
 
 def run(args: argparse.Namespace) -> Path:

@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import numpy as np
     import pandas as pd
-    from memo import results, summary, uncertainty
+    from memo import fileio, results, summary, uncertainty
 
     try:
         s = summary.summarize(args.result_files)
@@ -73,7 +73,7 @@ def main(argv=None) -> int:
         "ess_in": s.ess_in, "ess_out": s.ess_out, "low_ess": low_ess})
     buf = io.StringIO()
     table.to_csv(buf, index=False, float_format="%.6g")
-    results.atomic_write_bytes(out.with_suffix(".csv"), buf.getvalue().encode())
+    fileio.atomic_write_bytes(out.with_suffix(".csv"), buf.getvalue().encode())
 
     m = s.M[-1]
     q = np.nanquantile(m, [0.5, 0.95, 0.99, 0.999])

@@ -11,24 +11,20 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import re
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .fileio import atomic_write_bytes
+
 AUTHOR_META_KEYS = ("batch_size", "dataset", "epochs", "fold_idx", "img_dim", "latent_dim",
                     "learning_rate", "mode", "model", "num_feature", "num_iw_samples", "run",
                     "seed", "trainer_params")
 _JOB = re.compile(r"^(?:cv_repeat(?P<repeat>\d+)_fold(?P<fold>\d+)|full_repeat(?P<full>\d+))$")
 _STEM = re.compile(r"^(?P<prefix>.+)_seed(?P<seed>\d+)_(?P<job>cv_repeat\d+_fold\d+|full_repeat\d+)$")
-
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 class ResultFileError(ValueError):
@@ -86,23 +82,6 @@ def checkpoint_path(results_root: str | Path, experiment: str, file_stem: str, e
 
 def resume_path(results_root: str | Path, experiment: str, file_stem: str) -> Path:
     return Path(results_root) / experiment / "checkpoints" / f"{file_stem}_resume.pt"
-
-
-def atomic_write_bytes(path: str | Path, blob: bytes) -> None:
-    """Write to a temporary name in the same directory, then rename: a file that exists is whole."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_result(path: str | Path, meta: dict, results: dict) -> None:

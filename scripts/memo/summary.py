@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from . import results
+from . import fileio, results
 
 # meta keys that must agree between all files of one summary
 IDENTITY_KEYS = ("dataset", "model", "seed", "latent_dim", "learning_rate", "epochs",
@@ -172,7 +172,7 @@ def save(summary: Summary, path: str | Path, extra: dict | None = None) -> None:
     arrays.setdefault("index", np.arange(summary.meta["n"]))
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
-    results.atomic_write_bytes(path, buf.getvalue())
+    fileio.atomic_write_bytes(path, buf.getvalue())
 
 
 def load(path: str | Path) -> dict:
