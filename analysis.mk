@@ -13,7 +13,7 @@ AN_IN  := $(or $(ANALYSIS),analysis)
 AN_OUT := output
 AN_FIG := scripts/memo/figures
 AN_EXT := pdf png pgf tex json
-AN_LIB := scripts/analysis.py $(AN_FIG)/__init__.py $(AN_FIG)/common.py
+AN_LIB := scripts/analysis.py $(AN_FIG)/__init__.py $(AN_FIG)/common.py scripts/memo/summary.py
 
 AN_SUMMARIES := $(filter-out %_nn.npz,$(wildcard $(AN_IN)/*.npz))
 AN_EXPS      := $(patsubst $(AN_IN)/%.npz,%,$(AN_SUMMARIES))
@@ -71,7 +71,7 @@ AN_NNS  := $(patsubst %,$(AN_IN)/%_nn.npz,$(AN_NN_EXPS))
 
 $(AN_OUT)/report.pdf $(AN_OUT)/report.tex &: $(AN_JSON) $(AN_SUMMARIES) $(AN_NNS) scripts/report.py \
 		$(AN_FIG)/report.py $(AN_FIG)/__init__.py $(AN_FIG)/common.py $(AN_FIG)/uncertainty.py \
-		scripts/memo/uncertainty.py
+		scripts/memo/uncertainty.py scripts/memo/summary.py
 	$(PY) scripts/report.py --out $(AN_OUT)/report.pdf --summaries $(AN_SUMMARIES) --figures $(AN_JSON)
 
 analysis: ## summaries of every experiment whose result files are all present, then every figure and output/report.pdf

@@ -15,9 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from memo import figures  # noqa: E402  (light: no matplotlib until a figure is drawn)
+from memo import figures  # light: no matplotlib until a figure is drawn
 
 
 def default_out(summaries: list[Path]) -> Path:
@@ -48,12 +46,13 @@ def main(argv=None) -> int:
     if not args.summaries:
         p.error("give at least one summary file")
 
+    from memo import summary
     from memo.figures import common
     names = figures.FIGURES if args.figure == "all" else (args.figure,)
     if len(args.summaries) > 1 and any(n not in figures.SERIES for n in names):
         p.error(f"several summaries are compared only in {', '.join(figures.SERIES)}")
     try:
-        summaries = [common.load_summary(s) for s in args.summaries]
+        summaries = [summary.load(s) for s in args.summaries]
         out = args.out or default_out(args.summaries)
         engine = None if args.no_latex else common.latex_engine()
         nn = images = None
@@ -61,7 +60,7 @@ def main(argv=None) -> int:
             nn_path = args.nn or common.nn_path_for(args.summaries[0])
             nn = common.load_nn(nn_path, summaries[0].n)
             if nn is None and args.figure != "all":
-                raise common.SummaryError(f"no nearest-neighbour file {nn_path}")
+                raise summary.SummaryError(f"no nearest-neighbour file {nn_path}")
         if any(n in figures.NEEDS_IMAGES for n in names):
             images = common.load_images(summaries[0])
         for name in names:
@@ -71,7 +70,7 @@ def main(argv=None) -> int:
                                       seed=args.seed, engine=engine):
                 if path.suffix == ".pdf":
                     print(path)
-    except (common.SummaryError, ValueError) as e:
+    except (summary.SummaryError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -9,8 +9,6 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -22,7 +20,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-latex", action="store_true", help="put the pages together with matplotlib")
     args = p.parse_args(argv)
 
-    from memo.figures import common, report
+    from memo import summary
+    from memo.figures import report
     summaries = args.summaries
     if summaries is None:
         summaries = sorted(p for p in Path("analysis").glob("*.npz") if not p.stem.endswith("_nn"))
@@ -31,7 +30,7 @@ def main(argv=None) -> int:
         jsons = sorted(args.out.parent.glob("*/*.json"))
     try:
         report.build(summaries, jsons, args.out, engine=None if args.no_latex else "auto")
-    except (common.SummaryError, ValueError, RuntimeError) as e:
+    except (summary.SummaryError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(args.out)

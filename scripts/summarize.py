@@ -45,32 +45,24 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import numpy as np
     import pandas as pd
-    from memo import fileio, results, summary, uncertainty
+    from memo import fileio, results, summary
 
     try:
-        s = summary.summarize(args.result_files)
+        s = summary.summarize(args.result_files, n_boot=args.n_boot)
     except (summary.SummaryError, results.ResultFileError) as e:
         print(f"summarize.py: error: {e}", file=sys.stderr)
         return 1
     n = s.meta["n"]
-    se, lo, hi = uncertainty.bootstrap(s.in_lse, s.in_count, s.out_lse, s.out_count,
-                                       n_boot=args.n_boot, seed=s.meta["seed"] or 0)
-    reliability = uncertainty.split_half_reliability(s.in_lse, s.in_count, s.out_lse,
-                                                     s.out_count, seed=s.meta["seed"] or 0)
     labels = labels_for(s.meta, args.data_root)
-    labels = np.full(n, -1, dtype=np.int64) if labels is None else labels.astype(np.int64)
-    low_ess = (uncertainty.ess_flags(s.ess_in, s.meta["n_is"])
-               | uncertainty.ess_flags(s.ess_out, s.meta["n_is"]))
-    s.meta["ess_threshold_fraction"] = uncertainty.ESS_THRESHOLD_FRACTION
-    extra = {"index": np.arange(n), "labels": labels, "M_se": se, "M_ci_low": lo,
-             "M_ci_high": hi, "split_half": np.array(reliability), "low_ess": low_ess}
+    if labels is not None:
+        s.labels = labels.astype(np.int64)
     out = Path(args.output)
-    summary.save(s, out, extra)
+    summary.save(s, out)
 
     table = pd.DataFrame({
-        "index": np.arange(n), "label": labels, "U": s.U[-1], "V": s.V[-1], "M": s.M[-1],
-        "M_se": se, "M_ci_low": lo, "M_ci_high": hi, "n_in": s.n_in, "n_out": s.n_out,
-        "ess_in": s.ess_in, "ess_out": s.ess_out, "low_ess": low_ess})
+        "index": s.index, "label": s.labels, "U": s.U[-1], "V": s.V[-1], "M": s.M[-1],
+        "M_se": s.M_se, "M_ci_low": s.M_ci_low, "M_ci_high": s.M_ci_high, "n_in": s.n_in,
+        "n_out": s.n_out, "ess_in": s.ess_in, "ess_out": s.ess_out, "low_ess": s.low_ess})
     buf = io.StringIO()
     table.to_csv(buf, index=False, float_format="%.6g")
     fileio.atomic_write_bytes(out.with_suffix(".csv"), buf.getvalue().encode())
@@ -79,7 +71,7 @@ def main(argv=None) -> int:
     q = np.nanquantile(m, [0.5, 0.95, 0.99, 0.999])
     print(f"{s.meta['experiment']}: n={n} K={s.meta['folds']} L={s.meta['repeats']} "
           f"epoch {int(s.epochs[-1])}: M median {q[0]:.2f}, 95% {q[1]:.2f}, 99% {q[2]:.2f}, "
-          f"99.9% {q[3]:.2f}, max {np.nanmax(m):.2f}; split-half reliability {reliability:.3f}")
+          f"99.9% {q[3]:.2f}, max {np.nanmax(m):.2f}; split-half reliability {s.split_half:.3f}")
     print(f"wrote {out} and {out.with_suffix('.csv')}")
     return 0
 

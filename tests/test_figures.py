@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from memo import figures
+from memo import figures, summary
 from memo.figures import common, logprob, neighbours, qualitative, report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,8 +97,8 @@ def built(tmp_path_factory):
     s3 = write_summary(tmp / "analysis" / "bmnist_lr3.npz", seed=0, lr=1e-3)
     s4 = write_summary(tmp / "analysis" / "bmnist_lr4.npz", seed=1, lr=1e-4, scale=(-3, 6))
     write_nn(s3)
-    a = common.load_summary(s3)
-    b = common.load_summary(s4)
+    a = summary.load(s3)
+    b = summary.load(s4)
     nn = common.load_nn(common.nn_path_for(s3), a.n)
     images = fake_images(a.n)
     out = tmp / "output"
@@ -151,7 +151,7 @@ def test_pgf_images_are_written_beside_it_and_the_wrapper_compiles_there(built, 
 
 @pytest.mark.skipif(not HAVE_LATEX, reason="no LaTeX installed")
 def test_latex_pdfs_are_byte_reproducible(tmp_path):
-    s = common.load_summary(write_summary(tmp_path / "x.npz"))
+    s = summary.load(write_summary(tmp_path / "x.npz"))
     figures.build("quantiles", [s], tmp_path / "a")
     figures.build("quantiles", [s], tmp_path / "b")
     assert (tmp_path / "a" / "quantiles.pdf").read_bytes() == \
@@ -160,7 +160,7 @@ def test_latex_pdfs_are_byte_reproducible(tmp_path):
 
 @pytest.mark.parametrize("scale", [(-5.0, 10.0), (-450.0, 6500.0), (0.001, 0.004)])
 def test_bins_follow_the_scale_of_the_data(tmp_path, scale):
-    s = common.load_summary(write_summary(tmp_path / "x.npz", n=2000, scale=scale))
+    s = summary.load(write_summary(tmp_path / "x.npz", n=2000, scale=scale))
     M = s.M_final
     edges = common.edges_for(M, 30)
     assert edges[0] <= M.min() and edges[-1] >= M.max()
@@ -204,7 +204,7 @@ def test_qualitative_picks_lowest_median_highest_without_overlap():
 
 
 def test_example_selection_is_deterministic_for_a_seed(tmp_path):
-    s = common.load_summary(write_summary(tmp_path / "x.npz", n=3000))
+    s = summary.load(write_summary(tmp_path / "x.npz", n=3000))
     U, M = s.U_final, s.M_final
     mem, _ = common.highly_memorized(M)
     edges = common.edges_for(U, logprob.TARGET_BINS, logprob.RANGE_Q)
@@ -226,7 +226,7 @@ def test_no_latex_fallback_writes_matplotlib_pdf_with_one_warning(tmp_path, monk
     monkeypatch.setattr(shutil, "which", lambda *a, **k: None)
     monkeypatch.setattr(common, "_WARNED", set())
     assert common.latex_engine() is None
-    s = common.load_summary(write_summary(tmp_path / "x.npz"))
+    s = summary.load(write_summary(tmp_path / "x.npz"))
     figures.build("distribution", [s], tmp_path / "out")
     figures.build("quantiles", [s], tmp_path / "out")
     err = capsys.readouterr().err.strip().splitlines()
@@ -238,7 +238,7 @@ def test_no_latex_fallback_writes_matplotlib_pdf_with_one_warning(tmp_path, monk
 
 def test_missing_inputs_give_placeholders_the_report_skips(tmp_path, monkeypatch):
     monkeypatch.setenv("MEMO_NO_LATEX", "1")
-    s = common.load_summary(write_summary(tmp_path / "x.npz", R=1, losses=False, ess=False))
+    s = summary.load(write_summary(tmp_path / "x.npz", R=1, losses=False, ess=False))
     for name in ("losses", "uncertainty", "neighbours", "qualitative"):
         figures.build(name, [s], tmp_path / "out")
         doc = json.loads((tmp_path / "out" / f"{name}.json").read_text())
@@ -247,8 +247,8 @@ def test_missing_inputs_give_placeholders_the_report_skips(tmp_path, monkeypatch
 
 def test_summary_without_required_arrays_is_refused(tmp_path):
     np.savez(tmp_path / "bad.npz", x=np.zeros(3))
-    with pytest.raises(common.SummaryError, match="not a summary"):
-        common.load_summary(tmp_path / "bad.npz")
+    with pytest.raises(summary.SummaryError, match="not a summary"):
+        summary.load(tmp_path / "bad.npz")
 
 
 def test_cli_loads_images_through_the_data_module(tmp_path, monkeypatch):
@@ -349,3 +349,23 @@ def test_ess_threshold_is_the_summarys_or_the_projects_flagging_rule():
     assert ess_threshold({"ess_threshold": 10.0, "n_is": 256}) == 10.0
     assert ess_threshold({"n_is": 256}) == pytest.approx(float(unc.ess_threshold(256)))
     assert ess_threshold({}) is None
+
+
+def test_figures_read_summaries_through_the_summary_module(tmp_path, capsys):
+    bad = tmp_path / "analysis" / "bad.npz"
+    bad.parent.mkdir()
+    np.savez(bad, meta=np.array("{}"), epochs=np.arange(3), U=np.zeros((3, 5)),
+             V=np.zeros((3, 5)), M=np.zeros((3, 5)), M_se=np.zeros(4))
+    with pytest.raises(summary.SummaryError, match=r"bad\.npz: M_se has shape \(4,\)"):
+        summary.load(bad)
+    import analysis
+    assert analysis.main(["quantiles", str(bad), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(bad) in err[0]
+    # what the figures read is what summary.save writes
+    s = summary.load(write_summary(tmp_path / "x.npz"))
+    summary.save(s, tmp_path / "y.npz")
+    t = summary.load(tmp_path / "y.npz")
+    assert t.meta == s.meta and t.repeats == s.repeats == 2
+    for key in summary.ARRAYS:
+        np.testing.assert_array_equal(getattr(t, key), getattr(s, key), err_msg=key)

@@ -55,7 +55,7 @@ def test_make_chain_builds_resumes_and_rebuilds_only_what_is_missing(tiny_experi
         if f != victim:
             assert f.stat().st_mtime_ns == mtimes[f.name]
     again = summary.load(ana / "tiny.npz")
-    assert np.array_equal(again["M"], first["M"])
+    assert np.array_equal(again.M, first.M)
 
     # nothing missing: nothing to do
     out = make("-j2", "summary-tiny", *common, env=env)

@@ -84,21 +84,6 @@ def test_distance_ratio_special_cases():
                                                "both_duplicate": 1, "invalid": 1}
 
 
-def test_highly_memorized_is_top_five_percent_by_percentile():
-    M = np.arange(1000, dtype=float)
-    hm = neighbours.highly_memorized(M)
-    assert hm.sum() == 50 and hm[950:].all() and not hm[:950].any()
-    # scores all below 0.95: a raw threshold of 0.95 would flag nothing
-    small = M / 10000
-    assert neighbours.highly_memorized(small).sum() == 50
-    # large scores: a raw threshold would flag almost everything
-    assert neighbours.highly_memorized(M + 100).sum() == 50
-    with_nan = np.concatenate([M, [np.nan] * 10])
-    hm = neighbours.highly_memorized(with_nan)
-    assert hm.sum() == 50 and not hm[-10:].any()
-    assert neighbours.highly_memorized(M, top=0.1).sum() == 100
-
-
 # ----------------------------------------------------------------------------------------------
 # the CLI, end to end on a tiny experiment
 

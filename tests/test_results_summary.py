@@ -121,10 +121,27 @@ def test_cli_writes_npz_and_csv_and_fails_cleanly(tmp_path, capsys):
     assert summarize_cli.main(["--result-files", *map(str, paths + [full]), "-o", str(out),
                                "--n-boot", "50", "--data-root", str(tmp_path / "nodata")]) == 0
     loaded = summary.load(out)
-    assert loaded["M"].shape == (2, 13) and loaded["meta"]["folds"] == 3
-    assert np.isfinite(loaded["M_se"]).all()
+    assert loaded.M.shape == (2, 13) and loaded.meta["folds"] == 3
+    assert np.isfinite(loaded.M_se).all()
     csv = out.with_suffix(".csv").read_text().splitlines()
     assert csv[0].startswith("index,label,U,V,M") and len(csv) == 14
     paths[0].write_bytes(b"garbage")
     assert summarize_cli.main(["--result-files", *map(str, paths), "-o", str(out)]) == 1
     assert paths[0].name in capsys.readouterr().err
+
+
+def test_summary_round_trips_through_its_file(tmp_path):
+    paths, full = make_experiment(tmp_path)
+    s = summary.summarize(paths + [full], progress=False, n_boot=50)
+    s.labels = np.arange(13) % 10
+    out = tmp_path / "analysis" / "exp.npz"
+    summary.save(s, out)
+    loaded = summary.load(out)
+    assert loaded.path == out and loaded.name == "exp" and loaded.meta == s.meta
+    for key in summary.ARRAYS:
+        a, b = np.asarray(getattr(s, key)), np.asarray(getattr(loaded, key))
+        assert a.dtype == b.dtype and a.shape == b.shape, key
+        np.testing.assert_array_equal(a, b, err_msg=key)
+    assert loaded.repeats == 2 and loaded.n == 13
+    with np.load(out) as z:
+        assert z.files == [*summary.ARRAYS, "meta"]   # the keys, in the order of earlier files

@@ -7,7 +7,8 @@ d is the Euclidean distance between images average-pooled 2×2 to 16×16, in pix
 something closer to x_i than anything in the held-out data.
 
 Two defects of the original analysis are avoided here: every query row takes its own minimum
-(not row 0's of its batch), and "highly memorized" is the top 5 % of M by percentile.
+(not row 0's of its batch), and "highly memorized" is the top 5 % of M by percentile
+(memo.figures.common.highly_memorized).
 """
 from __future__ import annotations
 
@@ -129,19 +130,3 @@ def special_counts(code) -> dict[str, int]:
     """{name: count} of each special case in a `distance_ratio` code array."""
     code = np.asarray(code)
     return {name: int((code == c).sum()) for c, name in SPECIAL_NAMES.items()}
-
-
-def highly_memorized(M, top: float = 0.05) -> np.ndarray:
-    """Mask of the top `top` fraction of M by percentile: M >= the (1 − top) quantile.
-
-    The quantile is taken over finite scores (nan never counts as highly memorized). This is
-    the paper's definition (top 5 %); it is not a threshold on the raw score.
-    """
-    if not 0 < top < 1:
-        raise ValueError(f"top must be a fraction in (0, 1), got {top}")
-    M = np.asarray(M, dtype=np.float64)
-    finite = np.isfinite(M)
-    if not finite.any():
-        return np.zeros(M.shape, dtype=bool)
-    threshold = np.quantile(M[finite], 1 - top)
-    return finite & (M >= threshold)

@@ -1,21 +1,25 @@
-"""From result files to memorization scores U, V, M per example and evaluation epoch (PAPER.md §1).
+"""The summary of one experiment: memorization scores U, V, M per example and evaluation epoch
+(PAPER.md §1), their uncertainty over repeats, and the file analysis/<exp>.npz that holds them.
 
     U_i = logmeanexp(in-values),  V_i = logmeanexp(out-values),  M_i = U_i − V_i
 
 Averages are taken in probability space. Per-repeat partial sums at the final epoch are kept
 so that uncertainty over repeats (bootstrap, split-half reliability) can be computed.
+`summarize` makes a Summary from result files, `save` writes it, `load` reads it back.
 """
 from __future__ import annotations
 
+import io
 import json
+import os
+import zipfile
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
-from . import fileio, results
+from . import fileio
 
 # meta keys that must agree between all files of one summary
 IDENTITY_KEYS = ("dataset", "model", "seed", "latent_dim", "learning_rate", "epochs",
@@ -23,26 +27,70 @@ IDENTITY_KEYS = ("dataset", "model", "seed", "latent_dim", "learning_rate", "epo
 
 
 class SummaryError(ValueError):
-    pass
+    """Result files that do not make one summary, or a file that is not a readable summary."""
 
 
 @dataclass
 class Summary:
     meta: dict
-    epochs: np.ndarray        # (E,)
-    U: np.ndarray             # (E, n)
-    V: np.ndarray
-    M: np.ndarray
-    n_in: np.ndarray          # (n,) at the final epoch
+    epochs: np.ndarray              # (E,) evaluation epochs
+    U: np.ndarray                   # (E, n) log P(x_i | D), nats
+    V: np.ndarray                   # (E, n) log P(x_i | D \ x_i)
+    M: np.ndarray                   # (E, n) U − V
+    n_in: np.ndarray                # (n,) number of in-values at the final epoch
     n_out: np.ndarray
-    in_lse: np.ndarray        # (R, n) per-repeat logsumexp of in-values, final epoch
-    in_count: np.ndarray
+    in_lse: np.ndarray              # (R, n) per-repeat logsumexp of in-values, final epoch
+    in_count: np.ndarray            # (R, n) their number
     out_lse: np.ndarray
     out_count: np.ndarray
-    ess_in: np.ndarray        # (n,) mean IS effective sample size, final epoch (nan: unknown)
+    ess_in: np.ndarray              # (n,) mean IS effective sample size, final epoch (nan: unknown)
     ess_out: np.ndarray
-    full_losses_train: np.ndarray
+    full_losses_train: np.ndarray   # (epochs,) full model's mean negative ELBO per example
     full_losses_test: np.ndarray
+    index: np.ndarray               # (n,) positions in the training set
+    labels: np.ndarray              # (n,) -1: unknown
+    M_se: np.ndarray                # (n,) bootstrap SE of final-epoch M (nan when R < 2)
+    M_ci_low: np.ndarray            # (n,) bootstrap 95 % percentile interval of final-epoch M
+    M_ci_high: np.ndarray
+    split_half: float               # split-half reliability of final-epoch M over repeats
+    low_ess: np.ndarray             # (n,) bool: in- or out-ESS under the flagging rule
+    path: Path | None = field(default=None, compare=False)   # the file it was read from
+
+    @property
+    def name(self) -> str:
+        return self.meta.get("experiment") or (self.path.stem if self.path else "summary")
+
+    @property
+    def n(self) -> int:
+        return self.M.shape[1]
+
+    @property
+    def M_final(self) -> np.ndarray:
+        return self.M[-1]
+
+    @property
+    def U_final(self) -> np.ndarray:
+        return self.U[-1]
+
+    @property
+    def dataset(self) -> str:
+        return self.meta.get("dataset") or self.meta.get("data") or "data"
+
+    @property
+    def repeats(self) -> int:
+        """L: the repeats of the per-repeat terms, else meta's count (0: unknown)."""
+        return int(self.in_lse.shape[0]) or int(self.meta.get("repeats") or 0)
+
+
+# The npz's arrays in the order they are written; the order is part of the file's bytes.
+ARRAYS = ("epochs", "U", "V", "M", "n_in", "n_out", "in_lse", "in_count", "out_lse",
+          "out_count", "ess_in", "ess_out", "full_losses_train", "full_losses_test", "index",
+          "labels", "M_se", "M_ci_low", "M_ci_high", "split_half", "low_ess")
+REQUIRED = ("meta", "epochs", "U", "V", "M")
+
+
+# ----------------------------------------------------------------------------------------------
+# from result files
 
 
 def _check_identity(contents: dict[Path, dict]) -> dict:
@@ -58,7 +106,14 @@ def _check_identity(contents: dict[Path, dict]) -> dict:
     return ref_meta
 
 
-def summarize(paths: list[str | Path], progress: bool = True) -> Summary:
+def summarize(paths: list[str | Path], progress: bool = True, n_boot: int = 1000) -> Summary:
+    """The summary of one experiment's result files, with bootstrap uncertainty over repeats
+    (`n_boot` replicates) and split-half reliability; labels are left at -1 (unknown)."""
+    # imported here: they pull in torch and scipy, which reading a summary does not need
+    from tqdm import tqdm
+
+    from . import results, uncertainty
+
     paths = [Path(p) for p in paths]
     if not paths:
         raise SummaryError("no result files given")
@@ -132,13 +187,10 @@ def summarize(paths: list[str | Path], progress: bool = True) -> Summary:
             raise SummaryError(f"repeat {r}: {int((~cov).sum())} examples are never held out; "
                                "a fold result file is missing or from another split")
 
-    def logmeanexp(lse, cnt):  # over repeats: (E, R, n) -> (E, n)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            total = cnt.sum(1)
-            out = np.logaddexp.reduce(lse, axis=1) - np.log(total)
-        return np.where(total > 0, out, np.nan)
-
-    U, V = logmeanexp(in_lse, in_count), logmeanexp(out_lse, out_count)
+    U, V, M = np.empty((E, n)), np.empty((E, n)), np.empty((E, n))
+    for ei in range(E):
+        U[ei], V[ei], M[ei] = uncertainty.score_from_repeats(
+            in_lse[ei], in_count[ei], out_lse[ei], out_count[ei])
     with np.errstate(invalid="ignore", divide="ignore"):
         ess_in = np.where(ess_cnt["train"] > 0, ess_sum["train"] / ess_cnt["train"], np.nan)
         ess_out = np.where(ess_cnt["test"] > 0, ess_sum["test"] / ess_cnt["test"], np.nan)
@@ -151,11 +203,24 @@ def summarize(paths: list[str | Path], progress: bool = True) -> Summary:
         "n_is": meta.get("num_iw_samples"), "folds": n_folds, "repeats": n_repeats,
         "seed": meta.get("seed"), "n": n, "eval_epochs": epochs, "subset": meta.get("subset", 0),
         "has_full_model": bool(full),
+        "ess_threshold_fraction": uncertainty.ESS_THRESHOLD_FRACTION,
     }
-    return Summary(out_meta, np.array(epochs), U, V, U - V, in_count[-1].sum(0),
-                   out_count[-1].sum(0), in_lse[-1], in_count[-1], out_lse[-1], out_count[-1],
-                   ess_in, ess_out, np.asarray(losses["train"], dtype=float),
-                   np.asarray(losses["test"], dtype=float))
+
+    final = (in_lse[-1], in_count[-1], out_lse[-1], out_count[-1])
+    seed = out_meta["seed"] or 0
+    se, lo, hi = uncertainty.bootstrap(*final, n_boot=n_boot, seed=seed)
+    reliability = uncertainty.split_half_reliability(*final, seed=seed)
+    low_ess = (uncertainty.ess_flags(ess_in, out_meta["n_is"])
+               | uncertainty.ess_flags(ess_out, out_meta["n_is"]))
+    return Summary(
+        meta=out_meta, epochs=np.array(epochs), U=U, V=V, M=M,
+        n_in=in_count[-1].sum(0), n_out=out_count[-1].sum(0),
+        in_lse=in_lse[-1], in_count=in_count[-1], out_lse=out_lse[-1], out_count=out_count[-1],
+        ess_in=ess_in, ess_out=ess_out,
+        full_losses_train=np.asarray(losses["train"], dtype=float),
+        full_losses_test=np.asarray(losses["test"], dtype=float),
+        index=np.arange(n), labels=np.full(n, -1, dtype=np.int64),
+        M_se=se, M_ci_low=lo, M_ci_high=hi, split_half=float(reliability), low_ess=low_ess)
 
 
 def _spec_from_dataset(dataset: str) -> str:
@@ -163,21 +228,77 @@ def _spec_from_dataset(dataset: str) -> str:
     return {name: spec for spec, name in DATASET_NAMES.items()}.get(dataset, dataset)
 
 
-def save(summary: Summary, path: str | Path, extra: dict | None = None) -> None:
-    """Write the summary npz atomically; `extra` adds arrays (uncertainty, labels)."""
-    import io
-    arrays = {k: v for k, v in vars(summary).items() if k != "meta"}
-    arrays.update(extra or {})
+# ----------------------------------------------------------------------------------------------
+# the file
+
+
+def save(summary: Summary, path: str | os.PathLike) -> None:
+    """Write the summary as an npz (compressed) atomically."""
+    arrays = {k: np.asarray(getattr(summary, k)) for k in ARRAYS}
     arrays["meta"] = np.array(json.dumps(summary.meta))
-    arrays.setdefault("index", np.arange(summary.meta["n"]))
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     fileio.atomic_write_bytes(path, buf.getvalue())
 
 
-def load(path: str | Path) -> dict:
-    """The summary as a dict of arrays, with meta decoded."""
-    with np.load(path) as f:
-        out = {k: f[k] for k in f.files}
-    out["meta"] = json.loads(str(out["meta"]))
-    return out
+def load(path: str | os.PathLike) -> Summary:
+    """Read a summary file. Arrays it lacks (partial or older files) get neutral values: nan,
+    labels -1, no per-repeat terms. Raises SummaryError, naming the file, when it is no summary."""
+    path = Path(path)
+    if not path.is_file() or not zipfile.is_zipfile(path):
+        raise SummaryError(f"{path} is not a summary (.npz) file"
+                           + ("" if path.exists() else ": it does not exist"))
+    try:
+        with np.load(path) as z:
+            missing = [k for k in REQUIRED if k not in z.files]
+            if missing:
+                raise SummaryError(f"{path} lacks {', '.join(missing)}: not a summary file "
+                                   "(expected the output of the summarize step)")
+            a = {k: z[k] for k in z.files}
+        meta = json.loads(str(a["meta"]))
+    except SummaryError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise SummaryError(f"cannot read summary {path}: {e}") from None
+    if not isinstance(meta, dict):
+        raise SummaryError(f"{path}: meta is not a JSON object")
+
+    M = np.atleast_2d(np.asarray(a["M"], dtype=float))
+    if M.ndim != 2:
+        raise SummaryError(f"{path}: M has shape {M.shape}, expected (epochs, n)")
+    E, n = M.shape
+    epochs = np.asarray(a["epochs"], dtype=np.int64)
+    if epochs.size != E:
+        raise SummaryError(f"{path}: {epochs.size} epochs but M has {E} rows")
+    R = a["in_lse"].shape[0] if "in_lse" in a and a["in_lse"].ndim == 2 else 0
+    U, V = (np.atleast_2d(np.asarray(a[k], dtype=float)) for k in "UV")
+    for k, v in (("U", U), ("V", V)):
+        if v.shape != (E, n):
+            raise SummaryError(f"{path}: {k} has shape {v.shape}, expected {(E, n)}")
+
+    def get(key, shape, default, dtype=float):
+        v = np.asarray(a[key] if key in a else default, dtype=dtype)
+        if v.shape != shape:
+            raise SummaryError(f"{path}: {key} has shape {v.shape}, expected {shape}")
+        return v
+
+    def vec(key, default, dtype=float):
+        return get(key, (n,), np.full(n, default), dtype)
+
+    in_count = get("in_count", (R, n), np.zeros((R, n)), np.int64)
+    out_count = get("out_count", (R, n), np.zeros((R, n)), np.int64)
+    return Summary(
+        meta=meta, epochs=epochs.reshape(E),
+        U=U, V=V, M=M,
+        n_in=get("n_in", (n,), in_count.sum(0), np.int64),
+        n_out=get("n_out", (n,), out_count.sum(0), np.int64),
+        in_lse=get("in_lse", (R, n), np.full((R, n), -np.inf)), in_count=in_count,
+        out_lse=get("out_lse", (R, n), np.full((R, n), -np.inf)), out_count=out_count,
+        ess_in=vec("ess_in", np.nan), ess_out=vec("ess_out", np.nan),
+        full_losses_train=np.asarray(a.get("full_losses_train", []), dtype=float).ravel(),
+        full_losses_test=np.asarray(a.get("full_losses_test", []), dtype=float).ravel(),
+        index=get("index", (n,), np.arange(n), np.int64), labels=vec("labels", -1, np.int64),
+        M_se=vec("M_se", np.nan), M_ci_low=vec("M_ci_low", np.nan),
+        M_ci_high=vec("M_ci_high", np.nan),
+        split_half=float(a.get("split_half", np.nan)), low_ess=vec("low_ess", False, bool),
+        path=path)

@@ -98,6 +98,16 @@ def _weighted_lme(lse: np.ndarray, count: np.ndarray, w: np.ndarray) -> np.ndarr
     return out
 
 
+def _plain_lme(lse: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """(n,): log(Σ_r exp(lse_ri)) − log(Σ_r count_ri), every repeat once; nan where no value.
+
+    lse must hold -inf where count is 0."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        total = count.sum(axis=0)
+        out = np.logaddexp.reduce(lse, axis=0) - np.log(total)
+    return np.where(total > 0, out, np.nan)
+
+
 def score_from_repeats(in_lse, in_count, out_lse, out_count, weights=None):
     """(U, V, M) from per-repeat partial sums, with optional repeat multiplicities.
 
@@ -112,6 +122,12 @@ def score_from_repeats(in_lse, in_count, out_lse, out_count, weights=None):
     if in_lse.shape != out_lse.shape:
         raise ValueError(f"in and out arrays differ in shape: {in_lse.shape} vs {out_lse.shape}")
     r, n = in_lse.shape
+    if weights is None:
+        # Every repeat once (the summary's scores): a running log-add over repeats, the
+        # arithmetic summaries were always made with. The matrix product below agrees only to
+        # rounding (~1e-14 nats), which would make rebuilt summary files differ from earlier ones.
+        U, V = _plain_lme(in_lse, in_count), _plain_lme(out_lse, out_count)
+        return U, V, U - V
     w, single = _as_weights(weights, r)
     U = np.empty((w.shape[0], n))
     V = np.empty((w.shape[0], n))
@@ -167,8 +183,8 @@ def bootstrap(in_lse, in_count, out_lse, out_count, n_boot: int = 1000, seed: in
     step = max(1, _BLOCK_ELEMENTS // (n_boot + r))
     for s in range(0, n, step):
         sl = slice(s, s + step)
-        m = (_weighted_lme(in_lse[:, sl], in_count[:, sl], w)
-             - _weighted_lme(out_lse[:, sl], out_count[:, sl], w))        # (B, nb)
+        _, _, m = score_from_repeats(in_lse[:, sl], in_count[:, sl], out_lse[:, sl],
+                                     out_count[:, sl], weights=w)         # (B, nb)
         if np.isnan(m).any():
             with warnings.catch_warnings():  # all-nan columns warn; they give nan, as they should
                 warnings.simplefilter("ignore", RuntimeWarning)

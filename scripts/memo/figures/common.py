@@ -1,5 +1,6 @@
-"""Shared pieces of the figures: reading summaries, style, data-driven bins, image mosaics,
-and writing one figure as `.pgf`, LaTeX-typeset `.pdf`, `.png` preview and `.tex` wrapper.
+"""Shared pieces of the figures: reading nearest-neighbour files and images, style,
+data-driven bins, image mosaics, and writing one figure as `.pgf`, LaTeX-typeset `.pdf`,
+`.png` preview and `.tex` wrapper. Summaries are read by memo.summary.load.
 """
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +19,8 @@ import matplotlib
 import numpy as np
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
+
+from memo.summary import Summary, SummaryError
 
 HIGH_Q = 0.95          # "highly memorized" = top 5 % of final-epoch M by percentile (PAPER.md §6)
 TEXTWIDTH = 6.3        # inches; figures are drawn at the size they are printed
@@ -38,10 +40,6 @@ REPRODUCIBLE = "\n".join([
 ])
 
 
-class SummaryError(ValueError):
-    pass
-
-
 def warn(msg: str, once: str | None = None) -> None:
     """One line on stderr; with `once`, only the first time per process for that key."""
     if once is not None:
@@ -56,97 +54,6 @@ _WARNED: set[str] = set()
 
 # ----------------------------------------------------------------------------------------------
 # inputs
-
-_REQUIRED = ("meta", "epochs", "U", "V", "M")
-
-
-@dataclass
-class Summary:
-    """The arrays of one `analysis/<exp>.npz` that the figures use."""
-    path: Path
-    meta: dict
-    epochs: np.ndarray          # (E,) evaluation epochs
-    index: np.ndarray           # (n,) positions in the training set
-    labels: np.ndarray          # (n,) -1 = unknown
-    U: np.ndarray               # (E, n) log P(x_i | D), nats
-    V: np.ndarray               # (E, n) log P(x_i | D \ x_i)
-    M: np.ndarray               # (E, n) U - V
-    M_se: np.ndarray            # (n,) bootstrap SE of final-epoch M (nan when R < 2)
-    M_ci_low: np.ndarray
-    M_ci_high: np.ndarray
-    split_half: float
-    ess_in: np.ndarray          # (n,) mean importance-sampling ESS (nan: unknown)
-    ess_out: np.ndarray
-    losses_train: np.ndarray    # (epochs,) full model's mean negative ELBO per example
-    losses_test: np.ndarray
-    repeats: int                # L
-
-    @property
-    def name(self) -> str:
-        return self.meta.get("experiment") or self.path.stem
-
-    @property
-    def n(self) -> int:
-        return self.M.shape[1]
-
-    @property
-    def M_final(self) -> np.ndarray:
-        return self.M[-1]
-
-    @property
-    def U_final(self) -> np.ndarray:
-        return self.U[-1]
-
-    @property
-    def dataset(self) -> str:
-        return self.meta.get("dataset") or self.meta.get("data") or "data"
-
-
-def load_summary(path: str | os.PathLike) -> Summary:
-    path = Path(path)
-    if not path.is_file() or not zipfile.is_zipfile(path):
-        raise SummaryError(f"{path} is not a summary (.npz) file"
-                           + ("" if path.exists() else ": it does not exist"))
-    try:
-        z = np.load(path)
-    except (OSError, ValueError) as e:
-        raise SummaryError(f"cannot read summary {path}: {e}") from None
-    with z:
-        missing = [k for k in _REQUIRED if k not in z.files]
-        if missing:
-            raise SummaryError(f"{path} lacks {', '.join(missing)}: not a summary file "
-                               "(expected the output of the summarize step)")
-        a = {k: z[k] for k in z.files}
-    meta = json.loads(str(a["meta"]))
-    M = np.atleast_2d(np.asarray(a["M"], dtype=float))
-    E, n = M.shape
-    nan = np.full(n, np.nan)
-
-    def vec(key, default=nan, dtype=float):
-        v = np.asarray(a.get(key, default), dtype=dtype)
-        if v.shape != (n,):
-            raise SummaryError(f"{path}: {key} has shape {v.shape}, expected ({n},)")
-        return v
-
-    if "in_lse" in a:
-        repeats = int(np.asarray(a["in_lse"]).shape[0])
-    else:
-        repeats = int(meta.get("repeats") or 0)
-    return Summary(
-        path=path, meta=meta,
-        epochs=np.asarray(a["epochs"], dtype=int).reshape(E),
-        index=vec("index", np.arange(n), np.int64),
-        labels=vec("labels", np.full(n, -1), np.int64),
-        U=np.atleast_2d(np.asarray(a["U"], dtype=float)),
-        V=np.atleast_2d(np.asarray(a["V"], dtype=float)), M=M,
-        M_se=vec("M_se"), M_ci_low=vec("M_ci_low"), M_ci_high=vec("M_ci_high"),
-        split_half=float(a.get("split_half", np.nan)),
-        ess_in=vec("ess_in"), ess_out=vec("ess_out"),
-        losses_train=np.asarray(a.get("full_losses_train", []), dtype=float).ravel(),
-        losses_test=np.asarray(a.get("full_losses_test", []), dtype=float).ravel(),
-        repeats=repeats,
-    )
-
 
 @dataclass
 class Neighbours:

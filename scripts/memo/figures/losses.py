@@ -42,8 +42,9 @@ def caption(summaries, curves) -> str:
 
 def make(summaries, **_) -> Result:
     title = "Loss curves of the full models"
-    have = [(s, lab) for s, lab in zip(summaries, series_labels(summaries)) if len(s.losses_train)]
+    have = [(s, lab) for s, lab in zip(summaries, series_labels(summaries))
+            if len(s.full_losses_train)]
     if not have:
         return placeholder(title, "no loss curves in the summary")
-    curves = [(lab, s.losses_train, s.losses_test) for s, lab in have]
+    curves = [(lab, s.full_losses_train, s.full_losses_test) for s, lab in have]
     return Result(figure(curves), caption([s for s, _ in have], curves), title)

@@ -14,10 +14,12 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+from memo import summary
+from memo.summary import Summary
+
 from . import FIGURES
-from .common import (PREAMBLE, REPRODUCIBLE, Summary, count, finite, latex_engine, load_nn,
-                     load_summary, lr_label, nn_path_for, num, pct, run_latex, tex_escape,
-                     warn)
+from .common import (PREAMBLE, REPRODUCIBLE, count, finite, latex_engine, load_nn, lr_label,
+                     nn_path_for, num, pct, run_latex, tex_escape, warn)
 from .uncertainty import ess_summary
 
 TABLE_COLUMNS = 4   # experiments per table (a wider table would not fit the page)
@@ -148,7 +150,7 @@ def build(summary_paths, figure_jsons, out_pdf, engine: str | None = "auto") -> 
     out_pdf = Path(out_pdf)
     out_dir = out_pdf.parent
     out_dir.mkdir(parents=True, exist_ok=True)
-    summaries = [load_summary(p) for p in summary_paths]
+    summaries = [summary.load(p) for p in summary_paths]
     nns = [load_nn(nn_path_for(s.path), s.n) for s in summaries]
     docs = [(Path(p), json.loads(Path(p).read_text())) for p in figure_jsons]
     secs = sections(docs)
