@@ -10,7 +10,7 @@ ConstantGaussianDCVAE on 3x32x32) and each device, in one run:
   train base   the authors'-style pipeline: a Dataset whose __getitem__ makes one PIL image,
                applies torchvision transforms (pad / flip, ToTensor) and binarizes or
                dequantizes it, a DataLoader (batch 64, shuffle), one model, loss.item() per batch
-  IS one       training.evaluate (batches of 256, chunked samples) at N = 256 (MLP) / 128 (DC)
+  IS one       evaluation.evaluate (batches of 256, chunked samples) at N = 256 (MLP) / 128 (DC)
   IS group     ensemble.group_log_px over G models
   IS base      one example at a time, repeated N times through encoder and decoder, with
                full-covariance MultivariateNormal densities for q and the prior (as theirs)
@@ -44,23 +44,17 @@ from pathlib import Path
 
 import torch
 
-from memo import accel, ensemble, fileio, objectives, preprocess, results, training
+from memo import accel, ensemble, evaluation, fileio, objectives, preprocess, training
 from memo.estimator import logmeanexp
-from memo.experiments import EXPERIMENTS, Experiment
+from memo.data import FACTS
+from memo.experiments import EXPERIMENTS, PAPER_EXPERIMENTS, Experiment, eval_epochs
 
 ROOT = Path(__file__).resolve().parents[1]
 
-MODELS = {  # name: (in_channels, latent_dim L, IS samples N, random flips in training)
-    "BernoulliMLPVAE": (1, 16, 256, False),
-    "DiagonalGaussianDCVAE": (3, 64, 128, True),
-    "ConstantGaussianDCVAE": (3, 32, 128, True),
-}
-PAPER = {  # experiment: (model, n train, n test)  (PAPER.md §3, §5)
-    "bmnist_lr3": ("BernoulliMLPVAE", 60000, 10000),
-    "bmnist_lr4": ("BernoulliMLPVAE", 60000, 10000),
-    "cifar10": ("DiagonalGaussianDCVAE", 50000, 10000),
-    "celeba": ("ConstantGaussianDCVAE", 162770, 19962),
-}
+# Each model of the paper at the settings of its (first) paper experiment
+MODELS: dict[str, Experiment] = {}
+for _name in PAPER_EXPERIMENTS:
+    MODELS.setdefault(EXPERIMENTS[_name].model, EXPERIMENTS[_name])
 RATES = ("train_one", "train_group", "train_base", "is_one", "is_group", "is_base")
 
 
@@ -115,18 +109,19 @@ def measure(fn, items: int, device, seconds: float, rounds: int) -> float:
 
 
 #----------------------------------------------------------------------------
-# Ours: one model at a time (run_job's loop and training.evaluate) and grouped (memo.ensemble)
+# Ours: one model at a time (run_job's loop and evaluation.evaluate) and grouped (memo.ensemble)
 
-def _experiment(name: str, n_is: int) -> Experiment:
-    _, latent, _, _ = MODELS[name]
-    return Experiment("bench", "npz:synthetic", name, latent, 1e-3, 1, 1, n_is)
+def _settings(name: str) -> tuple[Experiment, int, bool]:
+    """(the model's paper experiment, input channels, random flips) of a model."""
+    exp = MODELS[name]
+    facts = FACTS[exp.data]
+    return exp, facts.channels, facts.hflip
 
 
 def bench_ours(name, data, device, seconds, group, sizes, speed: accel.Speed = accel.Speed(),
                train_only: bool = False) -> dict:
-    c, _, n_is, hflip = MODELS[name]
-    exp = _experiment(name, n_is)
-    n, batch = len(data), exp.batch_size
+    exp, c, hflip = _settings(name)
+    n, batch, n_is = len(data), exp.batch_size, exp.n_is
     rate = functools.partial(measure, device=device, seconds=seconds, rounds=sizes["rounds"])
     out = {}
 
@@ -159,7 +154,8 @@ def bench_ours(name, data, device, seconds, group, sizes, speed: accel.Speed = a
     # IS one: training.evaluate on `k` examples
     k = sizes["is_examples"]
     index = torch.arange(k, device=device)
-    out["is_one"] = rate(lambda: training.evaluate(model, data[:k], index, exp, 1, 0), k)
+    out["is_one"] = rate(lambda: evaluation.evaluate(model, data[:k], index, exp.seed, n_is, 1, 0),
+                         k)
 
     # IS group: G models, k examples each
     indices = [torch.arange(g * k, (g + 1) * k, device=device) % n for g in range(group)]
@@ -202,8 +198,8 @@ class PerItemDataset:
 
 
 def bench_baseline(name, data, device, seconds, sizes) -> dict:
-    c, _, n_is, hflip = MODELS[name]
-    exp = _experiment(name, n_is)
+    exp, c, hflip = _settings(name)
+    n_is = exp.n_is
     model = training.init_model(exp, 0, c, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=exp.lr)  # torch's default Adam, as theirs
     dataset = PerItemDataset(data.cpu(), model.binary, hflip)
@@ -258,7 +254,7 @@ def bench_baseline(name, data, device, seconds, sizes) -> dict:
 def project(rates: dict, epochs: int, eval_every: int, n: int, n_test: int,
             folds: int = 10, repeats: int = 10) -> dict:
     """Hours for one paper experiment: K·L fold models plus the full model."""
-    n_evals = len(Experiment("x", "x", "x", 1, 1.0, epochs, eval_every, 1).eval_epochs())
+    n_evals = len(eval_epochs(epochs, eval_every))
     n_in = n - n // folds  # ~(K-1)/K of the data train each fold model
     cv = folds * repeats
     # per-model image counts: (trained, held-out loss, importance-sampled)
@@ -311,7 +307,7 @@ def run_device(device_name: str, args, log) -> dict:
            else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)",
            "rates": {}, "projections": {}, "variants": {}}
     for name in args.models:
-        c, _, n_is, _ = MODELS[name]
+        _, c, _ = _settings(name)
         mlp = c == 1
         small = 4 if args.quick else 1
         sizes = {  # work per timed call (IS: examples per model), ~0.05-4 s a call
@@ -332,13 +328,14 @@ def run_device(device_name: str, args, log) -> dict:
             out["variants"].setdefault(label, {"rates": {}, "projections": {}})
             out["variants"][label]["rates"][name] = {**out["rates"][name], **train}
         log(f"  {name}: measured in {time.perf_counter() - t0:.0f} s")
-    for exp_name, (model, n, n_test) in PAPER.items():
+    for exp_name in PAPER_EXPERIMENTS:
         e = EXPERIMENTS[exp_name]
+        facts = FACTS[e.data]
         for target in [out, *out["variants"].values()]:
-            if model in target["rates"]:
+            if e.model in target["rates"]:
                 target["projections"][exp_name] = project(
-                    target["rates"][model], e.epochs, e.eval_every, n, n_test, e.folds,
-                    e.repeats)
+                    target["rates"][e.model], e.epochs, e.eval_every, facts.n_train,
+                    facts.n_test, e.folds, e.repeats)
     return out
 
 

@@ -107,6 +107,7 @@ def make_job_threads() -> int:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from memo import accel, data, models, results, training  # heavy imports after --help
+    from memo.experiments import FULL_JOB, Job
 
     try:
         exp = resolve(args)
@@ -114,15 +115,15 @@ def main(argv=None) -> int:
         models.build(exp.model, 2, 1)  # validates the model name
         data.dataset_name(exp.data)    # validates the data spec
         if args.jobs:
-            jobs = [results.Job.parse(tag) for tag in args.jobs]
+            jobs = [Job.parse(tag) for tag in args.jobs]
         elif args.job:
-            jobs = [results.Job.parse(args.job)]
+            jobs = [Job.parse(args.job)]
         elif args.mode == "full":
-            jobs = [results.Job(0, None)]
+            jobs = [FULL_JOB]
         elif args.repeat is None or args.fold is None:
             raise ValueError("give --repeat R --fold K, --mode full, --job TAG or --jobs TAG...")
         else:
-            jobs = [results.Job(args.repeat, args.fold)]
+            jobs = [Job(args.repeat, args.fold)]
     except ValueError as e:
         print(f"memorization.py: error: {e}", file=sys.stderr)
         return 2
@@ -137,15 +138,13 @@ def main(argv=None) -> int:
               f"\ndevice: {device}\nspeed: {speed.describe(device)}")
         return 0
     try:
-        jd = training.load_job_data(exp, torch.device(device), any(j.full for j in jobs),
-                                    args.data_root, args.download)
-        paths = [results.result_path(args.results_dir, exp.name,
-                                     training.file_stem(exp, job, jd.train.shape[1]))
-                 for job in jobs]
+        paths = [results.job_files(exp, job, args.results_dir).result for job in jobs]
         if args.output and ({Path(o).resolve() for o in args.output}
                             != {p.resolve() for p in paths}):
             raise ValueError(f"--output {' '.join(args.output)} does not match the result "
                              f"file(s) {' '.join(map(str, paths))}")
+        jd = data.load_job_data(exp, torch.device(device), any(j.full for j in jobs),
+                                args.data_root, args.download)
         if len(jobs) > 1:
             from memo import ensemble
             done = ensemble.run_group(exp, jobs, args.results_dir, device, jd=jd,

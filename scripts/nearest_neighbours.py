@@ -53,12 +53,11 @@ def reference_split(dataset: str) -> str:
 
 def load_model(exp, in_channels: int, results_dir, device) -> tuple[torch.nn.Module, Path]:
     model = models.build(exp.model, exp.latent_dim, in_channels=in_channels)
-    stem = results.stem(data.dataset_name(exp.data), exp.model, model.description, exp.seed,
-                        results.Job(0, None))
-    path = results.checkpoint_path(results_dir, exp.name, stem, exp.epochs)
+    files = results.job_files(exp, experiments.FULL_JOB, results_dir)
+    path = files.checkpoint
     if not path.is_file():
         # the checkpoint is written by the job that writes the full model's result file
-        target = results.result_path(results_dir, exp.name, stem)
+        target = files.result
         var = "" if Path(results_dir) == Path("results") else f" RESULTS={results_dir}"
         again = (f" ({target} exists without its checkpoint: delete it so make retrains)"
                  if target.is_file() else "")

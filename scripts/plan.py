@@ -13,27 +13,24 @@ from __future__ import annotations
 import argparse
 import sys
 
-from memo import data, experiments, models
+from memo import experiments, results
 
 
-def file_prefix(exp: experiments.Experiment) -> str:
-    """'<Dataset>_<Model>_<desc>_seed<S>', the part of the file names shared by all jobs."""
-    desc = models.build(exp.model, exp.latent_dim, 1).description
-    return f"{data.dataset_name(exp.data)}_{exp.model}_{desc}_seed{exp.seed}"
+def result_file(exp: experiments.Experiment, job: experiments.Job, root: str = "$(RESULTS)") -> str:
+    return str(results.job_files(exp, job, root).result)
 
 
 def result_files(exp: experiments.Experiment, root: str = "$(RESULTS)") -> list[str]:
-    prefix = file_prefix(exp)
-    return [f"{root}/{exp.name}/results/{prefix}_{job}.json.gz" for job in exp.jobs()]
+    return [result_file(exp, job, root) for job in exp.jobs()]
 
 
-def groups(exp: experiments.Experiment, size: int) -> list[list[str]]:
+def groups(exp: experiments.Experiment, size: int) -> list[list[experiments.Job]]:
     """Jobs trained together by one process: folds of one repeat, `size` at a time."""
     out = []
     for r in range(exp.repeats):
-        folds = [f"cv_repeat{r}_fold{k}" for k in range(exp.folds)]
+        folds = exp.cv_jobs(r)
         out += [folds[i:i + size] for i in range(0, len(folds), size)]
-    return out + [["full_repeat0"]]
+    return out + [[experiments.FULL_JOB]]
 
 
 def grouped_rules(exp: experiments.Experiment, size: int) -> tuple[list[str], list[str]]:
@@ -42,18 +39,17 @@ def grouped_rules(exp: experiments.Experiment, size: int) -> tuple[list[str], li
     Each group is one grouped target (GNU make >= 4.3, `a b c &: ...`): its recipe runs once
     and writes all of the group's files.
     """
-    prefix = f"$(RESULTS)/{exp.name}/results/{file_prefix(exp)}"
     lines, single = [], []
-    for i, tags in enumerate(groups(exp, size)):
-        files = [f"{prefix}_{tag}.json.gz" for tag in tags]
-        if len(tags) == 1:
+    for i, jobs in enumerate(groups(exp, size)):
+        files = [result_file(exp, job) for job in jobs]
+        if len(jobs) == 1:
             single += files
             continue
         var = f"GROUP_{exp.name}_{i}"
         lines += [f"{var} := \\\n  " + " \\\n  ".join(files),
                   f"$({var}) &: | $(SETUP)",
-                  f"\t$(LAUNCH) $(TRAIN) --experiment {exp.name} --jobs {' '.join(tags)} "
-                  f"--output $({var})"]
+                  f"\t$(LAUNCH) $(TRAIN) --experiment {exp.name} "
+                  f"--jobs {' '.join(j.tag for j in jobs)} --output $({var})"]
     return lines, single
 
 
@@ -64,12 +60,14 @@ def make_fragment(table: dict[str, experiments.Experiment], group: int = 1) -> s
              f"DEMO := {experiments.DEMO_EXPERIMENT}", ""]
     for name, exp in table.items():
         files = result_files(exp)
-        prefix = f"$(RESULTS)/{name}/results/{file_prefix(exp)}"
+        full = result_file(exp, experiments.FULL_JOB)
+        # one pattern rule for the jobs: the file names differ only in the job tag
+        prefix = full.removesuffix(experiments.FULL_JOB.tag + ".json.gz")
         grouped, single = grouped_rules(exp, group) if group > 1 else ([], [f"$(RESULTS_{name})"])
         lines += [
             f"RESULTS_{name} := \\\n  " + " \\\n  ".join(files),
             *grouped,
-            f"{' '.join(single)}: {prefix}_%.json.gz: | $(SETUP)",
+            f"{' '.join(single)}: {prefix}%.json.gz: | $(SETUP)",
             f"\t$(LAUNCH) $(TRAIN) --experiment {name} --job $* --output $@",
             f"memorization-{name}: $(RESULTS_{name})",
             f"$(ANALYSIS)/{name}.npz: $(RESULTS_{name}) $(SUMMARIZE_DEPS)",
@@ -77,7 +75,7 @@ def make_fragment(table: dict[str, experiments.Experiment], group: int = 1) -> s
             f"$(ANALYSIS)/{name}.csv: $(ANALYSIS)/{name}.npz",
             f"summary-{name}: $(ANALYSIS)/{name}.npz",
             # nearest neighbours need the full model's final checkpoint, written with its result
-            f"$(ANALYSIS)/{name}_nn.npz: {prefix}_full_repeat0.json.gz $(NN_DEPS)",
+            f"$(ANALYSIS)/{name}_nn.npz: {full} $(NN_DEPS)",
             f"\t$(PY) scripts/nearest_neighbours.py --experiment {name} --results-dir $(RESULTS)"
             f" $(if $(DEVICE),--device $(DEVICE)) -o $@",
             f"nn-{name}: $(ANALYSIS)/{name}_nn.npz",
@@ -104,7 +102,7 @@ def main(argv=None) -> int:
         if args.what == "files":
             print("\n".join(result_files(exp, args.root)))
         else:
-            print("\n".join(" ".join(g) for g in groups(exp, args.group or 10)))
+            print("\n".join(" ".join(j.tag for j in g) for g in groups(exp, args.group or 10)))
     except ValueError as e:
         print(f"plan.py: error: {e}", file=sys.stderr)
         return 2

@@ -7,6 +7,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "tools"))  # the local SLURM cluster the tests use
 
 TINY = {"data": None, "model": "BernoulliMLPVAE", "latent_dim": 4, "lr": 1e-3, "epochs": 3,
         "eval_every": 2, "n_is": 8, "batch_size": 16, "folds": 3, "repeats": 2,

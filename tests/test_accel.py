@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import memorization
-from memo import accel, ensemble, experiments, results, training
+from memo import accel, ensemble, evaluation, experiments, results, training
 from test_ensemble import _assert_same_result, _experiment, _quiet, _read
 
 MEMO = str(Path(__file__).resolve().parents[1] / "scripts" / "memo")
@@ -53,17 +53,18 @@ def test_evaluation_turns_tf32_off_and_restores_the_flags(tf32_on):
 
 def test_evaluate_runs_without_tf32_even_when_training_uses_it(monkeypatch, tf32_on):
     seen = []
-    real = training.estimator.log_px
+    real = evaluation.estimator.log_px
 
     def log_px(*args, **kwargs):
         seen.append(_flags())
         return real(*args, **kwargs)
-    monkeypatch.setattr(training.estimator, "log_px", log_px)
-    exp = experiments.Experiment("t", "npz:x", "BernoulliMLPVAE", 4, 1e-3, 1, 1, 4)
+    monkeypatch.setattr(evaluation.estimator, "log_px", log_px)
+    exp = experiments.Experiment(name="t", data="npz:x", model="BernoulliMLPVAE", latent_dim=4,
+                                 lr=1e-3, epochs=1, eval_every=1, n_is=4)
     model = training.init_model(exp, 0, 1, "cpu")
     images = torch.randint(0, 256, (10, 1, 32, 32), dtype=torch.uint8)
     with accel.training_precision(accel.Speed(tf32=True)):
-        training.evaluate(model, images, torch.arange(10), exp, 1, 0)
+        evaluation.evaluate(model, images, torch.arange(10), exp.seed, exp.n_is, 1, 0)
     assert seen == [(False, False)]
 
 
@@ -85,7 +86,7 @@ def test_cli_names_a_bad_compile_mode(tiny_experiment, tmp_path, capsys):
 
 def test_compiled_training_gives_the_eager_numbers(tmp_path, monkeypatch):
     exp = _experiment(tmp_path, monkeypatch, n=45)
-    job = results.Job(0, 1)
+    job = experiments.Job(0, 1)
     training.run_job(exp, job, tmp_path / "eager", log=_quiet)
     training.run_job(exp, job, tmp_path / "compiled", log=_quiet,
                      speed=accel.Speed(compile="auto"))
@@ -98,7 +99,7 @@ def test_compiled_training_gives_the_eager_numbers(tmp_path, monkeypatch):
 
 def test_compiled_group_gives_the_eager_group_numbers(tmp_path, monkeypatch):
     exp = _experiment(tmp_path, monkeypatch, n=45)
-    jobs = [results.Job(0, 0), results.Job(0, 1)]
+    jobs = [experiments.Job(0, 0), experiments.Job(0, 1)]
     ensemble.run_group(exp, jobs, tmp_path / "eager", log=_quiet)
     ensemble.run_group(exp, jobs, tmp_path / "compiled", log=_quiet,
                        speed=accel.Speed(compile="default"))
@@ -135,7 +136,7 @@ def host_syncs(monkeypatch):
 
 def _syncs_per_batch_size(tmp_path, monkeypatch, host_syncs, grouped=False) -> list[dict]:
     """Syncs of a whole 3-epoch run at batch 4 and at batch 20: 10, then 2 steps an epoch."""
-    jobs = [results.Job(0, 0), results.Job(0, 1)]
+    jobs = [experiments.Job(0, 0), experiments.Job(0, 1)]
     counts = []
     for batch in (4, 20):
         (tmp_path / str(batch)).mkdir()
@@ -199,7 +200,7 @@ def test_compiled_training_keeps_batchnorm_statistics(tmp_path, monkeypatch, gro
     test_ensemble.py (conv biases before BatchNorm amplify rounding at higher rates)."""
     exp = _experiment(tmp_path, monkeypatch, n=30, model="DiagonalGaussianDCVAE", lr=1e-5,
                       epochs=2, eval_every=2, hflip=True)
-    jobs = [results.Job(0, 0), results.Job(0, 1)] if grouped else [results.Job(0, 1)]
+    jobs = [experiments.Job(0, 0), experiments.Job(0, 1)] if grouped else [experiments.Job(0, 1)]
     for name, speed in (("eager", accel.Speed()), ("compiled", accel.Speed(compile="default"))):
         if grouped:
             ensemble.run_group(exp, jobs, tmp_path / name, log=_quiet, speed=speed)

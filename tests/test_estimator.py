@@ -161,7 +161,8 @@ def test_out_of_memory_with_single_samples_is_raised(small_device_memory):
 def test_grouped_importance_sampling_also_shrinks_its_chunks(small_device_memory):
     from memo import ensemble, training
     from memo.experiments import Experiment
-    exp = Experiment("t", "npz:x", "BernoulliMLPVAE", 4, 1e-3, 1, 1, 40)
+    exp = Experiment(name="t", data="npz:x", model="BernoulliMLPVAE", latent_dim=4, lr=1e-3,
+                     epochs=1, eval_every=1, n_is=40)
     stack = ensemble.StackedVAEs([training.init_model(exp, g, 1, "cpu") for g in range(2)], 1e-3)
     images = torch.randint(0, 256, (12, 1, 32, 32), dtype=torch.uint8)
     indices = [torch.arange(0, 8), torch.arange(4, 12)]

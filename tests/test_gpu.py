@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import memorization
-from memo import accel, ensemble, estimator, models, preprocess, results, training
+from memo import accel, ensemble, estimator, experiments, models, preprocess, results, training
 from test_ensemble import _assert_same_result, _experiment, _quiet, _read
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -83,7 +83,7 @@ def _sync_warnings(run) -> int:
 
 @pytest.mark.parametrize("grouped", [False, True], ids=["one", "grouped"])
 def test_no_cuda_sync_per_training_step(tmp_path, monkeypatch, grouped):
-    jobs = [results.Job(0, 0), results.Job(0, 1)]
+    jobs = [experiments.Job(0, 0), experiments.Job(0, 1)]
     counts = []
     for batch in (4, 20):  # 10, then 2 steps an epoch
         (tmp_path / str(batch)).mkdir()
@@ -101,7 +101,7 @@ def test_no_cuda_sync_per_training_step(tmp_path, monkeypatch, grouped):
 @pytest.mark.parametrize("grouped", [False, True], ids=["one", "grouped"])
 def test_cuda_graphs_give_the_eager_numbers(tmp_path, monkeypatch, grouped):
     exp = _experiment(tmp_path, monkeypatch, n=45)
-    jobs = [results.Job(0, 0), results.Job(0, 1)] if grouped else [results.Job(0, 1)]
+    jobs = [experiments.Job(0, 0), experiments.Job(0, 1)] if grouped else [experiments.Job(0, 1)]
     for name, speed in (("eager", accel.Speed()), ("graphs", accel.Speed(compile="auto"))):
         if grouped:
             ensemble.run_group(exp, jobs, tmp_path / name, "cuda", log=_quiet, speed=speed)
@@ -120,7 +120,7 @@ def test_tf32_training_stays_within_tolerance_of_float32(tmp_path, monkeypatch, 
     log p stays within 1 % (relative) of the float32 run, and the losses within 1 %."""
     exp = _experiment(tmp_path, monkeypatch, n=45, model=model,
                       latent_dim=8 if model != "BernoulliMLPVAE" else 4)
-    job = results.Job(0, 1)
+    job = experiments.Job(0, 1)
     for name, speed in (("fp32", accel.Speed()), ("tf32", accel.Speed(tf32=True))):
         training.run_job(exp, job, tmp_path / name, "cuda", log=_quiet, speed=speed)
     fp32, tf32 = _read(tmp_path / "fp32", exp, job), _read(tmp_path / "tf32", exp, job)
@@ -131,7 +131,7 @@ def test_tf32_training_stays_within_tolerance_of_float32(tmp_path, monkeypatch, 
 @pytest.mark.parametrize("grouped", [False, True], ids=["one", "grouped"])
 def test_interrupted_cuda_jobs_resume_to_identical_numbers(tmp_path, monkeypatch, grouped):
     exp = _experiment(tmp_path, monkeypatch, n=45)
-    jobs = [results.Job(0, 0), results.Job(0, 1)]
+    jobs = [experiments.Job(0, 0), experiments.Job(0, 1)]
 
     def run(root, stop_after=None):
         if grouped:

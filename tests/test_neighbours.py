@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from memo import data, models, neighbours, results
+from memo import data, experiments, models, neighbours, results
 
 
 def _brute(q, r):
@@ -106,8 +106,7 @@ def _tiny_experiment(tmp_path, monkeypatch, subset=0):
 def _save_checkpoint(results_dir, latent_dim=4):
     torch.manual_seed(0)
     model = models.build("BernoulliMLPVAE", latent_dim, in_channels=1)
-    stem = results.stem("npz", "BernoulliMLPVAE", model.description, 42, results.Job(0, None))
-    path = results.checkpoint_path(results_dir, "tiny", stem, 1)
+    path = results.job_files(experiments.get("tiny"), experiments.FULL_JOB, results_dir).checkpoint
     path.parent.mkdir(parents=True)
     torch.save(model.state_dict(), path)
     return model.eval()

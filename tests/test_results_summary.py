@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import summarize as summarize_cli
-from memo import results, splits, summary
+from memo import experiments, results, splits, summary
 
 PREFIX = "BinarizedMNIST_BernoulliMLPVAE_512-256-16"
 
@@ -60,11 +60,22 @@ def test_result_file_round_trip_is_atomic_and_exact(tmp_path):
 
 
 def test_names_parse_back():
-    job = results.Job(3, 7)
-    s = results.stem("BinarizedMNIST", "BernoulliMLPVAE", "512-256-16", 42, job)
+    job = experiments.Job(3, 7)
+    s = results.file_stem(experiments.get("bmnist_lr3"), job)
     assert s == f"{PREFIX}_seed42_cv_repeat3_fold7"
     assert results.parse_stem(s + ".json.gz") == (PREFIX, 42, job)
-    assert results.Job.parse("full_repeat0").full
+    assert experiments.Job.parse("full_repeat0").full
+
+
+def test_one_function_names_every_file_of_a_job():
+    exp = experiments.get("bmnist_lr3")
+    files = results.job_files(exp, experiments.FULL_JOB, "res")
+    stem = f"{PREFIX}_seed42_full_repeat0"
+    assert files.result.as_posix() == f"res/bmnist_lr3/results/{stem}.json.gz"
+    assert files.resume.as_posix() == f"res/bmnist_lr3/checkpoints/{stem}_resume.pt"
+    assert files.checkpoint.as_posix() == f"res/bmnist_lr3/checkpoints/{stem}_epoch100.params"
+    assert [j.tag for j in exp.jobs()][:2] == ["cv_repeat0_fold0", "cv_repeat0_fold1"]
+    assert all(experiments.Job.parse(j.tag) == j for j in exp.jobs())
 
 
 def test_corrupt_and_truncated_files_are_refused_by_name(tmp_path):

@@ -75,7 +75,7 @@ def test_tiny_experiment_through_srun_matches_local_run(cluster, tiny_experiment
     assert len(expected) == 2 * 3 + 1  # repeats x folds + the full-data model
     slurm, local = files_under(tmp_path / "slurm_results"), files_under(tmp_path / "local_results")
     assert slurm == local
-    assert {f"./{p}" for p in slurm if p.endswith(".json.gz")} == set(expected)
+    assert {p for p in slurm if p.endswith(".json.gz")} == set(expected)
     for name in expected:
         a = json.loads(gzip.decompress((tmp_path / "slurm_results" / name).read_bytes()))
         b = json.loads(gzip.decompress((tmp_path / "local_results" / name).read_bytes()))

@@ -1,7 +1,9 @@
 """Memorization scores for probabilistic deep generative models (van den Burg & Williams, 2021).
 
-Modules, one job each: experiments (the table), data (loaders), preprocess (batched
-binarization/dequantization), models, objectives (ELBO), estimator (importance-sampled
-log p(x)), splits (K-fold), results (result files), training (one job), summary (U, V, M),
-uncertainty (bootstrap), neighbours (distance ratio), figures.
+Modules, one job each (README.md, "Layout"): experiments (the table), data (loaders), splits
+(K-fold), preprocess (batched binarization/dequantization), models, objectives (ELBO), estimator
+(importance-sampled log p(x)), evaluation (one model on a set of examples), training (the epoch
+loop), ensemble (a vectorized group of models), accel (speed options), results (result files
+and their names), checkpoints (resume and weight files), fileio (atomic writes), summary
+(U, V, M), uncertainty (bootstrap, reliability), neighbours (distance ratio), figures.
 """

@@ -46,6 +46,22 @@ DATASET_NAMES = {
 }
 _VALID_SPECS = "bmnist, fashion, cifar10, celeba, npz:PATH"
 
+
+@dataclass(frozen=True)
+class Facts:
+    channels: int
+    hflip: bool       # random horizontal flips in training by default (PAPER.md §3)
+    n_train: int      # images in the official training split (CelebA: its "train" partition)
+    n_test: int
+
+
+FACTS = {
+    "bmnist": Facts(channels=1, hflip=False, n_train=60000, n_test=10000),
+    "fashion": Facts(channels=1, hflip=False, n_train=60000, n_test=10000),
+    "cifar10": Facts(channels=3, hflip=True, n_train=50000, n_test=10000),
+    "celeba": Facts(channels=3, hflip=True, n_train=162770, n_test=19962),
+}
+
 SIZE = 32
 # IDX files as torchvision's MNIST-style classes expect them in <root>/<Class>/raw/.
 _IDX_FILES = (
@@ -80,6 +96,7 @@ class ImageData:
 
 class DataMissingError(Exception):
     """A data set's files are not where they are expected; the message says how to get them."""
+
 
 
 # ----------------------------------------------------------------------------------------------
@@ -140,6 +157,31 @@ def download(spec: str, root=None) -> None:
     if kind == "npz":
         raise ValueError(f"{spec!r} is a local file; there is nothing to download")
     _fetch(kind, _root(root))
+
+
+@dataclass
+class JobData:
+    """The images a training job needs, resident on its device as uint8."""
+    train: torch.Tensor          # (n, C, 32, 32): the training set D (or its first `subset`)
+    test: torch.Tensor | None    # the official test split, for the full-data model's loss
+    hflip: bool                  # random horizontal flips in training
+    dataset: str                 # display name, as in result file names
+
+
+def load_job_data(exp, device: torch.device, full: bool, root=None,
+                  download: bool = False) -> JobData:
+    """The data of an experiment (experiments.Experiment) on `device`; full: also the test
+    split, when the data set has one."""
+    train = load(exp.data, "train", root=root, download=download)
+    images = train.images[: exp.subset] if exp.subset else train.images
+    test = None
+    if full:
+        try:
+            test = load(exp.data, "test", root=root, download=download).images.to(device)
+        except DataMissingError:
+            test = None  # npz data without x_test: the full model reports no test loss
+    hflip = train.hflip if exp.hflip is None else exp.hflip
+    return JobData(images.to(device), test, hflip, dataset_name(exp.data))
 
 
 def _fetch(kind: str, root: Path) -> None:
@@ -249,7 +291,7 @@ def _load_mnist_like(cls_name: str, spec: str, root: Path, split: str, download:
     ds = getattr(tvd, cls_name)(str(root), train=(split == "train"), download=download)
     images = _pad_to(ds.data.to(torch.uint8).unsqueeze(1))
     labels = _labels(ds.targets, images.shape[0], str(raw))
-    return ImageData(DATASET_NAMES[spec], images, labels, hflip=False)
+    return ImageData(DATASET_NAMES[spec], images, labels, hflip=FACTS[spec].hflip)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -286,7 +328,8 @@ def _load_cifar10(root: Path, split: str, download: bool) -> ImageData:
         labels.append(y)
     x = np.concatenate(data) if len(data) > 1 else data[0]
     images = torch.from_numpy(np.ascontiguousarray(x)).reshape(-1, 3, SIZE, SIZE)
-    return ImageData("CIFAR10", images, torch.from_numpy(np.concatenate(labels)), hflip=True)
+    return ImageData("CIFAR10", images, torch.from_numpy(np.concatenate(labels)),
+                     hflip=FACTS["cifar10"].hflip)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -340,7 +383,7 @@ def _load_celeba(root: Path, split: str, download: bool) -> ImageData:
         names = _read_partition(part, split)
         images = _decode_celeba(imgdir, names, split)
         _write_celeba_cache(cache, stamp, images)
-    return ImageData("CelebA", images, None, hflip=True)
+    return ImageData("CelebA", images, None, hflip=FACTS["celeba"].hflip)
 
 
 def _read_celeba_cache(cache: Path, stamp: dict) -> torch.Tensor | None:

@@ -1,13 +1,14 @@
 """Train a group of models (e.g. the K folds of one repeat) as one vectorized computation.
 
-`run_group(exp, jobs, ...)` gives every job exactly what `training.run_job` gives it, and writes
-the same result files; only the arithmetic is batched over the group:
+`Group` is the trainer of `training.fit` for several jobs: `run_group(exp, jobs, ...)` gives every
+job exactly what `training.run_job` gives it, and writes the same result files; only the
+arithmetic is batched over the group:
 
 * each model is initialised from its own seed (`training.init_model`) and keeps its own
   torch.Generator, from which it draws - in the order and shapes `run_job` uses - its data order
   (randperm over its own in-fold indices), its flips and binarization/dequantization noise
   (`preprocess.train_inputs`) and its reparameterisation eps; its importance samples and held-out
-  loss noise come from generators seeded as in `training.evaluate` / `training.test_loss`;
+  loss noise come from generators seeded as in `evaluation.evaluate` / `evaluation.test_loss`;
 * the G models' parameters live in one (G, P) tensor and run through `torch.func.vmap` over
   `functional_call` of the very model classes of models.py, so each model keeps its own
   BatchNorm statistics and sees only its own batch;
@@ -33,9 +34,6 @@ from __future__ import annotations
 
 import copy
 import sys
-import time
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -43,8 +41,9 @@ import torch.nn as nn
 from torch.func import functional_call, vmap
 from tqdm import tqdm
 
-from . import accel, estimator, objectives, preprocess, results, training
-from .experiments import Experiment
+from . import accel, estimator, evaluation, objectives, preprocess, training
+from .data import JobData, load_job_data
+from .experiments import Experiment, Job
 
 # Decoder rows alive at once in importance sampling, over the whole group (CPU: measured
 # best for the grouped DCVAE; GPU: a guess, to be tuned with `make bench`).
@@ -207,29 +206,6 @@ class StackedVAEs:
 
 #----------------------------------------------------------------------------
 
-@dataclass
-class _Member:
-    """One job of the group and what it owns."""
-    job: results.Job
-    train_idx: np.ndarray
-    test_idx: np.ndarray
-    seed: int
-    train_t: torch.Tensor            # in-fold indices, on the device
-    test_t: torch.Tensor             # held-out indices, on the device
-    resume: Path                     # its resume file (run_job's format)
-    model: nn.Module = None          # its own module: initial weights, exports, meta
-    optimizer: torch.optim.Adam = None  # a container for resume files only
-    gen: torch.Generator = None      # its training stream, as in run_job
-    history: dict = field(default_factory=training.new_history)
-
-    def start(self, exp: Experiment, in_channels: int, device) -> None:
-        """The state run_job starts from: model from the job's seed, fresh Adam and generator."""
-        self.model = training.init_model(exp, self.seed, in_channels, device)
-        self.optimizer = training.adam(self.model.parameters(), exp.lr)
-        self.gen = torch.Generator(device=device).manual_seed(self.seed)
-        self.history = training.new_history()
-
-
 def _n_batches(n: int, batch: int) -> int:
     return -(-n // batch)
 
@@ -314,11 +290,11 @@ def group_log_px(stack: StackedVAEs, images: torch.Tensor, indices: list[torch.T
                  gens: list[torch.Generator], n_is: int, seed: int, is_rows: int | None = None,
                  desc: str | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """IS (log p, ESS) of each model g on the examples indices[g] of images, as
-    training.evaluate: batches of EVAL_BATCH, eps from gens[g], input noise fixed by (seed,
+    evaluation.evaluate: batches of EVAL_BATCH, eps from gens[g], input noise fixed by (seed,
     index). Tensors are left on the device."""
     is_rows = is_rows or IS_ROWS.get(images.device.type, IS_ROWS["cpu"])
     lps, esss = [[] for _ in indices], [[] for _ in indices]
-    steps = list(_eval_steps([len(i) for i in indices], training.EVAL_BATCH))
+    steps = list(_eval_steps([len(i) for i in indices], evaluation.EVAL_BATCH))
     for start, parts in tqdm(steps, desc=desc, leave=False, disable=None if desc else True,
                              file=sys.stderr):
         models = [g for g, _ in parts]
@@ -341,10 +317,10 @@ def group_log_px(stack: StackedVAEs, images: torch.Tensor, indices: list[torch.T
 def group_test_loss(stack: StackedVAEs, sources: list, gens: list[torch.Generator],
                     seed: int) -> list[torch.Tensor]:
     """Held-out negative ELBO totals (float64, on the device) of each model, as
-    training.test_loss: sources[g] = (images, image index, noise index)."""
+    evaluation.test_loss: sources[g] = (images, image index, noise index)."""
     device = stack.device
     totals = [torch.zeros((), device=device, dtype=torch.float64) for _ in sources]
-    for start, parts in _eval_steps([len(s[1]) for s in sources], training.LOSS_BATCH):
+    for start, parts in _eval_steps([len(s[1]) for s in sources], evaluation.LOSS_BATCH):
         models = [g for g, _ in parts]
         width = max(b for _, b in parts)
         x = _eval_inputs(stack.binary, seed, [sources[g] for g in models], start, parts, width)
@@ -358,16 +334,22 @@ def group_test_loss(stack: StackedVAEs, sources: list, gens: list[torch.Generato
 
 #----------------------------------------------------------------------------
 
-class _Group:
-    """One group run: its members, their stacked models, the data."""
+class Group:
+    """The trainer of several jobs of one experiment, trained together (see the module
+    docstring); its members' models and optimizers hold their state only when saved."""
 
-    def __init__(self, exp: Experiment, members: list[_Member], stack: StackedVAEs,
-                 jd: training.JobData, is_rows: int | None):
-        self.exp, self.members, self.stack, self.jd, self.is_rows = exp, members, stack, jd, is_rows
-        self.plan = train_plan([len(m.train_idx) for m in members], exp.batch_size, stack.device)
+    def __init__(self, exp: Experiment, members: list[training.Member], jd: JobData,
+                 speed: accel.Speed = accel.Speed(), is_rows: int | None = None):
+        self.exp, self.members, self.jd, self.speed, self.is_rows = exp, members, jd, speed, is_rows
+        device = jd.train.device
+        self.plan = train_plan([len(m.train_idx) for m in members], exp.batch_size, device)
+
+    def begin(self) -> None:
+        self.stack = StackedVAEs([m.model for m in self.members], self.exp.lr, self.speed)
+        for g, m in enumerate(self.members):
+            self.stack.load(g, m.model, m.optimizer)
 
     def train_epoch(self) -> list[float]:
-        """One epoch of every model; the mean training loss per example of each."""
         device = self.stack.device
         gens = [m.gen for m in self.members]
         orders = [m.train_t[torch.randperm(len(m.train_t), device=device, generator=m.gen)]
@@ -377,45 +359,30 @@ class _Group:
         return (totals.cpu() / n_train).tolist()  # the one host sync per epoch
 
     def heldout_losses(self, epoch: int) -> list[float | None]:
-        """Mean eval-mode negative ELBO per example of each model's held-out set, or None."""
-        n, device = self.jd.train.shape[0], self.stack.device
-        sources = []
-        for m in self.members:
-            if m.job.full and self.jd.test is not None:  # test split; noise indices past D's
-                k = torch.arange(len(self.jd.test), device=device)
-                sources.append((self.jd.test, k, k + n))
-            else:  # a full model without a test split has an empty held-out set: no loss
-                sources.append((self.jd.train, m.test_t, m.test_t))
-        gens = [torch.Generator(device=device).manual_seed(training._eval_seed(m.seed, epoch) + 1)
+        device = self.stack.device
+        sources = [evaluation.heldout_set(m.job, self.jd, m.test_t) for m in self.members]
+        gens = [torch.Generator(device=device).manual_seed(evaluation.eval_seed(m.seed, epoch) + 1)
                 for m in self.members]
         totals = torch.stack(group_test_loss(self.stack, sources, gens, self.exp.seed)).cpu()
         return [float(t) / len(s[1]) if len(s[1]) else None for t, s in zip(totals, sources)]
 
     def log_px(self, epoch: int, part: str) -> list[tuple[np.ndarray, np.ndarray]]:
-        """IS (log p, ESS) of every model's in-fold ("train") or held-out ("test") examples."""
         device = self.stack.device
         indices = [m.train_t if part == "train" else m.test_t for m in self.members]
-        gens = [torch.Generator(device=device).manual_seed(training._eval_seed(m.seed, epoch))
+        gens = [torch.Generator(device=device).manual_seed(evaluation.eval_seed(m.seed, epoch))
                 for m in self.members]
         out = group_log_px(self.stack, self.jd.train, indices, gens, self.exp.n_is,
                            self.exp.seed, self.is_rows,
                            desc=f"log p ({'in' if part == 'train' else 'out'})")
         return [(lp.double().cpu().numpy(), ess.double().cpu().numpy()) for lp, ess in out]
 
-    def checkpoint(self, epoch: int) -> None:
+    def sync(self) -> None:
         for g, m in enumerate(self.members):
             self.stack.export(g, m.model, m.optimizer)
-            training.save_resume(m.resume, m.model, m.optimizer, m.gen, m.history, epoch,
-                                 self.exp)
 
 
-def _describe(exp: Experiment, jobs: list[results.Job]) -> str:
-    tags = [j.tag for j in jobs]
-    return f"{exp.name} {tags[0]}" if len(tags) == 1 else f"{exp.name} {tags[0]}..{tags[-1]}"
-
-
-def run_group(exp: Experiment, jobs: list[results.Job], results_root="results", device="cpu",
-              data_root=None, download: bool = False, jd: training.JobData | None = None,
+def run_group(exp: Experiment, jobs: list[Job], results_root="results", device="cpu",
+              data_root=None, download: bool = False, jd: JobData | None = None,
               log=print, stop_after: int | None = None,
               is_rows: int | None = None,
               speed: accel.Speed = accel.Speed()) -> list[dict] | None:
@@ -429,72 +396,8 @@ def run_group(exp: Experiment, jobs: list[results.Job], results_root="results", 
     if len(set(jobs)) != len(jobs):
         raise ValueError(f"a job appears twice in the group: {[j.tag for j in jobs]}")
     device = torch.device(device)
-    jd = jd or training.load_job_data(exp, device, any(j.full for j in jobs), data_root, download)
-    n, in_channels = jd.train.shape[0], jd.train.shape[1]
-    name = _describe(exp, jobs)
-
-    # Set up every member exactly as run_job would.
-    members = []
-    for job in jobs:
-        train_idx, test_idx, seed = training.job_split(exp, job, n)
-        stem = training.file_stem(exp, job, in_channels)
-        members.append(_Member(job, train_idx, test_idx, seed,
-                               torch.as_tensor(train_idx, device=device),
-                               torch.as_tensor(test_idx, device=device),
-                               results.resume_path(results_root, exp.name, stem)))
-        members[-1].start(exp, in_channels, device)
-
-    # Resume only when every member has a resume file of the same epoch.
-    start_epoch = 1
-    have = [m.resume.exists() for m in members]
-    if any(have):
-        done = []
-        if all(have):
-            for m in members:
-                m.history, epoch = training.load_resume(m.resume, m.model, m.optimizer, m.gen,
-                                                        exp)
-                done.append(epoch)
-        if all(have) and len(set(done)) == 1:
-            start_epoch = done[0] + 1
-            log(f"[{name}] resuming after epoch {done[0]} from {len(members)} resume files")
-        else:
-            log(f"[{name}] resume files are missing or of different epochs; starting afresh")
-            for m in members:
-                m.start(exp, in_channels, device)
-    stack = StackedVAEs([m.model for m in members], exp.lr, speed)
-    for g, m in enumerate(members):
-        stack.load(g, m.model, m.optimizer)
-    group = _Group(exp, members, stack, jd, is_rows)
-
-    eval_epochs = set(exp.eval_epochs())
-    for epoch in tqdm(range(start_epoch, exp.epochs + 1), desc=name, initial=start_epoch - 1,
-                      total=exp.epochs, disable=None, file=sys.stderr):
-        t0 = time.perf_counter()
-        train = group.train_epoch()
-        for m, loss in zip(members, train):
-            training.check_train_loss(loss, epoch, f"{exp.name} {m.job.tag}")
-            m.history["losses"]["train"].append(loss)
-        for m, loss in zip(members, group.heldout_losses(epoch)):
-            if loss is not None:
-                m.history["losses"]["test"].append(loss)
-        line = (f"[{name}] epoch {epoch}/{exp.epochs} loss train "
-                f"{min(train):.3f}..{max(train):.3f}")
-        if epoch in eval_epochs:
-            ins, outs = group.log_px(epoch, "train"), group.log_px(epoch, "test")
-            for m, (lp_tr, ess_tr), (lp_te, ess_te) in zip(members, ins, outs):
-                training.record_log_px(m.history, epoch, m.train_idx, m.test_idx, lp_tr, ess_tr,
-                                       lp_te, ess_te, f"{exp.name} {m.job.tag}")
-            line += f" | mean log p in {np.mean([lp.mean() for lp, _ in ins]):.3f}"
-        log(line + f" ({time.perf_counter() - t0:.1f} s, {len(members)} models)")
-        stopping = stop_after is not None and epoch >= stop_after and epoch < exp.epochs
-        if (epoch % exp.checkpoint_every == 0 and epoch < exp.epochs) or stopping:
-            group.checkpoint(epoch)
-        if stopping:
-            return None
-
-    out = []
-    for g, m in enumerate(members):
-        stack.export(g, m.model, m.optimizer)
-        out.append(training.finish_job(exp, m.job, jd, m.model, m.history, results_root,
-                                       speed.describe(device)))
-    return out
+    jd = jd or load_job_data(exp, device, any(j.full for j in jobs), data_root, download)
+    members = [training.Member.of(exp, job, jd.train.shape[0], results_root, device)
+               for job in jobs]
+    return training.fit(Group(exp, members, jd, speed, is_rows), exp, jd, log, stop_after,
+                        speed.describe(device))

@@ -9,11 +9,55 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 
+_JOB_TAG = re.compile(r"^(?:cv_repeat(?P<repeat>\d+)_fold(?P<fold>\d+)|full_repeat(?P<full>\d+))$")
+
+
 @dataclass(frozen=True)
+class Job:
+    """One unit of work: a (repeat, fold) model, or the full-data model (fold None)."""
+    repeat: int
+    fold: int | None
+
+    @property
+    def full(self) -> bool:
+        return self.fold is None
+
+    @property
+    def mode(self) -> str:
+        return "full" if self.full else "split-cv"
+
+    @property
+    def tag(self) -> str:
+        """The authors' job part of a file name: cv_repeat<r>_fold<k> or full_repeat<r>."""
+        return f"full_repeat{self.repeat}" if self.full else f"cv_repeat{self.repeat}_fold{self.fold}"
+
+    @classmethod
+    def parse(cls, tag: str) -> "Job":
+        m = _JOB_TAG.match(tag)
+        if not m:
+            raise ValueError(f"cannot parse job {tag!r}; expected cv_repeat<R>_fold<K> or full_repeat0")
+        if m["full"] is not None:
+            return cls(int(m["full"]), None)
+        return cls(int(m["repeat"]), int(m["fold"]))
+
+
+FULL_JOB = Job(0, None)  # the model trained on all of D
+
+
+def eval_epochs(epochs: int, eval_every: int) -> list[int]:
+    """Epochs (1-based) after which log p(x) is computed: every eval_every, and the last."""
+    out = list(range(eval_every, epochs + 1, eval_every))
+    if not out or out[-1] != epochs:
+        out.append(epochs)
+    return out
+
+
+@dataclass(frozen=True, kw_only=True)
 class Experiment:
     name: str
     data: str                  # data set spec: bmnist, fashion, cifar10, celeba or npz:PATH
@@ -32,28 +76,32 @@ class Experiment:
     hflip: bool | None = None  # None: the data set's default (CIFAR-10, CelebA flip)
 
     def eval_epochs(self) -> list[int]:
-        """Epochs (1-based) after which log p(x) is computed."""
-        epochs = [e for e in range(self.eval_every, self.epochs + 1, self.eval_every)]
-        if not epochs or epochs[-1] != self.epochs:
-            epochs.append(self.epochs)
-        return epochs
+        return eval_epochs(self.epochs, self.eval_every)
 
-    def jobs(self) -> list[str]:
+    def cv_jobs(self, repeat: int) -> list[Job]:
+        """The K fold models of one repeat."""
+        return [Job(repeat, k) for k in range(self.folds)]
+
+    def jobs(self) -> list[Job]:
         """Every unit of work: one per (repeat, fold), plus the full-data model."""
-        cv = [f"cv_repeat{r}_fold{k}" for r in range(self.repeats) for k in range(self.folds)]
-        return cv + ["full_repeat0"]
+        return [job for r in range(self.repeats) for job in self.cv_jobs(r)] + [FULL_JOB]
 
 
 # The paper's settings (PAPER.md §5; supplement B.3): Adam, batch 64, seed 42, K = L = 10.
 # `fashion_demo` is the offline default, sized to finish in minutes on a 2-core CPU:
 # a small training set and many epochs make memorization visible quickly.
 _TABLE = [
-    Experiment("bmnist_lr3", "bmnist", "BernoulliMLPVAE", 16, 1e-3, 100, 5, 256),
-    Experiment("bmnist_lr4", "bmnist", "BernoulliMLPVAE", 16, 1e-4, 100, 5, 256),
-    Experiment("cifar10", "cifar10", "DiagonalGaussianDCVAE", 64, 1e-3, 100, 50, 128),
-    Experiment("celeba", "celeba", "ConstantGaussianDCVAE", 32, 1e-3, 50, 25, 128),
-    Experiment("fashion_demo", "fashion", "BernoulliMLPVAE", 16, 1e-3, 40, 10, 128,
-               folds=5, repeats=2, subset=2000, checkpoint_every=10),
+    Experiment(name="bmnist_lr3", data="bmnist", model="BernoulliMLPVAE", latent_dim=16,
+               lr=1e-3, epochs=100, eval_every=5, n_is=256),
+    Experiment(name="bmnist_lr4", data="bmnist", model="BernoulliMLPVAE", latent_dim=16,
+               lr=1e-4, epochs=100, eval_every=5, n_is=256),
+    Experiment(name="cifar10", data="cifar10", model="DiagonalGaussianDCVAE", latent_dim=64,
+               lr=1e-3, epochs=100, eval_every=50, n_is=128),
+    Experiment(name="celeba", data="celeba", model="ConstantGaussianDCVAE", latent_dim=32,
+               lr=1e-3, epochs=50, eval_every=25, n_is=128),
+    Experiment(name="fashion_demo", data="fashion", model="BernoulliMLPVAE", latent_dim=16,
+               lr=1e-3, epochs=40, eval_every=10, n_is=128, folds=5, repeats=2, subset=2000,
+               checkpoint_every=10),
 ]
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in _TABLE}
 PAPER_EXPERIMENTS = ["bmnist_lr3", "bmnist_lr4", "cifar10", "celeba"]

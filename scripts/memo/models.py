@@ -34,7 +34,11 @@ class BernoulliMLPVAE(nn.Module):
         self.logvar = nn.Linear(256, latent_dim)
         self.decoder = nn.Sequential(nn.Linear(latent_dim, 256), nn.ReLU(), nn.Linear(256, 512),
                                      nn.ReLU(), nn.Linear(512, d))
-        self.description = f"512-256-{latent_dim}"
+        self.description = self.describe(latent_dim)
+
+    @staticmethod
+    def describe(latent_dim: int) -> str:
+        return f"512-256-{latent_dim}"
 
     def encode(self, x):
         h = self.encoder(x.flatten(1))
@@ -82,7 +86,11 @@ class _DCVAE(nn.Module):
                                      *dec(8 * f, 4 * f), *dec(4 * f, 2 * f), *dec(2 * f, f),
                                      nn.ConvTranspose2d(f, out_channels, 4, 2, 1))  # → 32×32
         self.channels = c
-        self.description = f"NF{nf}-L{latent_dim}"
+        self.description = self.describe(latent_dim, nf)
+
+    @staticmethod
+    def describe(latent_dim: int, nf: int = 32) -> str:
+        return f"NF{nf}-L{latent_dim}"
 
     def encode(self, x):
         h = self.encoder(x)
@@ -138,7 +146,17 @@ class ConstantGaussianDCVAE(_DCVAE):
 MODELS = {m.__name__: m for m in (BernoulliMLPVAE, DiagonalGaussianDCVAE, ConstantGaussianDCVAE)}
 
 
-def build(name: str, latent_dim: int, in_channels: int) -> nn.Module:
+def _check(name: str) -> None:
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; valid choices: {', '.join(MODELS)}")
+
+
+def build(name: str, latent_dim: int, in_channels: int) -> nn.Module:
+    _check(name)
     return MODELS[name](latent_dim=latent_dim, in_channels=in_channels)
+
+
+def description(name: str, latent_dim: int) -> str:
+    """The file-name tag of a model at the paper's width, without building it."""
+    _check(name)
+    return MODELS[name].describe(latent_dim)

@@ -3,6 +3,7 @@
 results/<exp>/results/<Dataset>_<Model>_<desc>_seed<S>_cv_repeat<r>_fold<k>.json.gz
 results/<exp>/results/<Dataset>_<Model>_<desc>_seed<S>_full_repeat0.json.gz
 results/<exp>/checkpoints/<stem>_epoch<E>.params          (state_dict; full model keeps its last)
+results/<exp>/checkpoints/<stem>_resume.pt                (resume state while a job runs)
 
 Content: {"meta": {...}, "results": {"logpxs": {"<epoch>": {"train": {"<idx>": lp}, "test": ...}},
 "losses": {"train": [...], "test": [...]}, "ess": (ours, same shape as logpxs)}}.
@@ -13,17 +14,18 @@ import gzip
 import json
 import re
 import zlib
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from . import data, models
+from .experiments import Experiment, Job
 from .fileio import atomic_write_bytes
 
 AUTHOR_META_KEYS = ("batch_size", "dataset", "epochs", "fold_idx", "img_dim", "latent_dim",
                     "learning_rate", "mode", "model", "num_feature", "num_iw_samples", "run",
                     "seed", "trainer_params")
-_JOB = re.compile(r"^(?:cv_repeat(?P<repeat>\d+)_fold(?P<fold>\d+)|full_repeat(?P<full>\d+))$")
 _STEM = re.compile(r"^(?P<prefix>.+)_seed(?P<seed>\d+)_(?P<job>cv_repeat\d+_fold\d+|full_repeat\d+)$")
 
 
@@ -32,35 +34,26 @@ class ResultFileError(ValueError):
 
 
 @dataclass(frozen=True)
-class Job:
-    """One unit of work: a (repeat, fold) model, or the full-data model (fold None)."""
-    repeat: int
-    fold: int | None
-
-    @property
-    def full(self) -> bool:
-        return self.fold is None
-
-    @property
-    def mode(self) -> str:
-        return "full" if self.full else "split-cv"
-
-    @property
-    def tag(self) -> str:
-        return f"full_repeat{self.repeat}" if self.full else f"cv_repeat{self.repeat}_fold{self.fold}"
-
-    @classmethod
-    def parse(cls, tag: str) -> "Job":
-        m = _JOB.match(tag)
-        if not m:
-            raise ValueError(f"cannot parse job {tag!r}; expected cv_repeat<R>_fold<K> or full_repeat0")
-        if m["full"] is not None:
-            return cls(int(m["full"]), None)
-        return cls(int(m["repeat"]), int(m["fold"]))
+class JobFiles:
+    """Every file one job writes."""
+    result: Path       # <root>/<exp>/results/<stem>.json.gz
+    resume: Path       # <root>/<exp>/checkpoints/<stem>_resume.pt, while the job runs
+    checkpoint: Path   # <root>/<exp>/checkpoints/<stem>_epoch<E>.params, full model only
 
 
-def stem(dataset: str, model: str, description: str, seed: int, job: Job) -> str:
-    return f"{dataset}_{model}_{description}_seed{seed}_{job.tag}"
+def file_stem(exp: Experiment, job: Job) -> str:
+    """'<Dataset>_<Model>_<desc>_seed<S>_<job tag>', the authors' name of a job's files."""
+    desc = models.description(exp.model, exp.latent_dim)
+    return f"{data.dataset_name(exp.data)}_{exp.model}_{desc}_seed{exp.seed}_{job.tag}"
+
+
+def job_files(exp: Experiment, job: Job, root: str | Path = "results") -> JobFiles:
+    """The one place that names a job's files."""
+    stem = file_stem(exp, job)
+    base = Path(root) / exp.name
+    return JobFiles(result=base / "results" / f"{stem}.json.gz",
+                    resume=base / "checkpoints" / f"{stem}_resume.pt",
+                    checkpoint=base / "checkpoints" / f"{stem}_epoch{exp.epochs}.params")
 
 
 def parse_stem(name: str) -> tuple[str, int, Job]:
@@ -72,16 +65,24 @@ def parse_stem(name: str) -> tuple[str, int, Job]:
     return m["prefix"], int(m["seed"]), Job.parse(m["job"])
 
 
-def result_path(results_root: str | Path, experiment: str, file_stem: str) -> Path:
-    return Path(results_root) / experiment / "results" / f"{file_stem}.json.gz"
-
-
-def checkpoint_path(results_root: str | Path, experiment: str, file_stem: str, epoch: int) -> Path:
-    return Path(results_root) / experiment / "checkpoints" / f"{file_stem}_epoch{epoch}.params"
-
-
-def resume_path(results_root: str | Path, experiment: str, file_stem: str) -> Path:
-    return Path(results_root) / experiment / "checkpoints" / f"{file_stem}_resume.pt"
+def meta_for(exp: Experiment, job: Job, images_shape: tuple, dataset: str,
+             speed: dict | None = None) -> dict:
+    """A result file's meta: the authors' keys (PAPER.md §7) plus ours (experiment, folds,
+    repeats, data spec). images_shape: (n, C, H, W) of the training set D."""
+    n, channels, size = int(images_shape[0]), int(images_shape[1]), int(images_shape[-1])
+    return {
+        "batch_size": exp.batch_size, "dataset": dataset, "epochs": exp.epochs,
+        "fold_idx": job.fold, "img_dim": size, "latent_dim": exp.latent_dim,
+        "learning_rate": exp.lr, "mode": job.mode, "model": exp.model,
+        "num_feature": models.description(exp.model, exp.latent_dim),
+        "num_iw_samples": exp.n_is, "run": job.repeat, "seed": exp.seed,
+        "trainer_params": {"optimizer": "Adam", "eval_every": exp.eval_every,
+                           "checkpoint_every": exp.checkpoint_every},
+        "experiment": exp.name, "num_folds": exp.folds, "repeats": exp.repeats,
+        "data_spec": exp.data, "subset": exp.subset, "n": n,
+        "in_channels": channels, "eval_noise": "fixed per example (seed, index)",
+        "settings": asdict(exp), "speed": speed,
+    }
 
 
 def write_result(path: str | Path, meta: dict, results: dict) -> None:

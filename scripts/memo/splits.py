@@ -37,3 +37,15 @@ def train_test_indices(n: int, n_folds: int, seed: int, repeat: int,
 def model_seed(seed: int, repeat: int, fold: int) -> int:
     """A seed of its own for every (repeat, fold) model, independent of run order."""
     return int(np.random.SeedSequence([seed, repeat, fold + 1]).generate_state(1)[0])
+
+
+def job_split(exp, job, n: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """(in-fold indices, held-out indices, model seed) of a job (experiments.Job) of an
+    experiment on a training set of n examples; the full model trains on all of D."""
+    if job.full:
+        return np.arange(n), np.arange(0), model_seed(exp.seed, job.repeat, FULL_FOLD)
+    if not (0 <= job.repeat < exp.repeats and 0 <= job.fold < exp.folds):
+        raise ValueError(f"{job.tag} is outside this experiment's {exp.repeats} repeats "
+                         f"x {exp.folds} folds")
+    train_idx, test_idx = train_test_indices(n, exp.folds, exp.seed, job.repeat, job.fold)
+    return train_idx, test_idx, model_seed(exp.seed, job.repeat, job.fold)

@@ -5,10 +5,10 @@ Everything the cluster writes (slurm.conf, pid files, logs, spool and state dire
 under one state directory; the daemons run as root with authentication off, so use this on a
 development machine or in a container, never next to a real cluster's daemons.
 
-  sudo python scripts/slurm_cluster.py start --state-dir /tmp/slurm   # prints SLURM_CONF to export
+  sudo python tools/slurm_cluster.py start --state-dir /tmp/slurm   # prints SLURM_CONF to export
   export SLURM_CONF=/tmp/slurm/slurm.conf
   make -j2 memorization-fashion_demo LAUNCH="srun -N1 -n1 -c1"
-  sudo python scripts/slurm_cluster.py stop --state-dir /tmp/slurm
+  sudo python tools/slurm_cluster.py stop --state-dir /tmp/slurm
 
 From Python:
 
@@ -152,7 +152,7 @@ def node_topology(cpus: int) -> str:
 def slurm_conf(state_dir: Path, host: str, cpus: int, real_memory: int, ports: dict[str, int],
                topology: str = "") -> str:
     return f"""\
-# One-node cluster written by scripts/slurm_cluster.py; everything lives under {state_dir}.
+# One-node cluster written by tools/slurm_cluster.py; everything lives under {state_dir}.
 ClusterName=memolocal
 SlurmctldHost={host}(127.0.0.1)
 SlurmctldPort={ports['slurmctld']}

@@ -1,0 +1,59 @@
+"""Model files: the resume state of a running job and the full model's final weights.
+
+A resume file holds what a job needs to continue exactly where it stopped: model and Adam state,
+the training generator, the history of losses and log p(x) so far, the last epoch done, and the
+settings it was written under (a file of other settings is refused, not continued).
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from .experiments import Experiment
+from .fileio import atomic_write_bytes
+
+
+def _save(path: str | Path, obj) -> None:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def save_weights(path: str | Path, model: torch.nn.Module) -> None:
+    """The model's state_dict, as the authors save their full models."""
+    _save(path, model.state_dict())
+
+
+def save_resume(path, model, optimizer, gen: torch.Generator, history: dict, epoch: int,
+                exp: Experiment | None = None) -> None:
+    _save(path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "generator": gen.get_state(), "generator_device": gen.device.type,
+                 "history": history, "epoch": epoch,
+                 "settings": asdict(exp) if exp else None})
+
+
+def load_resume(path, model, optimizer, gen: torch.Generator,
+                exp: Experiment | None = None) -> tuple[dict, int]:
+    """Restore model, optimizer and generator from a resume file: (history, last epoch done).
+
+    A checkpoint written under other settings is refused rather than silently continued."""
+    # Read to the CPU: load_state_dict puts weights and Adam's state where the parameters and
+    # the Adam implementation want them, and a generator state must be a CPU tensor.
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    saved = state.get("settings")
+    if exp is not None and saved is not None and saved != asdict(exp):
+        changed = sorted(k for k in saved if saved[k] != asdict(exp).get(k))
+        raise ValueError(f"resume checkpoint {path} was written with other settings "
+                         f"({', '.join(changed)} differ); delete it to start this job afresh")
+    saved_device = state.get("generator_device", "cpu")
+    if saved_device != gen.device.type:  # the random streams of CPU and CUDA differ in kind
+        raise ValueError(f"resume checkpoint {path} was written by a run on {saved_device}; "
+                         f"resume it on {saved_device}, or delete it to start afresh on "
+                         f"{gen.device.type}")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    gen.set_state(state["generator"])
+    return state["history"], state["epoch"]

@@ -1,0 +1,72 @@
+"""Evaluating one model on a set of examples: importance-sampled log p(x) and held-out loss.
+
+Both run in eval mode and IEEE float32. Input noise (binarization, dequantization) is fixed per
+example by (experiment seed, index); the sampling noise of a model comes from a generator seeded
+by (model seed, epoch), so a value depends on neither batch nor run order.
+"""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import accel, estimator, objectives, preprocess
+
+EVAL_BATCH = 256   # examples per importance-sampling batch (its noise layout depends on it)
+LOSS_BATCH = 1024  # examples per held-out loss batch
+
+
+def eval_seed(model_seed: int, epoch: int) -> int:
+    """Seed of a model's importance samples at an epoch; its held-out loss uses this + 1."""
+    return int(np.random.SeedSequence([model_seed, epoch, 7]).generate_state(1)[0])
+
+
+def batches(n: int, size: int):
+    for start in range(0, n, size):
+        yield slice(start, min(start + size, n))
+
+
+def heldout_set(job, jd, test_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(images, image index, noise index) of the examples a job's held-out loss is taken on:
+    a fold model's held-out fold, or the full model's test split (its noise indices sit past
+    D's; empty when the data set has no test split)."""
+    if job.full and jd.test is not None:
+        k = torch.arange(len(jd.test), device=jd.test.device)
+        return jd.test, k, k + jd.train.shape[0]
+    return jd.train, test_idx, test_idx
+
+
+@torch.no_grad()
+def evaluate(model, images: torch.Tensor, index: torch.Tensor, seed: int, n_is: int, epoch: int,
+             model_seed: int, batch_size: int = EVAL_BATCH,
+             desc: str = "log p") -> tuple[np.ndarray, np.ndarray]:
+    """IS log p(x) and ESS for images (the examples `index` of D), float64 on the host."""
+    model.eval()
+    gen = torch.Generator(device=images.device).manual_seed(eval_seed(model_seed, epoch))
+    lps, esss = [], []
+    with accel.exact_float32():
+        for sl in tqdm(list(batches(len(index), batch_size)), desc=desc, leave=False,
+                       disable=None, file=sys.stderr):
+            x = preprocess.eval_inputs(images[sl], index[sl], model.binary, seed)
+            lp, ess = estimator.log_px(model, x, n_is, gen)
+            lps.append(lp)
+            esss.append(ess)
+    if not lps:
+        return np.zeros(0), np.zeros(0)
+    return torch.cat(lps).double().cpu().numpy(), torch.cat(esss).double().cpu().numpy()
+
+
+@torch.no_grad()
+def test_loss(model, images: torch.Tensor, index: torch.Tensor, seed: int, epoch: int,
+              model_seed: int, batch_size: int = LOSS_BATCH) -> float:
+    """Mean negative ELBO per example on a held-out set (the examples `index`)."""
+    model.eval()
+    gen = torch.Generator(device=images.device).manual_seed(eval_seed(model_seed, epoch) + 1)
+    total = torch.zeros((), device=images.device, dtype=torch.float64)
+    with accel.exact_float32():
+        for sl in batches(len(images), batch_size):
+            x = preprocess.eval_inputs(images[sl], index[sl], model.binary, seed)
+            total += objectives.neg_elbo(model, x, gen).sum().double()
+    return float(total) / max(len(images), 1)
