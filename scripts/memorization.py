@@ -124,6 +124,11 @@ def main(argv=None) -> int:
             raise ValueError("give --repeat R --fold K, --mode full, --job TAG or --jobs TAG...")
         else:
             jobs = [Job(args.repeat, args.fold)]
+        if args.stop_after is not None and not 1 <= args.stop_after <= exp.epochs:
+            raise ValueError(f"--stop-after {args.stop_after} is not allowed (an epoch from 1 "
+                             f"to epochs = {exp.epochs})")
+        if args.threads is not None and args.threads < 1:
+            raise ValueError(f"--threads {args.threads} is not allowed (an integer >= 1)")
     except ValueError as e:
         print(f"memorization.py: error: {e}", file=sys.stderr)
         return 2
@@ -156,8 +161,12 @@ def main(argv=None) -> int:
             ValueError) as e:
         print(f"memorization.py: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"memorization.py: interrupted; the last resume checkpoint (every "
+              f"{exp.checkpoint_every} epochs) is kept: run again to resume", file=sys.stderr)
+        return 130
     if done is None:
-        print(f"stopped after epoch {args.stop_after}; run again to resume")
+        print("stopped before the last epoch; run again to resume")
         return 3
     print("\n".join(f"wrote {path}" for path in paths))
     return 0

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from memo import accel, data, experiments, fileio, models, neighbours, results
+from memo import accel, checkpoints, data, experiments, fileio, models, neighbours, results
 
 
 class CLIError(Exception):
@@ -65,13 +65,16 @@ def load_model(exp, in_channels: int, results_dir, device) -> tuple[torch.nn.Mod
             f"checkpoint of the full-data model not found: {path}\n"
             f"Train that model first: `make{var} {target}`{again}, "
             f"or the whole experiment: `make{var} memorization-{exp.name}`.")
+    fix = (f"if this pipeline wrote it, remove it and {files.result}, then `make "
+           f"{files.result}` retrains the full model")
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
-        model.load_state_dict(state)
-    except (RuntimeError, OSError, EOFError, ValueError) as e:
-        raise CLIError(f"cannot load checkpoint {path} into {exp.model} "
-                       f"(latent_dim {exp.latent_dim}, {in_channels} channels): {e}\n"
-                       f"Delete it and re-run make to rebuild it.") from None
+        model.load_state_dict(checkpoints.load_state(path, "checkpoint", fix))
+    except checkpoints.CheckpointError as e:
+        raise CLIError(str(e)) from None
+    except (RuntimeError, ValueError, TypeError, AttributeError) as e:
+        first = str(e).strip().splitlines()[0]
+        raise CLIError(f"checkpoint {path} does not fit {exp.model} (latent_dim "
+                       f"{exp.latent_dim}, {in_channels} channels): {first[:160]}") from None
     return model.to(device).eval(), path
 
 
@@ -157,6 +160,9 @@ def main(argv=None) -> int:
     except CLIError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("nearest_neighbours.py: interrupted; nothing written", file=sys.stderr)
+        return 130
     return 0
 
 

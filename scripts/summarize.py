@@ -22,6 +22,8 @@ def parse_args(argv=None):
                    "of one experiment: all cv folds of all repeats, optionally the full model")
     p.add_argument("-o", "--output", required=True, help="summary file (.npz); the CSV is "
                    "written beside it with the same stem")
+    p.add_argument("--experiment", default=None, help="experiment name: refuse result files "
+                   "made under other settings than it has now")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates over repeats")
     p.add_argument("--data-root", default=None, help="data directory, to add labels "
                    "(default: $DATA_ROOT or ./data); without data, labels are -1")
@@ -45,13 +47,18 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import numpy as np
     import pandas as pd
-    from memo import fileio, results, summary
+    from memo import experiments, fileio, results, summary
 
     try:
-        s = summary.summarize(args.result_files, n_boot=args.n_boot)
-    except (summary.SummaryError, results.ResultFileError) as e:
+        exp = experiments.get(args.experiment) if args.experiment else None
+        s = summary.summarize(args.result_files, n_boot=args.n_boot, experiment=exp)
+    except (summary.SummaryError, results.ResultFileError, experiments.UnknownExperimentError,
+            experiments.SettingsError) as e:
         print(f"summarize.py: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("summarize.py: interrupted; nothing written", file=sys.stderr)
+        return 130
     n = s.meta["n"]
     labels = labels_for(s.meta, args.data_root)
     if labels is not None:

@@ -7,6 +7,8 @@ settings it was written under (a file of other settings is refused, not continue
 from __future__ import annotations
 
 import io
+import pickle
+import zipfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -35,6 +37,26 @@ def save_resume(path, model, optimizer, gen: torch.Generator, history: dict, epo
                  "settings": asdict(exp) if exp else None})
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used; the message names it and the fix."""
+
+
+def load_state(path: str | Path, what: str, fix: str):
+    """torch.load of a file we or the authors wrote: tensors and plain containers only
+    (weights_only), read to the CPU. Anything else is one CheckpointError line."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # weights_only refused an object: it could run code
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{what} {path} holds objects a checkpoint never holds; refused "
+                              f"without loading them ({first[:120]}); {fix}") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError,
+            zipfile.BadZipFile) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{what} {path} is truncated or corrupt ({first[:120]}); "
+                              f"{fix}") from None
+
+
 def load_resume(path, model, optimizer, gen: torch.Generator,
                 exp: Experiment | None = None) -> tuple[dict, int]:
     """Restore model, optimizer and generator from a resume file: (history, last epoch done).
@@ -42,18 +64,28 @@ def load_resume(path, model, optimizer, gen: torch.Generator,
     A checkpoint written under other settings is refused rather than silently continued."""
     # Read to the CPU: load_state_dict puts weights and Adam's state where the parameters and
     # the Adam implementation want them, and a generator state must be a CPU tensor.
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    fix = "delete it to restart this job from epoch 1"
+    state = load_state(path, "resume checkpoint", fix)
+    if not (isinstance(state, dict) and {"model", "optimizer", "generator", "history",
+                                         "epoch"} <= set(state)):
+        raise CheckpointError(f"resume checkpoint {path} is not a resume file of this "
+                              f"pipeline; {fix}")
     saved = state.get("settings")
     if exp is not None and saved is not None and saved != asdict(exp):
         changed = sorted(k for k in saved if saved[k] != asdict(exp).get(k))
-        raise ValueError(f"resume checkpoint {path} was written with other settings "
+        raise CheckpointError(f"resume checkpoint {path} was written with other settings "
                          f"({', '.join(changed)} differ); delete it to start this job afresh")
     saved_device = state.get("generator_device", "cpu")
     if saved_device != gen.device.type:  # the random streams of CPU and CUDA differ in kind
-        raise ValueError(f"resume checkpoint {path} was written by a run on {saved_device}; "
+        raise CheckpointError(f"resume checkpoint {path} was written by a run on {saved_device}; "
                          f"resume it on {saved_device}, or delete it to start afresh on "
                          f"{gen.device.type}")
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    gen.set_state(state["generator"])
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"resume checkpoint {path} does not fit this job's model "
+                              f"({first[:120]}); {fix}") from None
     return state["history"], state["epoch"]

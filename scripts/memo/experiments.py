@@ -14,6 +14,45 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+class SettingsError(ValueError):
+    """An experiment setting of the wrong type or outside its range; one line per setting."""
+
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # safe in file names and Make targets
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def setting_problems(exp) -> list[str]:
+    """Every setting of exp that has the wrong type or lies outside its range, as
+    'field: value (allowed)' lines; empty when all are fine."""
+    out = []
+
+    def need(field: str, ok: bool, allowed: str):
+        if not ok:
+            out.append(f"{field} = {getattr(exp, field)!r} is not allowed ({allowed})")
+
+    need("name", isinstance(exp.name, str) and bool(_NAME.match(exp.name)),
+         "letters, digits, '_', '.', '-'")
+    need("data", isinstance(exp.data, str) and bool(exp.data),
+         "bmnist, fashion, cifar10, celeba or npz:PATH")
+    need("model", isinstance(exp.model, str) and bool(exp.model), "a model name")
+    for field, low in (("latent_dim", 1), ("epochs", 1), ("n_is", 1), ("batch_size", 1),
+                       ("seed", 0), ("folds", 2), ("repeats", 1), ("subset", 0),
+                       ("checkpoint_every", 1)):
+        value = getattr(exp, field)
+        need(field, _is_int(value) and value >= low, f"an integer >= {low}")
+    epochs = exp.epochs if _is_int(exp.epochs) and exp.epochs >= 1 else None
+    need("eval_every", _is_int(exp.eval_every) and 1 <= exp.eval_every <= (epochs or exp.eval_every),
+         f"an integer from 1 to epochs{f' = {epochs}' if epochs else ''}")
+    need("lr", isinstance(exp.lr, (int, float)) and not isinstance(exp.lr, bool)
+         and 0 < exp.lr < float("inf"), "a number > 0")
+    need("hflip", exp.hflip is None or isinstance(exp.hflip, bool), "true, false or null")
+    return out
+
+
 _JOB_TAG = re.compile(r"^(?:cv_repeat(?P<repeat>\d+)_fold(?P<fold>\d+)|full_repeat(?P<full>\d+))$")
 
 
@@ -75,6 +114,11 @@ class Experiment:
     checkpoint_every: int = 5  # epochs between resume checkpoints
     hflip: bool | None = None  # None: the data set's default (CIFAR-10, CelebA flip)
 
+    def __post_init__(self):
+        problems = setting_problems(self)
+        if problems:
+            raise SettingsError("\n".join(f"experiment {self.name!r}: {p}" for p in problems))
+
     def eval_epochs(self) -> list[int]:
         return eval_epochs(self.epochs, self.eval_every)
 
@@ -121,9 +165,16 @@ def load_user_experiments(path: str | os.PathLike | None = None) -> dict[str, Ex
         table = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise UnknownExperimentError(f"cannot read experiments file {path}: {e}") from None
+    if not isinstance(table, dict):
+        raise UnknownExperimentError(
+            f"{path}: expected a JSON object {{name: {{field: value}}}}, got a "
+            f"{type(table).__name__}")
     fields = {f.name for f in dataclasses.fields(Experiment)}
     out = {}
     for name, spec in table.items():
+        if not isinstance(spec, dict):
+            raise UnknownExperimentError(
+                f"{path}: experiment {name!r} must be an object {{field: value}}, got {spec!r}")
         unknown = set(spec) - fields
         if unknown:
             raise UnknownExperimentError(
@@ -133,6 +184,9 @@ def load_user_experiments(path: str | os.PathLike | None = None) -> dict[str, Ex
             out[name] = Experiment(name=name, **spec)
         except TypeError as e:
             raise UnknownExperimentError(f"{path}: experiment {name!r}: {e}") from None
+        except SettingsError as e:
+            raise SettingsError("\n".join(f"{path}: {line}" for line in str(e).splitlines())) \
+                from None
     return out
 
 

@@ -1,6 +1,7 @@
 """Writing files so that a file that exists is whole: a temporary name, then a rename."""
 from __future__ import annotations
 
+import glob
 import os
 import secrets
 from pathlib import Path
@@ -29,3 +30,15 @@ def atomic_write_bytes(path: str | os.PathLike, blob: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def remove_orphans(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files of writes to `path` that were killed before their rename.
+    Call it only where no other process writes `path` at the same time."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    gone = sorted(path.parent.glob(f".{glob.escape(path.name)}.*{TMP_SUFFIX}"))
+    for tmp in gone:
+        tmp.unlink(missing_ok=True)
+    return gone

@@ -85,6 +85,28 @@ def meta_for(exp: Experiment, job: Job, images_shape: tuple, dataset: str,
     }
 
 
+# Settings a result depends on: the Experiment field and the meta key the authors' files record
+# it under. Our files also keep every field under meta["settings"].
+AUTHOR_SETTING_KEYS = {"lr": "learning_rate", "epochs": "epochs", "n_is": "num_iw_samples",
+                       "batch_size": "batch_size", "latent_dim": "latent_dim", "seed": "seed"}
+RESULT_SETTINGS = ("data", "model", "latent_dim", "lr", "epochs", "eval_every", "n_is",
+                   "batch_size", "seed", "folds", "repeats", "subset", "hflip")
+
+
+def settings_mismatches(meta: dict, exp: Experiment) -> list[tuple[str, object, object]]:
+    """(field, value recorded in a result file's meta, the experiment's value now) for every
+    setting the file records differently. Files of the authors' code record fewer settings;
+    those are compared."""
+    ours = meta.get("settings")
+    if isinstance(ours, dict):
+        recorded = {f: ours[f] for f in RESULT_SETTINGS if f in ours}
+    else:
+        recorded = {f: meta[k] for f, k in AUTHOR_SETTING_KEYS.items() if k in meta}
+        if "dataset" in meta and meta["dataset"] != data.dataset_name(exp.data):
+            return [("dataset", meta["dataset"], data.dataset_name(exp.data))]
+    return [(f, v, getattr(exp, f)) for f, v in recorded.items() if v != getattr(exp, f)]
+
+
 def write_result(path: str | Path, meta: dict, results: dict) -> None:
     blob = json.dumps({"meta": meta, "results": results}, sort_keys=True).encode()
     # mtime=0 keeps the gzip bytes a function of the content alone

@@ -106,9 +106,22 @@ def _check_identity(contents: dict[Path, dict]) -> dict:
     return ref_meta
 
 
-def summarize(paths: list[str | Path], progress: bool = True, n_boot: int = 1000) -> Summary:
+def _check_settings(contents: dict[Path, dict], exp) -> None:
+    """Refuse result files made under other settings than the experiment has now."""
+    from . import results
+    for path, c in contents.items():
+        for field, recorded, now in results.settings_mismatches(c["meta"], exp):
+            raise SummaryError(
+                f"{path} was made with {field}={recorded!r} but experiment {exp.name} now has "
+                f"{field}={now!r}: to retrain, delete {path.parent}/ and run `make "
+                f"memorization-{exp.name}`; or restore {field}={recorded!r} in the experiment")
+
+
+def summarize(paths: list[str | Path], progress: bool = True, n_boot: int = 1000,
+              experiment=None) -> Summary:
     """The summary of one experiment's result files, with bootstrap uncertainty over repeats
-    (`n_boot` replicates) and split-half reliability; labels are left at -1 (unknown)."""
+    (`n_boot` replicates) and split-half reliability; labels are left at -1 (unknown).
+    experiment (experiments.Experiment): the files must have been made under its settings."""
     # imported here: they pull in torch and scipy, which reading a summary does not need
     from tqdm import tqdm
 
@@ -121,6 +134,8 @@ def summarize(paths: list[str | Path], progress: bool = True, n_boot: int = 1000
     for p in tqdm(paths, desc="reading result files", disable=None if progress else True, leave=False):
         contents[p] = results.read_result(p)
     meta = _check_identity(contents)
+    if experiment is not None:
+        _check_settings(contents, experiment)
 
     cv = {p: c for p, c in contents.items() if c["meta"]["mode"] != "full"}
     full = [c for c in contents.values() if c["meta"]["mode"] == "full"]

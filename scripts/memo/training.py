@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import accel, checkpoints, evaluation, models, objectives, preprocess, results, splits
+from . import (accel, checkpoints, evaluation, fileio, models, objectives, preprocess, results,
+               splits)
 from .data import JobData, load_job_data
 from .experiments import Experiment, Job
 
@@ -199,6 +200,8 @@ def _resume(exp: Experiment, members: list[Member], in_channels: int, device, na
     same epoch. Returns the last epoch done (0: fresh)."""
     for m in members:
         m.start(exp, in_channels, device)
+        for path in (m.files.result, m.files.resume, m.files.checkpoint):
+            fileio.remove_orphans(path)  # temporary files of a write that was killed
     have = [m.files.resume.exists() for m in members]
     if not any(have):
         return 0
@@ -274,6 +277,7 @@ def fit(trainer: Trainer, exp: Experiment, jd: JobData, log=print,
                 checkpoints.save_resume(m.files.resume, m.model, m.optimizer, m.gen, m.history,
                                         epoch, exp)
         if stopping:
+            log(f"[{name}] stopped after epoch {epoch} (checkpoint saved)")
             return None
 
     trainer.sync()
