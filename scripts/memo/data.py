@@ -8,7 +8,8 @@ Specs accepted by ``load``:
   when those files are absent but Debian's ``dataset-fashion-mnist`` package is installed, its
   gzipped files are decompressed into that folder first. Padded like MNIST.
 * ``cifar10`` - the standard ``<root>/cifar-10-batches-py/`` pickled batches, read by our own reader
-  (torchvision's class insists on the MD5 sums of the original files).
+  (torchvision's class insists on the MD5 sums of the original files), which lets a pickle name
+  nothing but numpy's array rebuilders, so a planted batch cannot run code.
 * ``celeba``  - the standard ``<root>/celeba/`` layout (``list_eval_partition.txt`` and
   ``img_align_celeba/*.jpg``), cropped to the box (15, 40, 163, 188) and resized to 32x32 with
   antialiased bilinear interpolation. The result is cached in ``<root>/celeba/cache_<split>_32x32.pt``.
@@ -23,6 +24,7 @@ from __future__ import annotations
 import gzip
 import os
 import pickle
+import re
 import shutil
 import sys
 import threading
@@ -230,6 +232,18 @@ def _resize_batch(images: torch.Tensor, size: int) -> torch.Tensor:
     return x.round_().clamp_(0, 255).to(torch.uint8)
 
 
+def _one_line(text, limit: int = 160) -> str:
+    """A message part on one line: whitespace collapsed, cut to `limit` characters."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _torch_refusal(e: Exception) -> str:
+    """The one line that matters in torch.load's many-line weights_only refusal."""
+    m = re.search(r"WeightsUnpickler error: ([^\n]*)", str(e))
+    return _one_line((m.group(1) if m else str(e)).split(". ")[0], 120)
+
+
 def _labels(values, n: int, where: str) -> torch.Tensor:
     y = torch.as_tensor(np.asarray(values)).reshape(-1)
     if y.numel() != n:
@@ -276,26 +290,153 @@ def _load_mnist_like(cls_name: str, spec: str, root: Path, split: str, download:
     missing = [] if legacy else _idx_missing(raw)
     if missing and spec == "fashion" and _fashion_from_debian(root):
         missing = []
+    if spec == "fashion":
+        how = (f"install Debian's package (`apt-get install dataset-fashion-mnist`, which puts the "
+               f".gz files in {FASHION_DEBIAN_DIR}, decompressed here automatically), or pass "
+               f"--download (torchvision fetches them), or `make data DATA=fashion`")
+    else:
+        how = (f"run `make data DATA={spec}` or pass --download (torchvision fetches them), or copy "
+               f"the standard decompressed IDX files there")
     if missing and not download:
-        if spec == "fashion":
-            how = (f"install Debian's package (`apt-get install dataset-fashion-mnist`, which puts the "
-                   f".gz files in {FASHION_DEBIAN_DIR}, decompressed here automatically), or pass "
-                   f"--download (torchvision fetches them), or `make data DATA=fashion`")
-        else:
-            how = (f"run `make data DATA={spec}` or pass --download (torchvision fetches them), or copy "
-                   f"the standard decompressed IDX files there")
         raise DataMissingError(
             f"{cls_name} not found: expected {', '.join(_IDX_FILES)} in directory {raw} "
             f"(missing: {', '.join(missing)}). To get them: {how}."
         )
-    ds = getattr(tvd, cls_name)(str(root), train=(split == "train"), download=download)
-    images = _pad_to(ds.data.to(torch.uint8).unsqueeze(1))
-    labels = _labels(ds.targets, images.shape[0], str(raw))
+    # torchvision reads IDX files as raw bytes, and legacy processed/*.pt files with
+    # torch.load(weights_only=True): neither can run code, but a damaged file fails in many ways.
+    if legacy:
+        where = str(processed / ("training.pt" if split == "train" else "test.pt"))
+    else:
+        pair = _IDX_FILES[:2] if split == "train" else _IDX_FILES[2:]
+        where = " and ".join(str(raw / f) for f in pair)
+    try:
+        ds = getattr(tvd, cls_name)(str(root), train=(split == "train"), download=download)
+        if not (isinstance(ds.data, torch.Tensor) and ds.data.dim() == 3
+                and max(ds.data.shape[1:]) <= SIZE):
+            raise ValueError("images are not an N x H x W tensor of at most 32 x 32")
+        images = _pad_to(ds.data.to(torch.uint8).unsqueeze(1))
+        labels = _labels(ds.targets, images.shape[0], str(raw))
+    except OSError:
+        raise  # unreadable: the OS error names the file
+    except Exception as e:
+        if missing:
+            raise  # a failed download: torchvision's own message
+        why = (_torch_refusal(e) if isinstance(e, pickle.UnpicklingError)
+               else f"{type(e).__name__}: {_one_line(e, 100)}".rstrip(": "))
+        fix = (f"Delete training.pt and test.pt in {processed} (torchvision's old format) to read the "
+               f"IDX files in {raw} instead" if legacy
+               else f"To get the real files into {raw}: delete them and {how}")
+        raise ValueError(f"{where}: not {cls_name} data in the standard format ({why}). "
+                         f"{fix}.") from None
     return ImageData(DATASET_NAMES[spec], images, labels, hflip=FACTS[spec].hflip)
 
 
 # ----------------------------------------------------------------------------------------------
 # CIFAR-10
+
+
+class _Refused(pickle.UnpicklingError):
+    """A name a CIFAR-10 batch never holds, refused before anything uses it."""
+
+    def __init__(self, what: str):
+        super().__init__(what)
+        self.what = what
+
+
+def _latin1_bytes(text, encoding="latin1"):
+    """Python 3 writes bytes at pickle protocol 2 as _codecs.encode(text, "latin1"); nothing else."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise _Refused(f"_codecs.encode({type(text).__name__}, {encoding!r})")
+    return text.encode("latin1")
+
+
+def _empty_bytes(*args):
+    """Python 3 writes b"" at pickle protocol 2 as bytes(); nothing else."""
+    if args:
+        raise _Refused(f"bytes() with {len(args)} argument(s)")
+    return b""
+
+
+def _numpy_globals() -> dict:
+    # numpy's own array and scalar rebuilders, taken from what this numpy pickles (their module
+    # moved from numpy.core to numpy._core in numpy 2); batches written by either name them so.
+    rebuild = {"_reconstruct": np.zeros(1).__reduce__()[0],         # protocols 2 to 4
+               "scalar": np.uint8(0).__reduce__()[0],               # a numpy scalar, e.g. a label
+               "_frombuffer": np.zeros(1).__reduce_ex__(5)[0]}      # protocol 5
+    table = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+    for pkg in ("numpy.core", "numpy._core"):
+        table[(f"{pkg}.multiarray", "_reconstruct")] = rebuild["_reconstruct"]
+        table[(f"{pkg}.multiarray", "scalar")] = rebuild["scalar"]
+        table[(f"{pkg}.numeric", "_frombuffer")] = rebuild["_frombuffer"]
+    return table
+
+
+# Everything a CIFAR-10 batch pickle may name: the original files (Python 2, numpy 1) name only
+# numpy's array rebuilders; batches re-saved by Python 3 add the two bytes helpers above. Any
+# other name could be a callable that runs code when unpickled, so it is refused before use.
+_CIFAR_GLOBALS = {
+    **_numpy_globals(),
+    ("_codecs", "encode"): _latin1_bytes,
+    ("__builtin__", "bytes"): _empty_bytes,
+    ("builtins", "bytes"): _empty_bytes,
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles a CIFAR-10 batch; every global the stream names must be in _CIFAR_GLOBALS."""
+
+    def find_class(self, module, name):
+        try:
+            return _CIFAR_GLOBALS[(module, name)]
+        except (KeyError, TypeError):
+            raise _Refused(f"{module}.{name}") from None
+
+    def persistent_load(self, pid):
+        raise _Refused(f"persistent id {pid!r}")
+
+
+def _batch_entry(batch: dict, key: str):
+    # The original files are read with bytes keys; a batch re-saved from Python 3 has str keys.
+    return batch[key.encode()] if key.encode() in batch else batch.get(key)
+
+
+def _read_cifar_batch(path: Path, root: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 (N, 3072), int64 (N,)) from one batch file; ValueError naming the file otherwise."""
+    def bad(why: str) -> ValueError:
+        return ValueError(
+            f"{path}: not a CIFAR-10 batch: {why}. To get the real one: delete it and run `make data "
+            f"DATA=cifar10` or pass --download, or unpack the standard python-version archive "
+            f"(cifar-10-python.tar.gz) into {root}.")
+
+    try:
+        with open(path, "rb") as fh:
+            # The original files are Python 2 pickles: their str keys and pixel bytes stay bytes.
+            batch = _CifarUnpickler(fh, encoding="bytes").load()
+    except _Refused as e:
+        raise bad(f"its pickle asks to load {_one_line(e.what, 100)!r}, which a batch never holds "
+                  f"(refused, nothing in the file was run)") from None
+    except Exception as e:  # truncated or not a pickle at all
+        raise bad(f"it does not unpickle ({type(e).__name__}: {_one_line(e, 100)})") from None
+    if not isinstance(batch, dict):
+        raise bad(f"it holds a {type(batch).__name__}, not a dict")
+    x, y = _batch_entry(batch, "data"), _batch_entry(batch, "labels")
+    if x is None or y is None:
+        keys = _one_line(", ".join(repr(k) for k in list(batch)[:8]), 100)
+        raise bad(f"it has no b'data' and b'labels' entries (keys: {keys or 'none'})")
+    if (not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 2
+            or x.shape[1] != 3 * SIZE * SIZE):
+        got = f"{x.dtype} array of shape {x.shape}" if isinstance(x, np.ndarray) else type(x).__name__
+        raise bad(f"b'data' must be a uint8 array of shape (N, 3072), got a {got}")
+    try:
+        y = np.asarray(y)
+    except Exception:  # ragged or otherwise not an array
+        y = None
+    if y is None or y.ndim != 1 or not (y.dtype.kind in "iu" or y.size == 0):
+        got = f"{y.dtype} of shape {y.shape}" if y is not None else "not an array"
+        raise bad(f"b'labels' must be a list of N integers, got {got}")
+    if y.shape[0] != x.shape[0]:
+        raise bad(f"{y.shape[0]} labels for {x.shape[0]} images")
+    return x, y.astype(np.int64)
 
 
 def _load_cifar10(root: Path, split: str, download: bool) -> ImageData:
@@ -314,16 +455,7 @@ def _load_cifar10(root: Path, split: str, download: bool) -> ImageData:
         )
     data, labels = [], []
     for f in files:
-        # The standard format is a pickle; only load files from a source you trust.
-        with open(folder / f, "rb") as fh:
-            batch = pickle.load(fh, encoding="bytes")
-        x = np.asarray(batch[b"data"])
-        if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3 * SIZE * SIZE:
-            raise ValueError(f"{folder / f}: b'data' must be uint8 of shape (N, 3072), "
-                             f"got {x.dtype} {x.shape}")
-        y = np.asarray(batch[b"labels"], dtype=np.int64).reshape(-1)
-        if y.shape[0] != x.shape[0]:
-            raise ValueError(f"{folder / f}: {y.shape[0]} labels for {x.shape[0]} images")
+        x, y = _read_cifar_batch(folder / f, root)
         data.append(x)
         labels.append(y)
     x = np.concatenate(data) if len(data) > 1 else data[0]
@@ -390,8 +522,13 @@ def _read_celeba_cache(cache: Path, stamp: dict) -> torch.Tensor | None:
     if not cache.is_file():
         return None
     try:
+        # weights_only: tensors and plain containers only, so a planted file cannot run code.
         blob = torch.load(cache, map_location="cpu", weights_only=True)
-    except Exception:
+    except pickle.UnpicklingError as e:  # refused an object this pipeline never writes there
+        warnings.warn(f"{cache}: not a CelebA cache of this pipeline, ignored without loading it "
+                      f"({_torch_refusal(e)}); it is rebuilt from the JPEGs")
+        return None
+    except Exception:  # stale or damaged: rebuilt from the JPEGs
         return None
     if not isinstance(blob, dict) or any(blob.get(k) != v for k, v in stamp.items()):
         return None
@@ -519,13 +656,56 @@ def _npz_images(x: np.ndarray, path: Path, key: str) -> torch.Tensor:
     return _resize_uint8(images)
 
 
+def _npz_member_dtype(z, key: str) -> np.dtype | None:
+    """The dtype in the header of array `key` (nothing else is read), or None if unreadable."""
+    try:
+        with z.zip.open(f"{key}.npy") as fh:
+            major, _ = np.lib.format.read_magic(fh)
+            fmt = np.lib.format
+            read = fmt.read_array_header_1_0 if major == 1 else fmt.read_array_header_2_0
+            return np.dtype(read(fh)[2])
+    except Exception:
+        return None
+
+
+def _npz_array(z, path: Path, key: str) -> np.ndarray:
+    try:
+        return z[key]
+    except Exception as e:
+        dtype = _npz_member_dtype(z, key)
+        if dtype is not None and dtype.hasobject:
+            why = (f"it holds Python objects (dtype {dtype}), which are never unpickled because that "
+                   f"could run code")
+        else:
+            why = f"it cannot be read ({type(e).__name__}: {_one_line(e, 100)})"
+        want = ("a numeric uint8 array of images" if key.startswith("x")
+                else "a numeric array of integer labels")
+        raise ValueError(f"{path}: array '{key}': {why}; it must be {want}, e.g. "
+                         f"np.savez(path, x=images.astype(np.uint8), y=labels)") from None
+
+
 def _load_npz(path: Path, split: str) -> ImageData:
     if not path.is_file():
         raise DataMissingError(
             f"npz file not found: expected {path.name} in directory {path.parent.resolve()}; it must "
             f"hold a uint8 array 'x' (N x H x W or N x H x W x C), optionally 'y', 'x_test', 'y_test'.")
     xkey, ykey = ("x", "y") if split == "train" else ("x_test", "y_test")
-    with np.load(path, allow_pickle=False) as z:
+    fix = "write it with np.savez(path, x=images, y=labels)"
+    with open(path, "rb") as fh:
+        head = fh.read(6)
+    if head == b"\x93NUMPY":
+        raise ValueError(f"{path}: a single .npy array, not an .npz archive; {fix}")
+    if not head.startswith(b"PK"):  # np.load would take it for a pickle and refuse it unclearly
+        raise ValueError(f"{path}: not a NumPy .npz archive (not a zip file); {fix}")
+    try:
+        # allow_pickle=False: an object array is a pickle, and unpickling it could run code.
+        z = np.load(path, allow_pickle=False)
+    except Exception as e:  # a damaged zip
+        raise ValueError(f"{path}: not a NumPy .npz archive ({type(e).__name__}: "
+                         f"{_one_line(e, 100)}); {fix}") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path}: not a NumPy .npz archive; {fix}")
+    with z:
         if xkey not in z.files:
             if split == "test":
                 raise DataMissingError(
@@ -533,6 +713,7 @@ def _load_npz(path: Path, split: str) -> ImageData:
                     f"{', '.join(z.files)}); add 'x_test' (and optionally 'y_test') to the file.")
             raise ValueError(f"{path}: no array 'x' (arrays present: {', '.join(z.files)}); expected a "
                              f"uint8 array 'x' of N x H x W or N x H x W x C images")
-        images = _npz_images(z[xkey], path, xkey)
-        labels = _labels(z[ykey], images.shape[0], f"{path} '{ykey}'") if ykey in z.files else None
+        images = _npz_images(_npz_array(z, path, xkey), path, xkey)
+        labels = (_labels(_npz_array(z, path, ykey), images.shape[0], f"{path} '{ykey}'")
+                  if ykey in z.files else None)
     return ImageData("npz", images, labels, hflip=False)
