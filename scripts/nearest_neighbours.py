@@ -68,10 +68,10 @@ def load_model(exp, in_channels: int, results_dir, device) -> tuple[torch.nn.Mod
     fix = (f"if this pipeline wrote it, remove it and {files.result}, then `make "
            f"{files.result}` retrains the full model")
     try:
-        model.load_state_dict(checkpoints.load_state(path, "checkpoint", fix))
-    except checkpoints.CheckpointError as e:
+        models.load_weights(model, checkpoints.load_state(path, "checkpoint", fix), path)
+    except ValueError as e:  # CheckpointError, or load_weights naming the keys that differ
         raise CLIError(str(e)) from None
-    except (RuntimeError, ValueError, TypeError, AttributeError) as e:
+    except (RuntimeError, TypeError, AttributeError) as e:
         first = str(e).strip().splitlines()[0]
         raise CLIError(f"checkpoint {path} does not fit {exp.model} (latent_dim "
                        f"{exp.latent_dim}, {in_channels} channels): {first[:160]}") from None

@@ -41,7 +41,7 @@ def test_full_model_keeps_its_final_checkpoint(tiny_experiment, tmp_path):
     ckpt = list((tmp_path / "res" / "tiny" / "checkpoints").glob("*_full_repeat0_epoch3.params"))
     assert len(ckpt) == 1
     state = torch.load(ckpt[0], weights_only=True)
-    assert "mu.weight" in state
+    assert "_mu.weight" in state
 
 
 def test_interrupted_job_resumes_to_identical_numbers(tiny_experiment, tmp_path):

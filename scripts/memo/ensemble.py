@@ -86,7 +86,7 @@ class StackedVAEs:
         ref = modules[0]
         self.size = len(modules)
         self.binary = ref.binary
-        self.latent_dim = ref.mu.out_features
+        self.latent_dim = ref.latent_dim
         self.device = next(ref.parameters()).device
         self.speed = speed
         named = list(ref.named_parameters())

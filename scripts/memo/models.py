@@ -7,10 +7,18 @@ Every model exposes the same small interface, used by the objectives and the est
   pixel_mean(z) -> (B, C, H, W)      decoder mean in pixel space [0, 1] (for samples/figures)
   binary: bool                       True: Bernoulli data (binarized); False: logit space
   description: str                   the authors' file-name tag, e.g. "512-256-16", "NF32-L64"
+  latent_dim: int                    L
+
+Parameters and buffers are laid out as in the authors' models, so that `state_dict()` saves
+their checkpoint layout and their checkpoints load as they are (`load_weights`): modules
+`_encoder`, `_mu`, `_logvar`, `_decoder` (layer indices included: the MLP encoder starts with
+a Flatten, the DCVAE decoders with an Unflatten, the MLP decoder ends in Sigmoid, Unflatten),
+`loggamma` for the constant-variance decoder, and no convolution biases.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 import torch.nn as nn
@@ -21,7 +29,17 @@ from . import preprocess
 _LOG_2PI = math.log(2 * math.pi)
 
 
-class BernoulliMLPVAE(nn.Module):
+class _VAE(nn.Module):
+    @property
+    def latent_dim(self) -> int:
+        return self._mu.out_features
+
+    def encode(self, x):
+        h = self._encoder(x)
+        return self._mu(h), self._logvar(h)
+
+
+class BernoulliMLPVAE(_VAE):
     """FC 1024→512→256→(μ, log σ²) encoder, L→256→512→1024 decoder with Bernoulli means."""
     binary = True
 
@@ -29,23 +47,28 @@ class BernoulliMLPVAE(nn.Module):
         super().__init__()
         self.shape = (in_channels, size, size)
         d = in_channels * size * size
-        self.encoder = nn.Sequential(nn.Linear(d, 512), nn.ReLU(), nn.Linear(512, 256), nn.ReLU())
-        self.mu = nn.Linear(256, latent_dim)
-        self.logvar = nn.Linear(256, latent_dim)
-        self.decoder = nn.Sequential(nn.Linear(latent_dim, 256), nn.ReLU(), nn.Linear(256, 512),
-                                     nn.ReLU(), nn.Linear(512, d))
+        self._encoder = nn.Sequential(nn.Flatten(), nn.Linear(d, 512), nn.ReLU(),
+                                      nn.Linear(512, 256), nn.ReLU())
+        self._mu = nn.Linear(256, latent_dim)
+        self._logvar = nn.Linear(256, latent_dim)
+        self._decoder = nn.Sequential(nn.Linear(latent_dim, 256), nn.ReLU(), nn.Linear(256, 512),
+                                      nn.ReLU(), nn.Linear(512, d), nn.Sigmoid(),
+                                      nn.Unflatten(1, self.shape))
         self.description = self.describe(latent_dim)
 
     @staticmethod
     def describe(latent_dim: int) -> str:
         return f"512-256-{latent_dim}"
 
-    def encode(self, x):
-        h = self.encoder(x.flatten(1))
-        return self.mu(h), self.logvar(h)
-
     def decode(self, z):
-        return self.decoder(z)  # (..., D) Bernoulli logits
+        # stop before the Sigmoid: the log-likelihood is computed from logits, which stays
+        # exact where probabilities round to 0 or 1
+        h = z
+        for layer in self._decoder:
+            if isinstance(layer, nn.Sigmoid):
+                return h  # (..., D) Bernoulli logits
+            h = layer(h)
+        raise AssertionError("the MLP decoder has no Sigmoid")
 
     def log_likelihood(self, x, logits):
         # log Bern(x; sigmoid(l)) = x·l − softplus(l), summed over the D pixels
@@ -60,11 +83,12 @@ class BernoulliMLPVAE(nn.Module):
         return xl - F.softplus(logits).sum(-1)
 
     def pixel_mean(self, z):
-        return torch.sigmoid(self.decode(z)).view(-1, *self.shape)
+        return self._decoder(z.reshape(-1, z.shape[-1]))  # the whole decoder: (B, C, H, W)
 
 
-class _DCVAE(nn.Module):
-    """DCGAN-like encoder/decoder with F feature maps (Table 1); 32×32 inputs."""
+class _DCVAE(_VAE):
+    """DCGAN-like encoder/decoder with F feature maps (Table 1); 32×32 inputs. Convolutions
+    have no bias (those feeding a BatchNorm would be cancelled by it)."""
     binary = False
 
     def __init__(self, latent_dim: int, in_channels: int, out_channels: int, nf: int = 32):
@@ -72,19 +96,21 @@ class _DCVAE(nn.Module):
         c, f = in_channels, nf
 
         def enc(a, b):
-            return [nn.Conv2d(a, b, 4, 2, 1), nn.BatchNorm2d(b), nn.LeakyReLU(0.2)]
+            return [nn.Conv2d(a, b, 4, 2, 1, bias=False), nn.BatchNorm2d(b), nn.LeakyReLU(0.2)]
 
         def dec(a, b, k=4, s=2, p=1):
-            return [nn.ConvTranspose2d(a, b, k, s, p), nn.BatchNorm2d(b), nn.ReLU()]
+            return [nn.ConvTranspose2d(a, b, k, s, p, bias=False), nn.BatchNorm2d(b), nn.ReLU()]
 
-        self.encoder = nn.Sequential(nn.Conv2d(c, f, 4, 2, 1), nn.LeakyReLU(0.2),
-                                     *enc(f, 2 * f), *enc(2 * f, 4 * f), *enc(4 * f, 8 * f),
-                                     nn.Flatten())              # (B, 8F·2·2) = (B, 32F)
-        self.mu = nn.Linear(32 * f, latent_dim)
-        self.logvar = nn.Linear(32 * f, latent_dim)
-        self.decoder = nn.Sequential(*dec(latent_dim, 8 * f, 2, 1, 0),  # 1×1 → 2×2
-                                     *dec(8 * f, 4 * f), *dec(4 * f, 2 * f), *dec(2 * f, f),
-                                     nn.ConvTranspose2d(f, out_channels, 4, 2, 1))  # → 32×32
+        self._encoder = nn.Sequential(nn.Conv2d(c, f, 4, 2, 1, bias=False), nn.LeakyReLU(0.2),
+                                      *enc(f, 2 * f), *enc(2 * f, 4 * f), *enc(4 * f, 8 * f),
+                                      nn.Flatten())              # (B, 8F·2·2) = (B, 32F)
+        self._mu = nn.Linear(32 * f, latent_dim)
+        self._logvar = nn.Linear(32 * f, latent_dim)
+        self._decoder = nn.Sequential(nn.Unflatten(1, (latent_dim, 1, 1)),
+                                      *dec(latent_dim, 8 * f, 2, 1, 0),  # 1×1 → 2×2
+                                      *dec(8 * f, 4 * f), *dec(4 * f, 2 * f), *dec(2 * f, f),
+                                      nn.ConvTranspose2d(f, out_channels, 4, 2, 1,
+                                                         bias=False))  # → 32×32
         self.channels = c
         self.description = self.describe(latent_dim, nf)
 
@@ -92,13 +118,9 @@ class _DCVAE(nn.Module):
     def describe(latent_dim: int, nf: int = 32) -> str:
         return f"NF{nf}-L{latent_dim}"
 
-    def encode(self, x):
-        h = self.encoder(x)
-        return self.mu(h), self.logvar(h)
-
     def _decode_images(self, z):
         lead = z.shape[:-1]
-        out = self.decoder(z.reshape(-1, z.shape[-1], 1, 1))
+        out = self._decoder(z.reshape(-1, z.shape[-1]))
         return out.view(*lead, *out.shape[1:])
 
     def pixel_mean(self, z):
@@ -133,14 +155,14 @@ class ConstantGaussianDCVAE(_DCVAE):
 
     def __init__(self, latent_dim: int = 32, in_channels: int = 3, nf: int = 32):
         super().__init__(latent_dim, in_channels, in_channels, nf)
-        self.log_gamma = nn.Parameter(torch.tensor(-2.0))
+        self.loggamma = nn.Parameter(torch.tensor(-2.0))
 
     def decode(self, z):
-        return self._decode_images(z), self.log_gamma
+        return self._decode_images(z), self.loggamma
 
     def log_likelihood(self, x, params):
-        mean, log_gamma = params
-        return _gaussian_log_likelihood(x, mean, log_gamma.expand_as(mean))
+        mean, loggamma = params
+        return _gaussian_log_likelihood(x, mean, loggamma.expand_as(mean))
 
 
 MODELS = {m.__name__: m for m in (BernoulliMLPVAE, DiagonalGaussianDCVAE, ConstantGaussianDCVAE)}
@@ -160,3 +182,42 @@ def description(name: str, latent_dim: int) -> str:
     """The file-name tag of a model at the paper's width, without building it."""
     _check(name)
     return MODELS[name].describe(latent_dim)
+
+
+def _layout(keys) -> str:
+    """'loggamma, _encoder.*, ...': the top-level names of state_dict keys, in order."""
+    tops = dict.fromkeys(k.split(".")[0] + (".*" if "." in k else "") for k in keys)
+    return ", ".join(tops)
+
+
+def _few(keys: list[str], n: int = 4) -> str:
+    if not keys:
+        return "none"
+    more = f" and {len(keys) - n} more" if len(keys) > n else ""
+    return ", ".join(keys[:n]) + more
+
+
+def load_weights(model: nn.Module, state, source) -> None:
+    """Load a state_dict in the authors' layout (theirs or ours) into model.
+
+    A file of another layout or of other sizes is refused with one ValueError line naming
+    `source`, the keys that differ and the layout expected; model is then left unchanged."""
+    name = f"{type(model).__name__}_{model.description}"
+    if not (isinstance(state, Mapping)
+            and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())):
+        raise ValueError(f"{source} is not a state_dict (names to tensors) of {name}")
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        # the layout before this one: the same names without the leading underscore
+        older = any(f"_{k}" in expected for k in unexpected)
+        hint = " (its names lack the authors' leading underscore)" if older else ""
+        raise ValueError(f"{source} does not fit {name}: its keys differ from the authors' "
+                         f"layout ({_layout(expected)}){hint}: missing {_few(missing)}; "
+                         f"unexpected {_few(unexpected)}")
+    wrong = [f"{k} {tuple(state[k].shape)} instead of {tuple(v.shape)}"
+             for k, v in expected.items() if state[k].shape != v.shape]
+    if wrong:
+        raise ValueError(f"{source} holds a model of other sizes than {name}: {_few(wrong, 3)}")
+    model.load_state_dict(state)

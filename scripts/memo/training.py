@@ -118,7 +118,7 @@ def train_steps(model, optimizer, batch_loss, images: torch.Tensor, order: torch
     the device (no host synchronisation)."""
     model.train()
     total = torch.zeros((), device=images.device, dtype=torch.float64)
-    latent = model.mu.out_features
+    latent = model.latent_dim
     with accel.training_precision(speed):
         for sl in evaluation.batches(len(order), batch_size):
             # noise is drawn outside the (possibly compiled) loss, in neg_elbo's order
