@@ -162,7 +162,7 @@ def test_interrupted_group_resumes_and_shares_checkpoints_with_run_job(tmp_path,
 
 
 def test_nan_loss_aborts_the_group_naming_the_epoch(tmp_path, monkeypatch):
-    exp = _experiment(tmp_path, monkeypatch, n=61, epochs=1)
+    exp = _experiment(tmp_path, monkeypatch, n=61, epochs=1, eval_every=1)
     real = preprocess.train_inputs
     monkeypatch.setattr(preprocess, "train_inputs", lambda *a, **k: real(*a, **k) * float("nan"))
     with pytest.raises(training.TrainingDivergedError, match="nan at epoch 1"):

@@ -71,9 +71,10 @@ def test_one_function_names_every_file_of_a_job():
     exp = experiments.get("bmnist_lr3")
     files = results.job_files(exp, experiments.FULL_JOB, "res")
     stem = f"{PREFIX}_seed42_full_repeat0"
-    assert files.result.as_posix() == f"res/bmnist_lr3/results/{stem}.json.gz"
-    assert files.resume.as_posix() == f"res/bmnist_lr3/checkpoints/{stem}_resume.pt"
-    assert files.checkpoint.as_posix() == f"res/bmnist_lr3/checkpoints/{stem}_epoch100.params"
+    base = "res/binarized_mnist_extra_lr3"  # the authors' directory name
+    assert files.result.as_posix() == f"{base}/results/{stem}.json.gz"
+    assert files.resume.as_posix() == f"{base}/checkpoints/{stem}_resume.pt"
+    assert files.checkpoint.as_posix() == f"{base}/checkpoints/{stem}_epoch100.params"
     assert [j.tag for j in exp.jobs()][:2] == ["cv_repeat0_fold0", "cv_repeat0_fold1"]
     assert all(experiments.Job.parse(j.tag) == j for j in exp.jobs())
 

@@ -230,7 +230,7 @@ def train_plan(lengths: list[int], batch: int, device) -> list[tuple[int, int, l
 
 
 def train_epoch(stack: StackedVAEs, images: torch.Tensor, orders: list[torch.Tensor],
-                gens: list[torch.Generator], plan, hflip: bool) -> torch.Tensor:
+                gens: list[torch.Generator], plan, hflip: bool, flip: str = "image") -> torch.Tensor:
     """One pass of every model over its examples `orders` (indices into images, in the order of
     visiting), as run_job's inner loop. Returns (G,) float64 loss totals, left on the device."""
     device = images.device
@@ -242,7 +242,7 @@ def train_epoch(stack: StackedVAEs, images: torch.Tensor, orders: list[torch.Ten
             batch = images[idx]                                    # (G', b, C, H, W) uint8
             xs, eps = [], []
             for i, g in enumerate(active):  # each model draws from its own stream, as run_job
-                xs.append(preprocess.train_inputs(batch[i], stack.binary, hflip, gens[g]))
+                xs.append(preprocess.train_inputs(batch[i], stack.binary, hflip, gens[g], flip))
                 eps.append(torch.randn((b, stack.latent_dim), device=device, generator=gens[g]))
             loss = stack.train_step(torch.stack(xs), torch.stack(eps), rows, active)
             if rows is None:
@@ -268,10 +268,17 @@ def _pad(t: torch.Tensor, size: int, zeros: bool = False) -> torch.Tensor:
     return torch.cat([t, fill])
 
 
-def _eval_inputs(binary: bool, seed: int, sources, start: int, parts, width: int) -> torch.Tensor:
-    """(G', width, C, H, W) evaluation inputs (noise fixed per example), padded to width.
+def _eval_inputs(binary: bool, seed: int, sources, start: int, parts, width: int,
+                 noise_gens: list | None = None) -> torch.Tensor:
+    """(G', width, C, H, W) evaluation inputs, padded to width: noise fixed per example, or
+    fresh from noise_gens[g] of model g, drawn as evaluation.evaluate draws it.
 
     sources[i] = (images, image index, noise index) of the i-th model in parts."""
+    if noise_gens is not None:
+        return torch.stack([
+            _pad(preprocess.eval_inputs(images[image_idx[start:start + b]], None, binary, seed,
+                                        noise_gens[g]), width)
+            for (images, image_idx, _), (g, b) in zip(sources, parts)])
     imgs, noise = [], []
     for (images, image_idx, noise_idx), (_, b) in zip(sources, parts):
         imgs.append(_pad(images[image_idx[start:start + b]], width))
@@ -288,10 +295,11 @@ def _rows(stack: StackedVAEs, models: list[int]):
 @torch.no_grad()
 def group_log_px(stack: StackedVAEs, images: torch.Tensor, indices: list[torch.Tensor],
                  gens: list[torch.Generator], n_is: int, seed: int, is_rows: int | None = None,
-                 desc: str | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+                 desc: str | None = None,
+                 noise_gens: list | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """IS (log p, ESS) of each model g on the examples indices[g] of images, as
     evaluation.evaluate: batches of EVAL_BATCH, eps from gens[g], input noise fixed by (seed,
-    index). Tensors are left on the device."""
+    index) or fresh from noise_gens[g]. Tensors are left on the device."""
     is_rows = is_rows or IS_ROWS.get(images.device.type, IS_ROWS["cpu"])
     lps, esss = [[] for _ in indices], [[] for _ in indices]
     steps = list(_eval_steps([len(i) for i in indices], evaluation.EVAL_BATCH))
@@ -300,7 +308,7 @@ def group_log_px(stack: StackedVAEs, images: torch.Tensor, indices: list[torch.T
         models = [g for g, _ in parts]
         width = max(b for _, b in parts)
         x = _eval_inputs(stack.binary, seed, [(images, indices[g], indices[g]) for g in models],
-                         start, parts, width)
+                         start, parts, width, noise_gens)
         eps = torch.stack([_pad(estimator.sample_eps(b, n_is, stack.latent_dim, gens[g],
                                                      images.device, torch.float32), width, True)
                            for g, b in parts])                         # (G', width, N, L)
@@ -315,7 +323,7 @@ def group_log_px(stack: StackedVAEs, images: torch.Tensor, indices: list[torch.T
 
 @torch.no_grad()
 def group_test_loss(stack: StackedVAEs, sources: list, gens: list[torch.Generator],
-                    seed: int) -> list[torch.Tensor]:
+                    seed: int, noise_gens: list | None = None) -> list[torch.Tensor]:
     """Held-out negative ELBO totals (float64, on the device) of each model, as
     evaluation.test_loss: sources[g] = (images, image index, noise index)."""
     device = stack.device
@@ -323,7 +331,8 @@ def group_test_loss(stack: StackedVAEs, sources: list, gens: list[torch.Generato
     for start, parts in _eval_steps([len(s[1]) for s in sources], evaluation.LOSS_BATCH):
         models = [g for g, _ in parts]
         width = max(b for _, b in parts)
-        x = _eval_inputs(stack.binary, seed, [sources[g] for g in models], start, parts, width)
+        x = _eval_inputs(stack.binary, seed, [sources[g] for g in models], start, parts, width,
+                         noise_gens)
         eps = torch.stack([_pad(torch.randn((b, stack.latent_dim), device=device,
                                             generator=gens[g]), width, True) for g, b in parts])
         loss = stack.neg_elbo(x, eps, _rows(stack, models))                # (G', width)
@@ -354,7 +363,8 @@ class Group:
         gens = [m.gen for m in self.members]
         orders = [m.train_t[torch.randperm(len(m.train_t), device=device, generator=m.gen)]
                   for m in self.members]
-        totals = train_epoch(self.stack, self.jd.train, orders, gens, self.plan, self.jd.hflip)
+        totals = train_epoch(self.stack, self.jd.train, orders, gens, self.plan, self.jd.hflip,
+                             self.exp.flip)
         n_train = torch.tensor([len(m.train_idx) for m in self.members], dtype=torch.float64)
         return (totals.cpu() / n_train).tolist()  # the one host sync per epoch
 
@@ -363,7 +373,9 @@ class Group:
         sources = [evaluation.heldout_set(m.job, self.jd, m.test_t) for m in self.members]
         gens = [torch.Generator(device=device).manual_seed(evaluation.eval_seed(m.seed, epoch) + 1)
                 for m in self.members]
-        totals = torch.stack(group_test_loss(self.stack, sources, gens, self.exp.seed)).cpu()
+        noise = self._noise_gens(epoch, evaluation.LOSS_NOISE)
+        totals = torch.stack(group_test_loss(self.stack, sources, gens, self.exp.seed,
+                                             noise)).cpu()
         return [float(t) / len(s[1]) if len(s[1]) else None for t, s in zip(totals, sources)]
 
     def log_px(self, epoch: int, part: str) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -373,8 +385,16 @@ class Group:
                 for m in self.members]
         out = group_log_px(self.stack, self.jd.train, indices, gens, self.exp.n_is,
                            self.exp.seed, self.is_rows,
-                           desc=f"log p ({'in' if part == 'train' else 'out'})")
+                           desc=f"log p ({'in' if part == 'train' else 'out'})",
+                           noise_gens=self._noise_gens(epoch, evaluation.LOG_PX_NOISE))
         return [(lp.double().cpu().numpy(), ess.double().cpu().numpy()) for lp, ess in out]
+
+    def _noise_gens(self, epoch: int, offset: int) -> list | None:
+        """Each member's fresh evaluation-noise generator, as evaluation's; None: fixed noise."""
+        if self.exp.eval_noise == "fixed":
+            return None
+        return [evaluation.noise_generator(self.exp.eval_noise, m.seed, epoch, offset,
+                                           self.stack.device) for m in self.members]
 
     def sync(self) -> None:
         for g, m in enumerate(self.members):

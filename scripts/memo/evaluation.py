@@ -1,8 +1,9 @@
 """Evaluating one model on a set of examples: importance-sampled log p(x) and held-out loss.
 
 Both run in eval mode and IEEE float32. Input noise (binarization, dequantization) is fixed per
-example by (experiment seed, index); the sampling noise of a model comes from a generator seeded
-by (model seed, epoch), so a value depends on neither batch nor run order.
+example by (experiment seed, index), or with eval_noise="fresh" drawn for every model from a
+generator of its own; the sampling noise of a model comes from a generator seeded by (model seed,
+epoch), so a value depends on neither run order nor, for fixed noise, batch.
 """
 from __future__ import annotations
 
@@ -19,8 +20,20 @@ LOSS_BATCH = 1024  # examples per held-out loss batch
 
 
 def eval_seed(model_seed: int, epoch: int) -> int:
-    """Seed of a model's importance samples at an epoch; its held-out loss uses this + 1."""
+    """Seed of a model's importance samples at an epoch; its held-out loss uses this + 1, and
+    fresh input noise this + 2 (log p) and + 3 (held-out loss)."""
     return int(np.random.SeedSequence([model_seed, epoch, 7]).generate_state(1)[0])
+
+
+def noise_generator(eval_noise: str, model_seed: int, epoch: int, offset: int,
+                    device) -> torch.Generator | None:
+    """The generator of fresh evaluation input noise, or None for noise fixed per example."""
+    if eval_noise == "fixed":
+        return None
+    return torch.Generator(device=device).manual_seed(eval_seed(model_seed, epoch) + offset)
+
+
+LOG_PX_NOISE, LOSS_NOISE = 2, 3  # offsets of the fresh-noise generators
 
 
 def batches(n: int, size: int):
@@ -40,16 +53,17 @@ def heldout_set(job, jd, test_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Te
 
 @torch.no_grad()
 def evaluate(model, images: torch.Tensor, index: torch.Tensor, seed: int, n_is: int, epoch: int,
-             model_seed: int, batch_size: int = EVAL_BATCH,
-             desc: str = "log p") -> tuple[np.ndarray, np.ndarray]:
+             model_seed: int, batch_size: int = EVAL_BATCH, desc: str = "log p",
+             eval_noise: str = "fixed") -> tuple[np.ndarray, np.ndarray]:
     """IS log p(x) and ESS for images (the examples `index` of D), float64 on the host."""
     model.eval()
     gen = torch.Generator(device=images.device).manual_seed(eval_seed(model_seed, epoch))
+    noise = noise_generator(eval_noise, model_seed, epoch, LOG_PX_NOISE, images.device)
     lps, esss = [], []
     with accel.exact_float32():
         for sl in tqdm(list(batches(len(index), batch_size)), desc=desc, leave=False,
                        disable=None, file=sys.stderr):
-            x = preprocess.eval_inputs(images[sl], index[sl], model.binary, seed)
+            x = preprocess.eval_inputs(images[sl], index[sl], model.binary, seed, noise)
             lp, ess = estimator.log_px(model, x, n_is, gen)
             lps.append(lp)
             esss.append(ess)
@@ -60,13 +74,14 @@ def evaluate(model, images: torch.Tensor, index: torch.Tensor, seed: int, n_is: 
 
 @torch.no_grad()
 def test_loss(model, images: torch.Tensor, index: torch.Tensor, seed: int, epoch: int,
-              model_seed: int, batch_size: int = LOSS_BATCH) -> float:
+              model_seed: int, batch_size: int = LOSS_BATCH, eval_noise: str = "fixed") -> float:
     """Mean negative ELBO per example on a held-out set (the examples `index`)."""
     model.eval()
     gen = torch.Generator(device=images.device).manual_seed(eval_seed(model_seed, epoch) + 1)
+    noise = noise_generator(eval_noise, model_seed, epoch, LOSS_NOISE, images.device)
     total = torch.zeros((), device=images.device, dtype=torch.float64)
     with accel.exact_float32():
         for sl in batches(len(images), batch_size):
-            x = preprocess.eval_inputs(images[sl], index[sl], model.binary, seed)
+            x = preprocess.eval_inputs(images[sl], index[sl], model.binary, seed, noise)
             total += objectives.neg_elbo(model, x, gen).sum().double()
     return float(total) / max(len(images), 1)

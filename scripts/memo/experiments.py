@@ -21,6 +21,11 @@ class SettingsError(ValueError):
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # safe in file names and Make targets
 
 
+METHOD_CHOICES = {"splits": ("ours", "authors"), "eval_noise": ("fixed", "fresh"),
+                  "flip": ("image", "batch")}
+AUTHORS_METHOD = {"splits": "authors", "eval_noise": "fresh", "flip": "batch"}
+
+
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -50,6 +55,11 @@ def setting_problems(exp) -> list[str]:
     need("lr", isinstance(exp.lr, (int, float)) and not isinstance(exp.lr, bool)
          and 0 < exp.lr < float("inf"), "a number > 0")
     need("hflip", exp.hflip is None or isinstance(exp.hflip, bool), "true, false or null")
+    for field, choices in METHOD_CHOICES.items():
+        need(field, getattr(exp, field) in choices, " or ".join(map(repr, choices)))
+    need("results_dir", exp.results_dir == "" or (isinstance(exp.results_dir, str)
+                                                  and bool(_NAME.match(exp.results_dir))),
+         "empty, or letters, digits, '_', '.', '-'")
     return out
 
 
@@ -113,11 +123,26 @@ class Experiment:
     subset: int = 0            # use only the first `subset` training images (0 = all)
     checkpoint_every: int = 5  # epochs between resume checkpoints
     hflip: bool | None = None  # None: the data set's default (CIFAR-10, CelebA flip)
+    # The method (docs/fidelity.md): ours by default, the authors' for the paper's experiments.
+    splits: str = "ours"       # K-fold permutations: "ours" (numpy) or "authors" (SyncRNG)
+    eval_noise: str = "fixed"  # evaluation binarization/dequantization: "fixed" per example,
+                               # or "fresh" for every model (the authors' data loader)
+    flip: str = "image"        # random flips: each "image", or the whole "batch" with p = 1/2
+    results_dir: str = ""      # directory under results/ (default: the name)
 
     def __post_init__(self):
         problems = setting_problems(self)
         if problems:
             raise SettingsError("\n".join(f"experiment {self.name!r}: {p}" for p in problems))
+
+    @property
+    def directory(self) -> str:
+        """The experiment's folder under the results root."""
+        return self.results_dir or self.name
+
+    @property
+    def method(self) -> dict:
+        return {field: getattr(self, field) for field in METHOD_CHOICES}
 
     def eval_epochs(self) -> list[int]:
         return eval_epochs(self.epochs, self.eval_every)
@@ -131,18 +156,21 @@ class Experiment:
         return [job for r in range(self.repeats) for job in self.cv_jobs(r)] + [FULL_JOB]
 
 
-# The paper's settings (PAPER.md §5; supplement B.3): Adam, batch 64, seed 42, K = L = 10.
+# The paper's settings (PAPER.md §5; supplement B.3): Adam, batch 64, seed 42, K = L = 10, the
+# authors' method and result directories, so their published results are read as they are.
 # `fashion_demo` is the offline default, sized to finish in minutes on a 2-core CPU:
 # a small training set and many epochs make memorization visible quickly.
 _TABLE = [
     Experiment(name="bmnist_lr3", data="bmnist", model="BernoulliMLPVAE", latent_dim=16,
-               lr=1e-3, epochs=100, eval_every=5, n_is=256),
+               lr=1e-3, epochs=100, eval_every=5, n_is=256,
+               results_dir="binarized_mnist_extra_lr3", **AUTHORS_METHOD),
     Experiment(name="bmnist_lr4", data="bmnist", model="BernoulliMLPVAE", latent_dim=16,
-               lr=1e-4, epochs=100, eval_every=5, n_is=256),
+               lr=1e-4, epochs=100, eval_every=5, n_is=256,
+               results_dir="binarized_mnist_extra_lr4", **AUTHORS_METHOD),
     Experiment(name="cifar10", data="cifar10", model="DiagonalGaussianDCVAE", latent_dim=64,
-               lr=1e-3, epochs=100, eval_every=50, n_is=128),
+               lr=1e-3, epochs=100, eval_every=50, n_is=128, **AUTHORS_METHOD),
     Experiment(name="celeba", data="celeba", model="ConstantGaussianDCVAE", latent_dim=32,
-               lr=1e-3, epochs=50, eval_every=25, n_is=128),
+               lr=1e-3, epochs=50, eval_every=25, n_is=128, **AUTHORS_METHOD),
     Experiment(name="fashion_demo", data="fashion", model="BernoulliMLPVAE", latent_dim=16,
                lr=1e-3, epochs=40, eval_every=10, n_is=128, folds=5, repeats=2, subset=2000,
                checkpoint_every=10),

@@ -184,6 +184,13 @@ def description(name: str, latent_dim: int) -> str:
     return MODELS[name].describe(latent_dim)
 
 
+def num_feature(name: str) -> int | None:
+    """The authors' `num_feature` of a model at the paper's width: F for the DCVAEs, None for
+    the MLP (as their result files record it)."""
+    _check(name)
+    return None if name == "BernoulliMLPVAE" else 32
+
+
 def _layout(keys) -> str:
     """'loggamma, _encoder.*, ...': the top-level names of state_dict keys, in order."""
     tops = dict.fromkeys(k.split(".")[0] + (".*" if "." in k else "") for k in keys)

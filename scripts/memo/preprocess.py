@@ -1,9 +1,10 @@
 """Batched preprocessing on the training device (PAPER.md §3).
 
 Training uses fresh noise for every use of an image (dynamic binarization or uniform
-dequantization, random flips). Evaluation uses noise that is a fixed function of
-(seed, example index, pixel): every in- and out-model scores the very same input, so
-U - V is not inflated by input noise.
+dequantization, random flips of each image or, as the authors' code, of the whole batch).
+Evaluation noise is either fixed, a function of (seed, example index, pixel), so that every in-
+and out-model scores the very same input and U - V is not inflated by input noise; or fresh
+for every model, as the authors' data loader gives it (docs/fidelity.md).
 """
 from __future__ import annotations
 
@@ -68,16 +69,29 @@ def hflip_random(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
-def train_inputs(x: torch.Tensor, binary: bool, hflip: bool,
-                 generator: torch.Generator) -> torch.Tensor:
-    """Model inputs for a training batch of uint8 images (B, C, H, W), fresh noise."""
+def hflip_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Flip the whole batch left-right with probability 1/2 (the authors' rule); decided on the
+    device, so no host synchronisation."""
+    flip = torch.rand(1, device=x.device, generator=generator) < 0.5
+    return torch.where(flip, x.flip(-1), x)
+
+
+def train_inputs(x: torch.Tensor, binary: bool, hflip: bool, generator: torch.Generator,
+                 flip: str = "image") -> torch.Tensor:
+    """Model inputs for a training batch of uint8 images (B, C, H, W), fresh noise;
+    flip: "image" (each image) or "batch" (the whole batch), when hflip."""
     if hflip:
-        x = hflip_random(x, generator)
+        x = hflip_random(x, generator) if flip == "image" else hflip_batch(x, generator)
     u = torch.rand(x.shape, device=x.device, generator=generator)
     return binarize(x, u) if binary else to_logit(dequantize(x, u))
 
 
-def eval_inputs(x: torch.Tensor, index: torch.Tensor, binary: bool, seed: int) -> torch.Tensor:
-    """Model inputs for evaluation: noise fixed by (seed, example index); no flips."""
-    u = hash_uniform(seed, index.to(x.device), x[0].numel()).view(x.shape)
+def eval_inputs(x: torch.Tensor, index: torch.Tensor, binary: bool, seed: int,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """Model inputs for evaluation, no flips: noise fixed by (seed, example index), or with a
+    generator, fresh noise from it (one uniform per pixel, in batch order)."""
+    if generator is None:
+        u = hash_uniform(seed, index.to(x.device), x[0].numel()).view(x.shape)
+    else:
+        u = torch.rand(x.shape, device=x.device, generator=generator)
     return binarize(x, u) if binary else to_logit(dequantize(x, u))

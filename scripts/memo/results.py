@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from . import data, models
-from .experiments import Experiment, Job
+from .experiments import AUTHORS_METHOD, METHOD_CHOICES, Experiment, Job
 from .fileio import atomic_write_bytes
 
 AUTHOR_META_KEYS = ("batch_size", "dataset", "epochs", "fold_idx", "img_dim", "latent_dim",
@@ -50,7 +50,7 @@ def file_stem(exp: Experiment, job: Job) -> str:
 def job_files(exp: Experiment, job: Job, root: str | Path = "results") -> JobFiles:
     """The one place that names a job's files."""
     stem = file_stem(exp, job)
-    base = Path(root) / exp.name
+    base = Path(root) / exp.directory
     return JobFiles(result=base / "results" / f"{stem}.json.gz",
                     resume=base / "checkpoints" / f"{stem}_resume.pt",
                     checkpoint=base / "checkpoints" / f"{stem}_epoch{exp.epochs}.params")
@@ -65,23 +65,24 @@ def parse_stem(name: str) -> tuple[str, int, Job]:
     return m["prefix"], int(m["seed"]), Job.parse(m["job"])
 
 
-def meta_for(exp: Experiment, job: Job, images_shape: tuple, dataset: str,
+def meta_for(exp: Experiment, job: Job, images_shape: tuple, dataset: str, hflip: bool,
              speed: dict | None = None) -> dict:
-    """A result file's meta: the authors' keys (PAPER.md §7) plus ours (experiment, folds,
-    repeats, data spec). images_shape: (n, C, H, W) of the training set D."""
+    """A result file's meta: the authors' keys with their values' conventions (PAPER.md §7),
+    then ours (experiment, folds, repeats, data spec, method, every setting).
+    images_shape: (n, C, H, W) of the training set D."""
     n, channels, size = int(images_shape[0]), int(images_shape[1]), int(images_shape[-1])
+    desc = models.description(exp.model, exp.latent_dim)
     return {
         "batch_size": exp.batch_size, "dataset": dataset, "epochs": exp.epochs,
         "fold_idx": job.fold, "img_dim": size, "latent_dim": exp.latent_dim,
-        "learning_rate": exp.lr, "mode": job.mode, "model": exp.model,
-        "num_feature": models.description(exp.model, exp.latent_dim),
-        "num_iw_samples": exp.n_is, "run": job.repeat, "seed": exp.seed,
-        "trainer_params": {"optimizer": "Adam", "eval_every": exp.eval_every,
-                           "checkpoint_every": exp.checkpoint_every},
+        "learning_rate": exp.lr, "mode": job.mode, "model": f"{exp.model}_{desc}",
+        "num_feature": models.num_feature(exp.model), "num_iw_samples": exp.n_is,
+        "run": job.repeat, "seed": exp.seed,
+        "trainer_params": {"hflip": True} if hflip else {},
+        # ours
         "experiment": exp.name, "num_folds": exp.folds, "repeats": exp.repeats,
-        "data_spec": exp.data, "subset": exp.subset, "n": n,
-        "in_channels": channels, "eval_noise": "fixed per example (seed, index)",
-        "settings": asdict(exp), "speed": speed,
+        "data_spec": exp.data, "subset": exp.subset, "n": n, "in_channels": channels,
+        "method": exp.method, "settings": asdict(exp), "speed": speed,
     }
 
 
@@ -89,8 +90,19 @@ def meta_for(exp: Experiment, job: Job, images_shape: tuple, dataset: str,
 # it under. Our files also keep every field under meta["settings"].
 AUTHOR_SETTING_KEYS = {"lr": "learning_rate", "epochs": "epochs", "n_is": "num_iw_samples",
                        "batch_size": "batch_size", "latent_dim": "latent_dim", "seed": "seed"}
+OUR_METHOD = {field: choices[0] for field, choices in METHOD_CHOICES.items()}
 RESULT_SETTINGS = ("data", "model", "latent_dim", "lr", "epochs", "eval_every", "n_is",
-                   "batch_size", "seed", "folds", "repeats", "subset", "hflip")
+                   "batch_size", "seed", "folds", "repeats", "subset", "hflip", "splits",
+                   "eval_noise", "flip")
+
+
+def recorded_method(meta: dict) -> dict:
+    """The method (splits, eval_noise, flip) a result file was made with: recorded in ours
+    (files from before it was recorded used our method); the authors' code has its own."""
+    ours = meta.get("settings")
+    if not isinstance(ours, dict):
+        return dict(AUTHORS_METHOD)
+    return {f: ours.get(f, default) for f, default in OUR_METHOD.items()}
 
 
 def settings_mismatches(meta: dict, exp: Experiment) -> list[tuple[str, object, object]]:
@@ -99,9 +111,10 @@ def settings_mismatches(meta: dict, exp: Experiment) -> list[tuple[str, object, 
     those are compared."""
     ours = meta.get("settings")
     if isinstance(ours, dict):
-        recorded = {f: ours[f] for f in RESULT_SETTINGS if f in ours}
-    else:
-        recorded = {f: meta[k] for f, k in AUTHOR_SETTING_KEYS.items() if k in meta}
+        recorded = {**recorded_method(meta), **{f: ours[f] for f in RESULT_SETTINGS if f in ours}}
+    else:  # the authors' code
+        recorded = {**recorded_method(meta),
+                    **{f: meta[k] for f, k in AUTHOR_SETTING_KEYS.items() if k in meta}}
         if "dataset" in meta and meta["dataset"] != data.dataset_name(exp.data):
             return [("dataset", meta["dataset"], data.dataset_name(exp.data))]
     return [(f, v, getattr(exp, f)) for f, v in recorded.items() if v != getattr(exp, f)]

@@ -94,9 +94,16 @@ REQUIRED = ("meta", "epochs", "U", "V", "M")
 
 
 def _check_identity(contents: dict[Path, dict]) -> dict:
+    from . import results
     ref_path, ref = next(iter(contents.items()))
     ref_meta = ref["meta"]
+    ref_method = results.recorded_method(ref_meta)
     for path, c in contents.items():
+        method = results.recorded_method(c["meta"])
+        if method != ref_method:
+            raise SummaryError(
+                f"mixed methods: {path.name} was made with {method} but {ref_path.name} with "
+                f"{ref_method}; summarize files of one method at a time (docs/fidelity.md)")
         for key in IDENTITY_KEYS:
             a, b = ref_meta.get(key), c["meta"].get(key)
             if a != b:
@@ -211,13 +218,14 @@ def summarize(paths: list[str | Path], progress: bool = True, n_boot: int = 1000
         ess_out = np.where(ess_cnt["test"] > 0, ess_sum["test"] / ess_cnt["test"], np.nan)
     losses = full[0]["results"]["losses"] if full else {"train": [], "test": []}
     out_meta = {
-        "experiment": meta.get("experiment") or Path(paths[0]).parent.parent.name,
+        "experiment": (meta.get("experiment") or (experiment.name if experiment else None)
+                       or Path(paths[0]).parent.parent.name),
         "data": meta.get("data_spec") or _spec_from_dataset(meta["dataset"]),
         "dataset": meta["dataset"], "model": meta["model"], "latent_dim": meta.get("latent_dim"),
         "lr": meta.get("learning_rate"), "epochs": meta.get("epochs"),
         "n_is": meta.get("num_iw_samples"), "folds": n_folds, "repeats": n_repeats,
         "seed": meta.get("seed"), "n": n, "eval_epochs": epochs, "subset": meta.get("subset", 0),
-        "has_full_model": bool(full),
+        "has_full_model": bool(full), "method": results.recorded_method(meta),
         "ess_threshold_fraction": uncertainty.ESS_THRESHOLD_FRACTION,
     }
 

@@ -113,7 +113,7 @@ def batch_loss_fn(model, speed: accel.Speed, device):
 
 def train_steps(model, optimizer, batch_loss, images: torch.Tensor, order: torch.Tensor,
                 batch_size: int, hflip: bool, gen: torch.Generator,
-                speed: accel.Speed) -> torch.Tensor:
+                speed: accel.Speed, flip: str = "image") -> torch.Tensor:
     """One pass of Adam steps over images[order] in batches: the summed loss, float64, left on
     the device (no host synchronisation)."""
     model.train()
@@ -122,7 +122,7 @@ def train_steps(model, optimizer, batch_loss, images: torch.Tensor, order: torch
     with accel.training_precision(speed):
         for sl in evaluation.batches(len(order), batch_size):
             # noise is drawn outside the (possibly compiled) loss, in neg_elbo's order
-            x = preprocess.train_inputs(images[order[sl]], model.binary, hflip, gen)
+            x = preprocess.train_inputs(images[order[sl]], model.binary, hflip, gen, flip)
             eps = torch.randn((x.shape[0], latent), device=images.device, generator=gen)
             loss = batch_loss(x, eps)
             optimizer.zero_grad(set_to_none=True)
@@ -147,7 +147,7 @@ class OneModel:
         order = m.train_t[torch.randperm(len(m.train_t), device=m.train_t.device,
                                          generator=m.gen)]
         total = train_steps(m.model, m.optimizer, self.batch_loss, self.jd.train, order,
-                            self.exp.batch_size, self.jd.hflip, m.gen, self.speed)
+                            self.exp.batch_size, self.jd.hflip, m.gen, self.speed, self.exp.flip)
         return [float(total) / len(m.train_idx)]  # the one host sync per epoch
 
     def heldout_losses(self, epoch: int) -> list[float | None]:
@@ -156,13 +156,13 @@ class OneModel:
         if not len(image_idx):
             return [None]
         return [evaluation.test_loss(m.model, images[image_idx], noise_idx, self.exp.seed,
-                                     epoch, m.seed)]
+                                     epoch, m.seed, eval_noise=self.exp.eval_noise)]
 
     def log_px(self, epoch: int, part: str) -> list[tuple[np.ndarray, np.ndarray]]:
         m = self.members[0]
         index = m.train_t if part == "train" else m.test_t
         return [evaluation.evaluate(m.model, self.jd.train[index], index, self.exp.seed,
-                                    self.exp.n_is, epoch, m.seed,
+                                    self.exp.n_is, epoch, m.seed, eval_noise=self.exp.eval_noise,
                                     desc=f"log p ({'in' if part == 'train' else 'out'})")]
 
     def sync(self) -> None:
@@ -292,7 +292,7 @@ def finish_job(exp: Experiment, member: Member, jd: JobData, speed: dict | None 
     content = {"logpxs": h["logpxs"], "losses": h["losses"], "ess": h["ess"]}
     results.write_result(member.files.result,
                          results.meta_for(exp, member.job, tuple(jd.train.shape), jd.dataset,
-                                          speed), content)
+                                          jd.hflip, speed), content)
     member.files.resume.unlink(missing_ok=True)
     return content
 
