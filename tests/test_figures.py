@@ -21,8 +21,10 @@ N_IS = 64
 
 def write_summary(path: Path, n: int = 300, E: int = 3, R: int = 2, scale=(-5.0, 10.0),
                   seed: int = 0, experiment: str | None = None, data: str = "bmnist",
-                  lr: float = 1e-3, losses: bool = True, ess: bool = True) -> Path:
-    """A summary file in the format of the summarize step, with M spread over `scale`."""
+                  lr: float = 1e-3, losses: bool = True, ess: bool = True,
+                  calibrated: bool = True) -> Path:
+    """A summary file in the format of the summarize step, with M spread over `scale`;
+    calibrated=False: a file from before the calibration (no such arrays)."""
     rng = np.random.default_rng(seed)
     lo, hi = scale
     # right-skewed scores: most near the low end, a long tail up to hi
@@ -52,6 +54,26 @@ def write_summary(path: Path, n: int = 300, E: int = 3, R: int = 2, scale=(-5.0,
         ess_out=rng.uniform(1, N_IS, n) if ess else np.full(n, np.nan),
         full_losses_train=np.linspace(200, 90, 15) if losses else np.array([]),
         full_losses_test=np.linspace(205, 100, 15) if losses else np.array([]))
+    if calibrated:
+        null_mean = np.abs(rng.normal(1.0, 0.5, n))
+        p = rng.uniform(0, 1, n)
+        p[np.argsort(M_final)[-10:]] = 1 / 2001      # the highest scores reach the minimum
+        flagged = p <= 10 / n * 0.05
+        meta["calibration"] = {"n_perm": 2000, "exact": False, "labellings": 10 ** R,
+                               "labellings_used": 2000, "min_p": 1 / 2001, "fdr_q": 0.05,
+                               "bh_first_threshold": 0.05 / n, "flagged": int(flagged.sum()),
+                               "can_flag": 1 / 2001 <= 0.05 / n, "needed_at_min_p": 1,
+                               "seed": 42, "interval": "shifted"}
+        meta["split_half_repeats"] = [R // 2, R - R // 2]
+        arrays.update(
+            meta=np.array(json.dumps(meta)),
+            values=rng.normal(-100, 3, (R, 10, n)).astype(np.float32),
+            held_out=rng.integers(0, 10, (R, n)).astype(np.int16), null_mean=null_mean,
+            M_corrected=M_final - null_mean, p_value=p, memorized=flagged,
+            M_corrected_ci_low=M_final - null_mean - 1.96 * se,
+            M_corrected_ci_high=M_final - null_mean + 1.96 * se,
+            reliability=np.float64(0.8 * 2 / 1.8), split_half_corrected=np.float64(0.7),
+            reliability_corrected=np.float64(1.4 / 1.7))
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, **arrays)
     return path
@@ -325,7 +347,9 @@ def test_make_plans_one_command_per_figure_and_compares_the_bmnist_pair(tree):
     assert not any(f.startswith(figures.SERIES) and "--out output/bmnist_" in f for f in figs)
     assert "neighbours analysis/demo.npz --out output/demo" in figs
     assert not any(f.startswith("neighbours analysis/bmnist") for f in figs)
-    assert len(figs) == 2 * 3 + (3 + 3 + 1) + 3     # singles, demo's own, bmnist comparisons
+    singles = len(make(tree, "print-AN_SINGLE").split())
+    # singles of the pair, demo's own (singles, series, neighbours), bmnist comparisons
+    assert len(figs) == 2 * singles + (singles + 3 + 1) + 3
 
 
 @pytest.mark.skipif(not shutil.which("make"), reason="no make")

@@ -4,7 +4,10 @@
     U_i = logmeanexp(in-values),  V_i = logmeanexp(out-values),  M_i = U_i − V_i
 
 Averages are taken in probability space. Per-repeat partial sums at the final epoch are kept
-so that uncertainty over repeats (bootstrap, split-half reliability) can be computed.
+so that uncertainty over repeats (bootstrap, split-half reliability) can be computed, and every
+fold model's value of every example at the final epoch (`values`, with the held-out fold of
+each example per repeat) so that the score can be calibrated against its permutation null
+(memo.calibration: bias, M_corrected, p-values, Benjamini–Hochberg flags).
 `summarize` makes a Summary from result files, `save` writes it, `load` reads it back.
 """
 from __future__ import annotations
@@ -52,9 +55,43 @@ class Summary:
     M_se: np.ndarray                # (n,) bootstrap SE of final-epoch M (nan when R < 2)
     M_ci_low: np.ndarray            # (n,) bootstrap 95 % percentile interval of final-epoch M
     M_ci_high: np.ndarray
-    split_half: float               # split-half reliability of final-epoch M over repeats
+    split_half: float               # Spearman of final-epoch M between halves of the repeats
     low_ess: np.ndarray             # (n,) bool: in- or out-ESS under the flagging rule
+    # calibration (memo.calibration); absent from older files: empty values, nan, False
+    values: np.ndarray = None       # (R, K, n) float32 log p of example i under fold model k
+    held_out: np.ndarray = None     # (R, n) int16: the fold that held example i out in repeat r
+    null_mean: np.ndarray = None    # (n,) mean of M over held-out relabellings: the bias
+    M_corrected: np.ndarray = None  # (n,) M − null_mean (final epoch)
+    p_value: np.ndarray = None      # (n,) permutation p-value of M
+    memorized: np.ndarray = None    # (n,) bool: flagged by Benjamini–Hochberg at meta's fdr_q
+    M_corrected_ci_low: np.ndarray = None   # (n,) bootstrap 95 % interval of M_corrected
+    M_corrected_ci_high: np.ndarray = None
+    reliability: float = np.nan     # Spearman–Brown projection of split_half to all R repeats
+    split_half_corrected: float = np.nan    # as split_half, for M_corrected
+    reliability_corrected: float = np.nan
     path: Path | None = field(default=None, compare=False)   # the file it was read from
+    timings: dict = field(default_factory=dict, compare=False)   # seconds per step (not saved)
+
+    def __post_init__(self):
+        n = self.M.shape[1]
+        defaults = {"values": np.zeros((0, 0, n), np.float32),
+                    "held_out": np.zeros((0, n), np.int16), "null_mean": np.full(n, np.nan),
+                    "M_corrected": np.full(n, np.nan), "p_value": np.full(n, np.nan),
+                    "memorized": np.zeros(n, bool), "M_corrected_ci_low": np.full(n, np.nan),
+                    "M_corrected_ci_high": np.full(n, np.nan)}
+        for key, default in defaults.items():
+            if getattr(self, key) is None:
+                setattr(self, key, default)
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether the summary holds the permutation calibration (p-values)."""
+        return bool(np.isfinite(self.p_value).any())
+
+    @property
+    def calibration(self) -> dict:
+        """meta's calibration record ({} when not calibrated)."""
+        return self.meta.get("calibration") or {}
 
     @property
     def name(self) -> str:
@@ -85,7 +122,11 @@ class Summary:
 # The npz's arrays in the order they are written; the order is part of the file's bytes.
 ARRAYS = ("epochs", "U", "V", "M", "n_in", "n_out", "in_lse", "in_count", "out_lse",
           "out_count", "ess_in", "ess_out", "full_losses_train", "full_losses_test", "index",
-          "labels", "M_se", "M_ci_low", "M_ci_high", "split_half", "low_ess")
+          "labels", "M_se", "M_ci_low", "M_ci_high", "split_half", "low_ess",
+          # calibration: after the earlier arrays, so those keep their place in the file
+          "values", "held_out", "null_mean", "M_corrected", "p_value", "memorized",
+          "M_corrected_ci_low", "M_corrected_ci_high", "reliability", "split_half_corrected",
+          "reliability_corrected")
 REQUIRED = ("meta", "epochs", "U", "V", "M")
 
 
@@ -125,9 +166,11 @@ def _check_settings(contents: dict[Path, dict], exp) -> None:
 
 
 def summarize(paths: list[str | Path], progress: bool = True, n_boot: int = 1000,
-              experiment=None) -> Summary:
+              experiment=None, n_perm: int | None = None, fdr_q: float | None = None) -> Summary:
     """The summary of one experiment's result files, with bootstrap uncertainty over repeats
-    (`n_boot` replicates) and split-half reliability; labels are left at -1 (unknown).
+    (`n_boot` replicates), split-half reliability and the permutation calibration (`n_perm`
+    labellings per example, Benjamini–Hochberg at `fdr_q`; n_perm=0: no calibration); labels
+    are left at -1 (unknown).
     experiment (experiments.Experiment): the files must have been made under its settings."""
     # imported here: they pull in torch and scipy, which reading a summary does not need
     from tqdm import tqdm
@@ -184,8 +227,11 @@ def summarize(paths: list[str | Path], progress: bool = True, n_boot: int = 1000
     ess_sum = {"train": np.zeros(n), "test": np.zeros(n)}
     ess_cnt = {"train": np.zeros(n, dtype=np.int64), "test": np.zeros(n, dtype=np.int64)}
     covered = defaultdict(lambda: np.zeros(n, dtype=bool))
+    # every fold model's value of every example at the final epoch, for the calibration
+    values = np.full((R, n_folds, n), np.nan, dtype=np.float32)
+    held_out = np.full((R, n), -1, dtype=np.int16)
     for p, c in cv.items():
-        r = int(c["meta"]["run"])
+        r, k = int(c["meta"]["run"]), int(c["meta"]["fold_idx"])
         for ei, epoch in enumerate(epochs):
             parts = c["results"]["logpxs"][str(epoch)]
             for part, lse, cnt in (("train", in_lse, in_count), ("test", out_lse, out_count)):
@@ -196,8 +242,11 @@ def summarize(paths: list[str | Path], progress: bool = True, n_boot: int = 1000
                     raise SummaryError(f"{p.name}: non-finite log p(x) at epoch {epoch}")
                 lse[ei, r, idx] = np.logaddexp(lse[ei, r, idx], val)
                 cnt[ei, r, idx] += 1
-                if part == "test" and ei == E - 1:
-                    covered[r][idx] = True
+                if ei == E - 1:
+                    values[r, k, idx] = val
+                    if part == "test":
+                        covered[r][idx] = True
+                        held_out[r, idx] = k
         ess = c["results"].get("ess", {}).get(str(epochs[-1]))
         if ess:
             for part in ("train", "test"):
@@ -235,7 +284,7 @@ def summarize(paths: list[str | Path], progress: bool = True, n_boot: int = 1000
     reliability = uncertainty.split_half_reliability(*final, seed=seed)
     low_ess = (uncertainty.ess_flags(ess_in, out_meta["n_is"])
                | uncertainty.ess_flags(ess_out, out_meta["n_is"]))
-    return Summary(
+    s = Summary(
         meta=out_meta, epochs=np.array(epochs), U=U, V=V, M=M,
         n_in=in_count[-1].sum(0), n_out=out_count[-1].sum(0),
         in_lse=in_lse[-1], in_count=in_count[-1], out_lse=out_lse[-1], out_count=out_count[-1],
@@ -243,7 +292,80 @@ def summarize(paths: list[str | Path], progress: bool = True, n_boot: int = 1000
         full_losses_train=np.asarray(losses["train"], dtype=float),
         full_losses_test=np.asarray(losses["test"], dtype=float),
         index=np.arange(n), labels=np.full(n, -1, dtype=np.int64),
-        M_se=se, M_ci_low=lo, M_ci_high=hi, split_half=float(reliability), low_ess=low_ess)
+        M_se=se, M_ci_low=lo, M_ci_high=hi, split_half=float(reliability), low_ess=low_ess,
+        reliability=float(uncertainty.spearman_brown(reliability)))
+    out_meta["split_half_repeats"] = [R // 2, R - R // 2]
+    from . import calibration
+    n_perm = calibration.DEFAULT_PERMUTATIONS if n_perm is None else int(n_perm)
+    fdr_q = calibration.DEFAULT_FDR_Q if fdr_q is None else float(fdr_q)
+    if n_perm > 0:
+        missing = int(np.isnan(values).sum())
+        twice = int((out_count[-1] != 1).sum())
+        if missing or twice:
+            what = (f"{missing} of {values.size} (repeat, fold, example) values are missing"
+                    if missing else
+                    f"{twice} (repeat, example) pairs are not held out exactly once")
+            raise SummaryError(
+                f"cannot calibrate: {what} at epoch {epochs[-1]}; the calibration needs every "
+                "fold model's log p of every example (complete result files); summarize "
+                "without it with --n-perm 0")
+        calibrate_summary(s, values, held_out, n_perm=n_perm, fdr_q=fdr_q, n_boot=n_boot,
+                          seed=seed)
+    return s
+
+
+def calibrate_summary(s: Summary, values, held_out, n_perm: int, fdr_q: float, n_boot: int,
+                      seed: int) -> None:
+    """Fill the calibration of a summary in place (memo.calibration): null mean, M_corrected
+    and its bootstrap interval, p-values, BH flags, split-half of M_corrected; the record of
+    how (meta["calibration"]). Work is timed in s.timings."""
+    import time
+
+    from . import calibration, uncertainty
+
+    t0 = time.perf_counter()
+    R, K, n = values.shape
+    c = calibration.calibrate(values, held_out, n_perm=n_perm, seed=seed)
+    flags, cutoff = calibration.benjamini_hochberg(c.p_value, fdr_q)
+    s.values, s.held_out = values, held_out
+    s.null_mean = c.null_mean
+    s.M_corrected = s.M[-1] - c.null_mean
+    s.p_value = c.p_value
+    s.memorized = flags
+    s.timings["calibration"] = time.perf_counter() - t0
+
+    # the interval of M_corrected: the null recomputed in each bootstrap replicate when
+    # affordable, else M's interval shifted by the (full-data) null mean
+    t0 = time.perf_counter()
+    if R < 2 or n_boot < 2:
+        interval = "none"
+    elif calibration.bootstrap_affordable(K, R, n, n_boot):
+        w = uncertainty.bootstrap_weights(R, n_boot, seed)
+        s.M_corrected_ci_low, s.M_corrected_ci_high = calibration.bootstrap_corrected(
+            values, held_out, w)
+        interval = "recomputed"
+    else:
+        s.M_corrected_ci_low = s.M_ci_low - c.null_mean
+        s.M_corrected_ci_high = s.M_ci_high - c.null_mean
+        interval = "shifted"
+    rel, splits = calibration.split_half_corrected(values, held_out, seed=seed, n_perm=n_perm)
+    s.split_half_corrected = rel
+    s.reliability_corrected = float(uncertainty.spearman_brown(rel))
+    s.timings["calibration uncertainty"] = time.perf_counter() - t0
+
+    s.meta["calibration"] = {
+        "n_perm": n_perm, "exact": c.exact, "labellings": calibration.labellings(K, R),
+        "labellings_used": c.n_labellings, "min_p": c.min_p, "fdr_q": fdr_q,
+        "bh_first_threshold": fdr_q / n, "bh_cutoff": None if np.isnan(cutoff) else cutoff,
+        "flagged": int(flags.sum()), "can_flag": c.min_p <= fdr_q / n,
+        "needed_at_min_p": calibration.needed_at_minimum(c.min_p, n, fdr_q), "seed": seed,
+        "interval": interval, "split_half_corrected_splits": splits,
+    }
+
+
+def _spearman_brown(r_half: float) -> float:
+    # uncertainty.spearman_brown without importing scipy into the reader
+    return 2 * r_half / (1 + r_half) if r_half > -1 else float("nan")
 
 
 def _spec_from_dataset(dataset: str) -> str:
@@ -308,6 +430,13 @@ def load(path: str | os.PathLike) -> Summary:
     def vec(key, default, dtype=float):
         return get(key, (n,), np.full(n, default), dtype)
 
+    def scalar(key):
+        return float(a[key]) if key in a else float("nan")
+
+    values = np.asarray(a.get("values", np.zeros((0, 0, n))), dtype=np.float32)
+    if values.ndim != 3 or values.shape[2] != n:
+        raise SummaryError(f"{path}: values has shape {values.shape}, expected (R, K, {n})")
+    held_out = get("held_out", (values.shape[0], n), np.zeros((values.shape[0], n)), np.int16)
     in_count = get("in_count", (R, n), np.zeros((R, n)), np.int64)
     out_count = get("out_count", (R, n), np.zeros((R, n)), np.int64)
     return Summary(
@@ -324,4 +453,13 @@ def load(path: str | os.PathLike) -> Summary:
         M_se=vec("M_se", np.nan), M_ci_low=vec("M_ci_low", np.nan),
         M_ci_high=vec("M_ci_high", np.nan),
         split_half=float(a.get("split_half", np.nan)), low_ess=vec("low_ess", False, bool),
+        values=values, held_out=held_out,
+        null_mean=vec("null_mean", np.nan), M_corrected=vec("M_corrected", np.nan),
+        p_value=vec("p_value", np.nan), memorized=vec("memorized", False, bool),
+        M_corrected_ci_low=vec("M_corrected_ci_low", np.nan),
+        M_corrected_ci_high=vec("M_corrected_ci_high", np.nan),
+        reliability=(scalar("reliability") if "reliability" in a
+                     else _spearman_brown(float(a.get("split_half", np.nan)))),
+        split_half_corrected=scalar("split_half_corrected"),
+        reliability_corrected=scalar("reliability_corrected"),
         path=path)

@@ -239,9 +239,18 @@ def split_half_reliability(in_lse, in_count, out_lse, out_count, seed: int = 0,
     return float(np.mean(values)) if values else float("nan")
 
 
-def spearman_brown(r_half: float) -> float:
-    """Reliability of the full score from the split-half correlation: 2r / (1 + r)."""
-    return 2 * r_half / (1 + r_half)
+def spearman_brown(r_half: float, factor: float = 2.0) -> float:
+    """Reliability of a score from `factor` times as many repeats as each half had, from the
+    correlation r between two halves: f·r / (1 + (f − 1)·r); 2r / (1 + r) for the full score.
+
+    Assumes exchangeable repeats (each adds an independent, equally noisy copy of the same
+    signal). With an odd number of repeats the halves differ by one repeat and the factor 2 is
+    an approximation. nan for nan or r <= −1 (no such reliability).
+    """
+    r = float(r_half)
+    if not np.isfinite(r) or r <= -1:
+        return float("nan")
+    return factor * r / (1 + (factor - 1) * r)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -9,8 +9,9 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-FIGURES = ("qualitative", "losses", "quantiles", "distribution", "logprob", "neighbours",
-           "uncertainty")
+# in report order: the calibrated scores lead
+FIGURES = ("calibration", "qualitative", "losses", "quantiles", "distribution", "logprob",
+           "neighbours", "uncertainty")
 SERIES = ("losses", "quantiles", "distribution")   # take one summary or several to compare
 NEEDS_IMAGES = ("qualitative", "logprob")
 NEEDS_NN = ("neighbours",)

@@ -119,6 +119,51 @@ def highly_memorized(M: np.ndarray, q: float = HIGH_Q) -> tuple[np.ndarray, floa
     return ok & (M >= thr), thr
 
 
+def flag_info(s: Summary) -> dict | None:
+    """The calibrated flag of a summary (memo.calibration), None when it has none: mask of
+    examples flagged by Benjamini–Hochberg, q, their count, and whether the design can flag."""
+    if not s.calibrated:
+        return None
+    c = s.calibration
+    q = float(c.get("fdr_q", math.nan))
+    min_p = float(c.get("min_p", math.nan))
+    return {"mask": np.asarray(s.memorized, bool), "count": int(np.sum(s.memorized)),
+            "n": s.n, "q": q, "min_p": min_p, "exact": bool(c.get("exact")),
+            "labellings": c.get("labellings_used"), "can_flag": bool(min_p <= q / s.n),
+            "needed": c.get("needed_at_min_p")}
+
+
+def flag_label(info: dict) -> str:
+    return rf"flagged (BH, $q = {short(100 * info['q'])}\%$)"
+
+
+def flag_text(s: Summary) -> str:
+    """One LaTeX sentence on the calibrated flag: how many, or why none can be."""
+    info = flag_info(s)
+    if info is None:
+        return ("This summary has no calibration (made before it, or with "
+                "\\texttt{-{}-n-perm 0}): no observation is flagged. ")
+    q = rf"$q = {short(100 * info['q'])}$\,\%"
+    if info["can_flag"] or info["count"]:
+        return (f"Flagged as memorized by Benjamini--Hochberg at {q}: {count(info['count'])} of "
+                f"{count(info['n'])} observations ({pct(info['count'] / info['n'])}). ")
+    how = (f"all $K^L = {count(info['labellings'])}$ labellings" if info["exact"] else
+           f"$B = {count(info['labellings'])}$ drawn labellings")
+    return (f"No observation is flagged, and none can be: the smallest attainable p-value, "
+            f"{num(info['min_p'])} ({how}), is above the first Benjamini--Hochberg threshold "
+            f"$q/n = {sci(info['q'] / info['n'])}$ at {q} (it would take "
+            f"{count(info['needed'])} observations at that p-value); flagging even one needs "
+            f"at least $n/q = {count(math.ceil(info['n'] / info['q'] - 1e-9))}$ labellings. ")
+
+
+def sci(x: float) -> str:
+    """x in LaTeX scientific notation with 2 significant digits (math mode body)."""
+    if x is None or not np.isfinite(x):
+        return "n/a"
+    m, e = f"{x:.1e}".split("e")
+    return rf"{m} \times 10^{{{int(e)}}}" if int(e) else m
+
+
 def nice_step(raw: float) -> float:
     """The smallest of 1, 2, 2.5, 5 times a power of ten that is >= raw."""
     if not np.isfinite(raw) or raw <= 0:

@@ -49,12 +49,17 @@ def caption(summaries, edges) -> str:
         out = int(((m < edges[0]) | (m > edges[-1])).sum())
         parts.append(f"{tex_escape(s.name)}: median {num(np.median(m))}, 95th percentile "
                      f"{num(p95)}, range {num(m.min())} to {num(m.max())}"
-                     + (f" ({count(out)} scores beyond the axis)" if out else ""))
+                     + (f" ({count(out)} scores beyond the axis)" if out else "")
+                     + (f"; median bias under no memorization {num(np.nanmedian(s.null_mean))}, "
+                        f"median calibrated score {num(np.nanmedian(s.M_corrected))}"
+                        if s.calibrated else ""))
     return ("Distribution of the memorization score at the final epoch (density histogram, bin "
             f"width {num(edges[1] - edges[0])}); the dashed line marks the 95th percentile, above "
             "which observations count as highly memorized. The horizontal axis is cut at the "
             f"{100 * RANGE_Q[0]:g}th and {100 * RANGE_Q[1]:g}th percentiles of all scores. "
-            f"{'; '.join(parts)}.")
+            f"{'; '.join(parts)}. The score is biased upward when nothing is memorized (more "
+            "in-values than held-out ones enter its log-mean-exp), so neither $M > 0$ nor the "
+            "top 5\\,\\% alone shows memorization; see the calibrated scores.")
 
 
 def make(summaries, **_) -> Result:

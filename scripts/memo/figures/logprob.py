@@ -15,10 +15,12 @@ from __future__ import annotations
 import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.patches import ConnectionPatch, Patch
 
-from .common import (COLORS, HIGH_Q, TEXTWIDTH, Result, bin_of, count, edges_for,
-                     highly_memorized, lr_label, mosaic, num, pct, placeholder, show, tex_escape)
+from .common import (COLORS, HIGH_Q, TEXTWIDTH, Result, bin_of, count, edges_for, flag_info,
+                     flag_label, flag_text, highly_memorized, lr_label, mosaic, num, pct,
+                     placeholder, show, tex_escape)
 
 TARGET_BINS = 25
 RANGE_Q = (0.001, 1.0)    # the lowest 0.1 % of U are pooled into the first bar
@@ -59,7 +61,9 @@ def select_examples(U: np.ndarray, mem: np.ndarray, edges: np.ndarray, seed: int
     return out
 
 
-def figure(edges, regular, high, examples=None, images=None, mem=None) -> Figure:
+def figure(edges, regular, high, examples=None, images=None, mem=None, flagged=None,
+           flag=None) -> Figure:
+    """flagged: (counts per bin of the calibrated flag, its legend label) or None."""
     with_images = bool(examples) and images is not None
     fig = Figure(figsize=(TEXTWIDTH, 6.0 if with_images else 4.0))
     left, width = 0.1, 0.88
@@ -74,6 +78,8 @@ def figure(edges, regular, high, examples=None, images=None, mem=None) -> Figure
 
     ax_a.bar(centers, regular, w, color=COLORS["regular"])
     ax_a.bar(centers, high, w, bottom=regular, color=COLORS["memorized"])
+    if flagged is not None:
+        ax_a.stairs(flagged, edges, color="k", lw=0.8)
     ax_a.set_ylim(0, 1.18 * max(total.max(), 1))
     rot = 90 if len(centers) > 14 else 0
     for x, t, h in zip(centers, total, high):
@@ -86,8 +92,11 @@ def figure(edges, regular, high, examples=None, images=None, mem=None) -> Figure
         fig.text(left, 0.985, title_a, va="top", size=matplotlib.rcParams["axes.titlesize"])
     else:
         ax_a.set_title(title_a, loc="left")
-    ax_a.legend(handles=[Patch(color=COLORS["memorized"], label=r"highly memorized (top $5\%$)"),
-                         Patch(color=COLORS["regular"], label="regular")], loc="best",
+    handles = [Patch(color=COLORS["memorized"], label=r"highly memorized (top $5\%$)"),
+               Patch(color=COLORS["regular"], label="regular")]
+    if flagged is not None:
+        handles.append(Line2D([], [], color="k", lw=0.8, label=flag))
+    ax_a.legend(handles=handles, loc="best",
                 frameon=True, facecolor="white", edgecolor="none", framealpha=1)
     ax_a.patch.set_facecolor("none")   # the dashed lines below run behind bars and legend
     ax_a.tick_params(labelbottom=False)
@@ -98,6 +107,12 @@ def figure(edges, regular, high, examples=None, images=None, mem=None) -> Figure
     ax_b.bar(centers[has], 1 - share[has], w[has], color=COLORS["regular"])
     ax_b.bar(centers[has], share[has], w[has], bottom=1 - share[has], color=COLORS["memorized"])
     ax_b.axhline(1 - high.sum() / max(total.sum(), 1), color="k", ls="--", lw=0.6)
+    if flagged is not None:
+        # the calibrated set beside the top 5 %: its share per bin
+        with np.errstate(invalid="ignore", divide="ignore"):
+            fshare = np.where(total > 0, flagged / total, np.nan)
+        ax_b.plot(centers[has], fshare[has], "o-", ms=2, lw=0.7, color="k", label=flag)
+        ax_b.legend(loc="lower left", frameon=True, facecolor="white", edgecolor="none")
     ax_b.set_ylim(0, 1)
     ax_b.set_ylabel("proportion")
     ax_b.set_xlabel(r"$\log P_{\mathcal{A}}(x_i \mid \mathcal{D})$ (nats)")
@@ -119,7 +134,8 @@ def figure(edges, regular, high, examples=None, images=None, mem=None) -> Figure
     return fig
 
 
-def caption(s, edges, regular, high, examples, seed, pooled_low, above_median) -> str:
+def caption(s, edges, regular, high, examples, seed, pooled_low, above_median,
+            flagged=None) -> str:
     total = regular + high
     text = ("Highly memorized (top 5\\,\\% of the final-epoch memorization score, orange) and "
             "regular (blue) observations in bins of the log probability "
@@ -139,8 +155,12 @@ def caption(s, edges, regular, high, examples, seed, pooled_low, above_median) -
     text += ("(b) The proportion of both groups per bin. "
              f"Of the {count(high.sum())} highly memorized observations, {pct(above_median)} have "
              "a log probability above the median of all observations (50\\,\\% if memorization "
-             "were unrelated to it).")
-    return text
+             "were unrelated to it). ")
+    if flagged is not None:
+        text += (f"Black lines: the {count(flagged.sum())} observations flagged as memorized by "
+                 "the calibrated test (Benjamini--Hochberg over the permutation p-values), their "
+                 "number per bin in (a) and their share per bin in (b). ")
+    return text + flag_text(s)
 
 
 def make(summaries, *, images=None, seed=42, **_) -> Result:
@@ -157,8 +177,14 @@ def make(summaries, *, images=None, seed=42, **_) -> Result:
     examples = select_examples(U, mem, edges, seed) if images is not None else []
     pooled_low = int((U[ok] < edges[0]).sum())
     above_median = float((U[mem] > np.median(U[ok])).mean()) if mem.any() else np.nan
-    fig = figure(edges, regular, high, examples, images, mem)
+    fi = flag_info(s)
+    flagged = None
+    if fi is not None and fi["count"]:
+        _, flagged = counts(U, fi["mask"] & ok, edges)
+    fig = figure(edges, regular, high, examples, images, mem, flagged,
+                 flag_label(fi) if fi else None)
     info = {"bin_width": float(edges[1] - edges[0]), "seed": seed,
-            "examples": [[b, idx.tolist()] for b, idx in examples]}
-    text = caption(s, edges, regular, high, examples, seed, pooled_low, above_median)
+            "examples": [[b, idx.tolist()] for b, idx in examples],
+            "flagged": fi["count"] if fi else None}
+    text = caption(s, edges, regular, high, examples, seed, pooled_low, above_median, flagged)
     return Result(fig, text, title, info=info)

@@ -11,8 +11,9 @@ import numpy as np
 from matplotlib.figure import Figure
 from scipy import stats
 
-from .common import (COLORS, HIGH_Q, TEXTWIDTH, Result, count, edges_for, finite,
-                     highly_memorized, nice_step, num, placeholder, tex_escape)
+from .common import (COLORS, HIGH_Q, TEXTWIDTH, Result, count, edges_for, finite, flag_info,
+                     flag_label, flag_text, highly_memorized, nice_step, num, placeholder,
+                     tex_escape)
 
 TARGET_BINS = 25
 MIN_COUNT = 2
@@ -42,7 +43,7 @@ def binned_means(M: np.ndarray, rho: np.ndarray, width: float, min_count: int = 
     return centers, mean, np.sqrt(var / n), n
 
 
-def figure(M, rho, mem, width) -> Figure:
+def figure(M, rho, mem, width, flagged=None, flag=None) -> Figure:
     fig = Figure(figsize=(TEXTWIDTH, 2.4), layout="constrained")
     ax_a, ax_b = fig.subplots(1, 2)
     centers, mean, se, _ = binned_means(M, rho, width)
@@ -62,6 +63,10 @@ def figure(M, rho, mem, width) -> Figure:
         dens = np.histogram(r, edges)[0] / (max(r.size, 1) * np.diff(edges))
         ax_b.stairs(dens, edges, fill=True, color=color, alpha=0.35, lw=0)
         ax_b.stairs(dens, edges, color=color, lw=0.8, label=label)
+    if flagged is not None:   # the calibrated set beside the top 5 %
+        r = finite(rho[flagged])
+        dens = np.histogram(r, edges)[0] / (max(r.size, 1) * np.diff(edges))
+        ax_b.stairs(dens, edges, color="k", lw=0.8, ls="--", label=flag)
     ax_b.axvline(1, color="k", ls="--", lw=0.6)
     ax_b.set_xlim(edges[0], edges[-1])
     ax_b.set_xlabel(r"distance ratio $\rho$")
@@ -71,7 +76,7 @@ def figure(M, rho, mem, width) -> Figure:
     return fig
 
 
-def caption(s, M, rho, mem, width) -> str:
+def caption(s, M, rho, mem, width, flagged=None) -> str:
     ok = np.isfinite(M) & np.isfinite(rho)
     _, _, _, n = binned_means(M, rho, width)
     left_out = int(ok.sum() - n.sum())
@@ -89,8 +94,11 @@ def caption(s, M, rho, mem, width) -> str:
                  f"({count(left_out)} observations).")
     text += (" (b) Distribution of $\\rho_i$ for highly memorized (top 5\\,\\%) and regular "
              f"observations. Mean $\\rho$: {num(mh)} (highly memorized) and {num(mr)} (regular); "
-             f"Spearman correlation of $\\rho_i$ with $M_i$: {num(r_s, 2)}.")
-    return text
+             f"Spearman correlation of $\\rho_i$ with $M_i$: {num(r_s, 2)}. ")
+    if flagged is not None:
+        text += ("Dashed black: the observations flagged as memorized by the calibrated test "
+                 f"(mean $\\rho$ {num(np.mean(rho[ok & flagged]))}). ")
+    return text + flag_text(s)
 
 
 def make(summaries, *, nn=None, **_) -> Result:
@@ -104,5 +112,8 @@ def make(summaries, *, nn=None, **_) -> Result:
         return placeholder(title, "too few finite values")
     mem, _ = highly_memorized(np.where(ok, M, np.nan), HIGH_Q)
     width = bin_width(M[ok])
-    return Result(figure(M, rho, mem, width), caption(s, M, rho, mem, width), title,
-                  info={"bin_width": width})
+    fi = flag_info(s)
+    flagged = fi["mask"] & ok if fi is not None and (fi["mask"] & ok).sum() >= 2 else None
+    return Result(figure(M, rho, mem, width, flagged, flag_label(fi) if fi else None),
+                  caption(s, M, rho, mem, width, flagged), title,
+                  info={"bin_width": width, "flagged": fi["count"] if fi else None})

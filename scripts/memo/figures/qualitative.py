@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-from .common import (TEXTWIDTH, Result, count, lr_label, mosaic, num, placeholder, short,
-                     show, tex_escape)
+from .common import (TEXTWIDTH, Result, count, flag_info, flag_text, lr_label, mosaic, num,
+                     placeholder, short, show, tex_escape)
 
 ROWS, COLS = 3, 5   # 15 images per grid, ordered by M row by row
 
@@ -33,6 +33,16 @@ def figure(M: np.ndarray, images: np.ndarray, sel: dict[str, np.ndarray]) -> Fig
     return fig
 
 
+def calibrated(s, high: np.ndarray) -> str:
+    """How the highest-scoring images fare under the calibration."""
+    fi = flag_info(s)
+    if fi is None:
+        return ""
+    return (f" Of the {len(high)} highest, {int(fi['mask'][high].sum())} are flagged as "
+            f"memorized and {int((s.M_corrected[high] > 0).sum())} have a positive calibrated "
+            "score. " + flag_text(s))
+
+
 def caption(M: np.ndarray, sel: dict[str, np.ndarray], dataset: str, lr) -> str:
     k = len(sel["low"])
     ok = M[np.isfinite(M)]
@@ -53,5 +63,6 @@ def make(summaries, *, images=None, **_) -> Result:
     sel = select(M)
     if len(sel["low"]) == 0:
         return placeholder(title, "no finite scores")
-    return Result(figure(M, images, sel), caption(M, sel, s.dataset, s.meta.get("lr")),
+    text = caption(M, sel, s.dataset, s.meta.get("lr")) + calibrated(s, sel["high"])
+    return Result(figure(M, images, sel), text.strip(),
                   title, info={"selected": {k: v.tolist() for k, v in sel.items()}})

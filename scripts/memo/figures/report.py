@@ -18,8 +18,9 @@ from memo import summary
 from memo.summary import Summary
 
 from . import FIGURES
-from .common import (PREAMBLE, REPRODUCIBLE, count, finite, latex_engine, load_nn, lr_label,
-                     nn_path_for, num, pct, run_latex, tex_escape, warn)
+from .common import (HIGH_Q, PREAMBLE, REPRODUCIBLE, count, finite, flag_info, flag_text,
+                     highly_memorized, latex_engine, load_nn, lr_label, nn_path_for, num, pct,
+                     run_latex, sci, short, tex_escape, warn)
 from .uncertainty import ess_summary
 
 TABLE_COLUMNS = 4   # experiments per table (a wider table would not fit the page)
@@ -35,6 +36,23 @@ def key_numbers(s: Summary, nn=None) -> list[tuple[str, str]]:
         ok = np.isfinite(x) & np.isfinite(y)
         return num(stats.spearmanr(x[ok], y[ok])[0], 2) if ok.sum() > 2 else "--"
 
+    L = s.repeats
+    h = s.meta.get("split_half_repeats") or [L // 2, L - L // 2]
+    fi = flag_info(s)
+    Mc = s.M_corrected
+    mc = finite(Mc)
+    cal = s.calibration
+    flagged = min_p = bias = "--"
+    if fi is not None:
+        flagged = f"{count(fi['count'])} ({pct(fi['count'] / s.n)})"
+        min_p = num(fi["min_p"]) + ("" if fi["can_flag"] else
+                                    rf" ($> q/n = {sci(fi['q'] / s.n)}$)")
+        bias = num(float(np.nanmedian(s.null_mean)))
+    q_label = (rf"$q = {short(100 * cal['fdr_q'])}\,\%$" if cal.get("fdr_q") else "$q$")
+
+    def rel(x):
+        return num(x, 2) if np.isfinite(x) else "--"
+
     ess = ess_summary(s)
     ess_median = ess_low = "--"
     if not (np.isnan(ess["median_in"]) and np.isnan(ess["median_out"])):
@@ -43,6 +61,12 @@ def key_numbers(s: Summary, nn=None) -> list[tuple[str, str]]:
             ess_low = (f"{pct(ess['below_in'])} / {pct(ess['below_out'])} "
                        f"($<{num(ess['threshold'])}$)")
     return [
+        (f"flagged as memorized (BH, {q_label})", flagged),
+        ("smallest attainable $p$", min_p),
+        ("median bias (null mean of $M$)", bias),
+        ("median of $M_{\\mathrm{corrected}}$", num(float(np.median(mc))) if mc.size else "--"),
+        ("share with $M_{\\mathrm{corrected}} > 0$",
+         pct(float((mc > 0).mean())) if mc.size else "--"),
         ("data set", tex_escape(s.dataset)),
         ("learning rate", lr_label(s.meta.get("lr"))),
         ("$n$", count(s.n)),
@@ -56,10 +80,38 @@ def key_numbers(s: Summary, nn=None) -> list[tuple[str, str]]:
         ("share with $M > 0$", pct(float((m > 0).mean())) if m.size else "--"),
         ("Spearman of $M$ with $U$", spearman(M, U)),
         ("Spearman of $M$ with $\\rho$", spearman(M, nn.rho) if nn is not None else "--"),
-        ("split-half reliability", num(s.split_half, 2) if np.isfinite(s.split_half) else "--"),
+        (f"split-half Spearman of $M$ ({h[0]} vs {h[1]} repeats)", rel(s.split_half)),
+        (f"Spearman--Brown reliability of $M$ ({L} repeats)", rel(s.reliability)),
+        ("the same for $M_{\\mathrm{corrected}}$", f"{rel(s.split_half_corrected)} / "
+         f"{rel(s.reliability_corrected)}" if np.isfinite(s.split_half_corrected) else "--"),
         ("median ESS, in / out", ess_median),
         ("ESS below the threshold, in / out", ess_low),
     ]
+
+
+def calibration_lines(s: Summary) -> str:
+    """LaTeX: one experiment's calibrated result in a few sentences."""
+    mcorr = "$M_{\\mathrm{corrected}}$"
+    text = (f"\\textbf{{{tex_escape(s.name)}}} ($n = {count(s.n)}$, "
+            f"$K = {s.meta.get('folds', '?')}$, $L = {s.repeats}$). " + flag_text(s))
+    if not s.calibrated:
+        return text
+    mc = finite(s.M_corrected)
+    text += (f"Median bias {num(float(np.nanmedian(s.null_mean)))} nats, median {mcorr} "
+             f"{num(float(np.median(mc)))}, {pct(float((mc > 0).mean()))} above 0 (median $M$ "
+             f"{num(float(np.nanmedian(s.M_final)))}). ")
+    hi, _ = highly_memorized(s.M_final, HIGH_Q)
+    if hi.any():
+        text += (f"Of the {count(int(hi.sum()))} observations in the top 5\\,\\% by $M$, "
+                 f"{count(int((s.memorized & hi).sum()))} are flagged and "
+                 f"{count(int((s.M_corrected[hi] > 0).sum()))} have {mcorr} $> 0$. ")
+    return text
+
+
+def calibration_tex(summaries: list[Summary]) -> str:
+    if not summaries:
+        return "No summaries were given."
+    return "\n\n".join(calibration_lines(s) for s in summaries)
 
 
 def table_tex(summaries: list[Summary], nns: list) -> str:
@@ -110,6 +162,25 @@ repeated $L$ times: $U_i$ averages, in probability space, the model probabilitie
 over the models that trained on it, $V_i$ over those that held it out, and $M_i = U_i - V_i$.
 An observation is \emph{highly memorized} when its score is in the top 5\,\% (by percentile).
 Unless a figure shows epochs, it uses the scores at the last evaluated epoch.
+
+The score is biased upward even when nothing is memorized: a log-mean-exp of more draws of one
+distribution is larger, and $U_i$ averages $(K-1)L$ values where $V_i$ averages $L$. So neither
+$M_i > 0$ nor the top 5\,\% says that $x_i$ is memorized. The calibrated scores correct for this
+without training anything new. If training on $x_i$ does not change the model's $\log p(x_i)$,
+the model that held $x_i$ out is, within each repeat, exchangeable with the $K-1$ models that
+trained on it: which one held it out was decided by the random partition alone. Recomputing
+$M_i$ with every other choice of held-out model per repeat ($K^L$ labellings, enumerated, or a
+random sample of them) gives the null distribution of $M_i$: its mean is the bias for $x_i$,
+$M_{\mathrm{corrected}} = M_i - \text{bias}$, and the share of labellings scoring at least $M_i$
+is a permutation p-value. Observations are \emph{flagged as memorized} by the
+Benjamini--Hochberg procedure over the p-values of an experiment, which keeps the expected share
+of false flags among the flagged at $q$. The smallest attainable p-value is $1/K^L$ (or
+$1/(B+1)$ with $B$ drawn labellings); if it exceeds $q/n$, an experiment can flag nothing unless
+many observations reach it. The assumption fails when anything besides $x_i$ itself
+systematically separates the held-out model from the others for $x_i$, such as in- and held-out
+values computed in different ways; effects of one model on every example (one fold model simply
+better than another) are permuted along and do not matter. The test detects that $x_i$'s
+presence raises its probability, however small the effect; $M_{\mathrm{corrected}}$ says how large.
 """
 
 
@@ -121,11 +192,16 @@ def document(summaries, nns, secs, rel) -> str:
              r"\begin{document}",
              r"\begin{center}\Large Memorization in variational autoencoders: figures and key "
              r"numbers\end{center}", INTRO.strip(),
+             r"\section{Calibrated scores}", calibration_tex(summaries),
              r"\section{Key numbers}",
              r"Per experiment, at the last evaluated epoch; $U$ is $\log P_{\mathcal{A}}(x_i \mid "
              r"\mathcal{D})$, $\rho$ the nearest-neighbour distance ratio, ESS the mean "
              r"importance-sampling effective sample size per example (in-fold / held-out models)."
-             r" A dash: not available.", r"\begin{center}\small", table_tex(summaries, nns),
+             r" The split-half Spearman correlation compares scores from two halves of the "
+             r"repeats and is the reliability of a score from half of them; the Spearman--Brown "
+             r"value projects it to all $L$ repeats, the reliability of the score reported "
+             r"(for $M_{\mathrm{corrected}}$: split-half / Spearman--Brown). A dash: not "
+             r"available.", r"\begin{center}\small", table_tex(summaries, nns),
              r"\end{center}"]
     for group, shown, skipped in secs:
         lines.append(rf"\section{{{tex_escape(group)}}}")
@@ -189,7 +265,8 @@ def build(summary_paths, figure_jsons, out_pdf, engine: str | None = "auto") -> 
 
 _PLAIN = {r"\,": " ", r"\%": "%", "{,}": ",", r"\_": "_", r"\log": "log", r"\mid": "|",
           r"\mathcal{A}": "A", r"\mathcal{D}": "D", r"\rho": "ρ", r"\times": "×", r"\pm": "±",
-          r"\eta": "η", r"\leq": "≤", r"\setminus": "\\", r"\emph": ""}
+          r"\eta": "η", r"\leq": "≤", r"\setminus": "\\", r"\emph": "", r"\textbf": "",
+          r"\mathrm{corrected}": "corrected", r"\text{bias}": "bias", "--": "–"}
 
 
 def plain(tex: str) -> str:
@@ -209,11 +286,14 @@ def _matplotlib_report(summaries, nns, secs, path: Path) -> None:
         fig.text(0.5, 0.95, "Memorization in variational autoencoders: key numbers",
                  ha="center", size=12)
         if rows:
-            ax = fig.add_axes([0.05, 0.35, 0.9, 0.55])
+            ax = fig.add_axes([0.4, 0.35, 0.55, 0.55])   # row labels go left of it
             ax.set_axis_off()
             cells = [[plain(r[i][1]) for r in rows] for i in range(len(rows[0]))]
             ax.table(cellText=cells, rowLabels=[plain(l) for l, _ in rows[0]],
                      colLabels=[s.name for s in summaries], loc="upper center")
+        # the calibrated result leads, as in the LaTeX report
+        text = "\n".join(textwrap.fill(plain(calibration_lines(s)), 110) for s in summaries)
+        fig.text(0.05, 0.33, text, va="top", size=7)
         pdf.savefig(fig)
         for group, shown, _ in secs:
             for pdf_path, doc in shown:

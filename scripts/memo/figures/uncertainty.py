@@ -104,8 +104,7 @@ def caption(s, sp, ess) -> str:
             sure = np.mean(s.M_ci_low[mem] > thr) if mem.any() else np.nan
             text += (f"For {pct(sure)} of the highly memorized observations the whole interval "
                      f"lies above the 95th percentile ({num(thr)}). ")
-        if np.isfinite(s.split_half):
-            text += f"Split-half reliability of $M$ over repeats: {num(s.split_half, 2)}. "
+        text += interval_text(s) + reliability_text(s)
     if ess is not None:
         text += (f"({next(letter)}) Mean effective sample size of the importance-sampling "
                  f"estimate of $\\log p(x_i)$ ($N = {s.meta.get('n_is', '?')}$ samples); medians "
@@ -116,6 +115,53 @@ def caption(s, sp, ess) -> str:
                      f"and {pct(ess['below_out'])}")
         text += ". "
     return text.strip()
+
+
+def covers(s) -> str:
+    """What a bootstrap interval over repeats covers, for this summary's method."""
+    fixed = (s.meta.get("method") or {}).get("eval_noise") == "fixed"
+    return ("These intervals give the spread over repeats: how much the score would move if "
+            "the $L$ repeats were drawn again (new random partitions into folds, new training "
+            "runs, new importance samples), for this data set; not the choice of the data set"
+            + (", nor the evaluation noise (binarization or dequantization), which is the same "
+               "for every model here" if fixed else "") + ". ")
+
+
+def interval_text(s) -> str:
+    """The M_corrected interval: how it was made and what it covers."""
+    how = (s.calibration or {}).get("interval")
+    if not s.calibrated or how in (None, "none"):
+        return covers(s)
+    text = ("The summary also holds a 95\\,\\% interval of the calibrated score "
+            "$M_{\\mathrm{corrected}}$: ")
+    if how == "recomputed":
+        text += ("its null mean was recomputed from all labellings in every bootstrap "
+                 "replicate, so the interval includes how the bias estimate varies. ")
+    else:
+        text += ("the interval of $M$ shifted by the null mean of all repeats (recomputing the "
+                 "null in every replicate was too costly), so it leaves out how the bias "
+                 "estimate itself varies over repeats. ")
+    ok = np.isfinite(s.M_corrected_ci_low)
+    if s.memorized.any() and ok.any():
+        text += (f"For {pct(float(np.mean(s.M_corrected_ci_low[s.memorized & ok] > 0)))} of the "
+                 "flagged observations the interval lies above 0. ")
+    return text + covers(s)
+
+
+def reliability_text(s) -> str:
+    """Split-half correlation and its Spearman–Brown projection, each named for what it is."""
+    if not np.isfinite(s.split_half):
+        return ""
+    L = s.repeats
+    h = s.meta.get("split_half_repeats") or [L // 2, L - L // 2]
+    text = (f"Reliability of $M$: Spearman correlation of the scores from two halves of the "
+            f"repeats ({h[0]} and {h[1]} repeats) {num(s.split_half, 2)}, the reliability of a "
+            f"score from half the repeats; its Spearman--Brown projection to all $L = {L}$ repeats, "
+            f"the reliability of the score reported, {num(s.reliability, 2)}. ")
+    if np.isfinite(s.split_half_corrected):
+        text += (f"For $M_{{\\mathrm{{corrected}}}}$: {num(s.split_half_corrected, 2)} and "
+                 f"{num(s.reliability_corrected, 2)}. ")
+    return text
 
 
 def make(summaries, **_) -> Result:
