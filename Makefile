@@ -6,6 +6,11 @@ SHELL := bash
 MAKEFLAGS += --no-builtin-rules
 .SUFFIXES:
 .DEFAULT_GOAL := help
+# A recipe that fails leaves no target behind that looks up to date. Every script writes its
+# files whole (temporary name, then rename), so what is deleted is a file of a failed run (a
+# summary without its CSV, part of a figure's files); result files are exempt (.PRECIOUS in
+# the plan): a result file that exists is finished work.
+.DELETE_ON_ERROR:
 
 ##@ Variables (set on the command line: make VAR=value ...)
 VENV ?= .venv## virtualenv made by `make setup`
@@ -34,8 +39,12 @@ NN_DEPS := scripts/nearest_neighbours.py scripts/memo/neighbours.py
 
 # The experiment table becomes one file target per result file (scripts/plan.py) and also names
 # PAPER_EXPERIMENTS and DEMO. It is regenerated on every run (cheap) so that EXPERIMENTS_FILE
-# edits are always seen.
+# edits are always seen; so are the settings stamps SETTINGS_DIR/<exp>.json that the summaries
+# depend on (rewritten only when an experiment's settings change).
 PLAN := build/experiments$(subst /,_,$(abspath $(EXPERIMENTS_FILE))).mk
+SETTINGS_DIR = $(dir $(PLAN))settings
+PLAN_CMD = EXPERIMENTS_FILE='$(EXPERIMENTS_FILE)' $(PY) scripts/plan.py make --group $(GROUP) \
+           --output $(PLAN) --settings-dir $(SETTINGS_DIR)
 NO_PLAN_GOALS := help setup clean checksums verify test bench data
 ifneq ($(MAKECMDGOALS),)
 ifeq ($(filter-out $(NO_PLAN_GOALS),$(MAKECMDGOALS)),)
@@ -45,12 +54,25 @@ else
 SKIP_PLAN := 1
 endif
 ifndef SKIP_PLAN
+ifneq ($(wildcard $(SETUP)),)
+# Written while the Makefile is read, so that a bad experiments file stops make with plan.py's
+# message as its one line (a failing rule would add Make's lines about the missing include).
+PLAN_ERROR := $(shell $(PLAN_CMD) 2>&1 >/dev/null)
+ifneq ($(.SHELLSTATUS),0)
+$(error $(or $(PLAN_ERROR),scripts/plan.py failed))
+endif
+$(if $(PLAN_ERROR),$(info $(PLAN_ERROR)))
+else
+# No virtualenv yet: Make creates it, writes the plan and reads the Makefile again. A bad
+# experiments file is then reported as above (here an empty plan is left for that second read).
+$(PLAN): FORCE | $(SETUP)
+	@$(PLAN_CMD) 2>/dev/null || { mkdir -p $(@D); : >> $@; }
+endif
 include $(PLAN)
 endif
-$(PLAN): FORCE | $(SETUP)
-	@mkdir -p build
-	@$(PY) scripts/plan.py make --group $(GROUP) > $@.tmp
-	@if cmp -s $@.tmp $@; then rm $@.tmp; else mv $@.tmp $@; fi
+# a stamp lost after the Makefile was read (make clean in the same run) is written again
+$(SETTINGS_DIR)/%.json: | $(SETUP)
+	@$(PLAN_CMD)
 FORCE:
 .PHONY: FORCE
 
@@ -70,13 +92,13 @@ $(SETUP): requirements.txt scripts/setup.sh
 
 demo: $(SETUP) ## the offline default, end to end: Fashion-MNIST K-fold VAEs -> scores -> figures
 	$(MAKE) --no-print-directory -j $(JOBS) memorization-$(DEMO)
-	$(MAKE) --no-print-directory $(ANALYSIS)/$(DEMO).npz $(ANALYSIS)/$(DEMO)_nn.npz
+	$(MAKE) --no-print-directory summary-$(DEMO) $(ANALYSIS)/$(DEMO)_nn.npz
 	$(MAKE) --no-print-directory figures-$(DEMO) report
 	@echo "per-example memorization scores: $(ANALYSIS)/$(DEMO).csv; figures: output/$(DEMO)/, report: output/report.pdf"
 
 memorization: $(addprefix memorization-,$(PAPER_EXPERIMENTS)) ## train the paper's four experiments (404 models)
 
-summaries: $(addprefix $(ANALYSIS)/,$(addsuffix .npz,$(PAPER_EXPERIMENTS))) ## per-experiment summaries (U, V, M) of the paper's experiments
+summaries: $(addprefix summary-,$(PAPER_EXPERIMENTS)) ## per-experiment summaries (U, V, M) of the paper's experiments
 
 neighbours: $(addprefix $(ANALYSIS)/,$(addsuffix _nn.npz,$(PAPER_EXPERIMENTS))) ## nearest-neighbour distance ratios from the full models
 
@@ -115,11 +137,31 @@ clean: ## remove generated build files (not results, summaries or figures)
 
 # Experiments whose result files are all present (trained here, or the authors' published
 # files unzipped into results/): `make analysis` summarizes these and trains nothing.
-COMPLETE = $(foreach e,$(EXPERIMENTS),$(if $(filter-out $(wildcard $(RESULTS_$e)),$(RESULTS_$e)),,$e))
+# (strip: the spaces foreach leaves between empty words would make $(if) true)
+COMPLETE = $(strip $(foreach e,$(EXPERIMENTS),$(if $(filter-out $(wildcard $(RESULTS_$e)),$(RESULTS_$e)),,$e)))
 summaries-present:
 	@$(if $(COMPLETE),,echo "no experiment has all its result files under $(RESULTS)/")
-	$(if $(COMPLETE),$(MAKE) --no-print-directory $(foreach e,$(COMPLETE),$(ANALYSIS)/$e.npz \
+	$(if $(COMPLETE),$(MAKE) --no-print-directory $(foreach e,$(COMPLETE),summary-$e \
 	  $(if $(wildcard $(RESULTS)/$e/checkpoints/*_full_repeat0_epoch*.params),$(ANALYSIS)/$e_nn.npz)))
 .PHONY: summaries-present
+
+# A name that is not an experiment: one line with the valid names. These pattern rules apply
+# only where the plan has no rule of its own for the name (its per-experiment targets are phony).
+comma := ,
+unknown_experiment = $(error unknown experiment '$1' (in $2); valid names: \
+  $(subst $() ,$(comma) ,$(strip $(EXPERIMENTS))) (add your own in a JSON file named by EXPERIMENTS_FILE))
+# (one rule per pattern: a rule with several target patterns is one recipe for all of them)
+memorization-%:
+	$(call unknown_experiment,$*,$@)
+summary-%:
+	$(call unknown_experiment,$*,$@)
+nn-%:
+	$(call unknown_experiment,$*,$@)
+$(ANALYSIS)/%_nn.npz:
+	$(call unknown_experiment,$*,$@)
+$(ANALYSIS)/%.npz:
+	$(call unknown_experiment,$*,$@)
+$(ANALYSIS)/%.csv:
+	$(call unknown_experiment,$*,$@)
 
 include analysis.mk

@@ -1,6 +1,7 @@
 # analysis.mk: figures and the report from the summaries (PAPER.md §6).
 # Included by the Makefile, which defines PY (the Python interpreter); nothing else is needed
-# (ANALYSIS, when set, names the folder of the summaries).
+# (ANALYSIS, when set, names the folder of the summaries; EXPERIMENTS, when set, the valid
+# experiment names, which figures-EXP of another name lists).
 #
 #   analysis/<exp>.npz [+ analysis/<exp>_nn.npz]  ->  output/<exp>/<figure>.{pdf,png,pgf,tex,json}
 #   analysis/bmnist_lr3.npz + analysis/bmnist_lr4.npz  ->  output/bmnist/<figure>.* (compared)
@@ -64,23 +65,31 @@ endef
 $(foreach e,$(AN_EXPS),$(eval $(call an_exp_target,$e)))
 
 figures-%: ## every figure of one experiment: make figures-EXP (needs analysis/EXP.npz)
-	@echo "figures-$*: no summary $(AN_IN)/$*.npz; make $(AN_IN)/$*.npz first" >&2; exit 1
+	$(if $(EXPERIMENTS),$(if $(filter $*,$(EXPERIMENTS)),,$(call unknown_experiment,$*,$@)))
+	$(error figures-$*: no summary $(AN_IN)/$*.npz; make summary-$* first)
 
 AN_JSON := $(filter %.json,$(AN_FIGURES))
 AN_NNS  := $(patsubst %,$(AN_IN)/%_nn.npz,$(AN_NN_EXPS))
+# The report reads each figure's .json and includes its .pdf (LaTeX) or .png (without LaTeX):
+# a missing one is rebuilt first.
+AN_REPORT_IN := $(filter %.json %.pdf %.png,$(AN_FIGURES))
+# report.tex exists only when LaTeX made the report (memo.figures.common.latex_engine); a
+# target that is never written would be remade on every run.
+AN_LATEX := $(if $(MEMO_NO_LATEX),,$(shell command -v pdflatex || command -v lualatex))
+AN_REPORT := $(AN_OUT)/report.pdf $(if $(AN_LATEX),$(AN_OUT)/report.tex)
 
-$(AN_OUT)/report.pdf $(AN_OUT)/report.tex &: $(AN_JSON) $(AN_SUMMARIES) $(AN_NNS) scripts/report.py \
+$(AN_REPORT) &: $(AN_REPORT_IN) $(AN_SUMMARIES) $(AN_NNS) scripts/report.py \
 		$(AN_FIG)/report.py $(AN_FIG)/__init__.py $(AN_FIG)/common.py $(AN_FIG)/uncertainty.py \
 		scripts/memo/uncertainty.py scripts/memo/summary.py
 	$(PY) scripts/report.py --out $(AN_OUT)/report.pdf --summaries $(AN_SUMMARIES) --figures $(AN_JSON)
 
 analysis: ## summaries of every experiment whose result files are all present, then every figure and output/report.pdf
 	$(MAKE) --no-print-directory summaries-present
-	$(MAKE) --no-print-directory figures $(AN_OUT)/report.pdf
+	$(MAKE) --no-print-directory figures report
 
 figures: $(AN_FIGURES) ## every figure of every summary in analysis/ (output/<experiment>/)
 
-report: $(AN_OUT)/report.pdf ## output/report.pdf: every figure with its caption, a table of key numbers
+report: $(AN_REPORT) ## output/report.pdf: every figure with its caption, a table of key numbers
 
 clean-analysis: ## remove the figures and the report (output/)
 	rm -rf $(addprefix $(AN_OUT)/,$(sort $(AN_EXPS) $(AN_GROUPS))) $(AN_OUT)/report.pdf $(AN_OUT)/report.tex
