@@ -19,7 +19,7 @@ LAUNCH ?=## prefix of every training command, e.g. LAUNCH="srun --gres=gpu:1"
 DATA_ROOT ?= ./data## where MNIST, CIFAR-10, CelebA live (Fashion-MNIST also from Debian)
 RESULTS ?= results## root of the result files
 ANALYSIS ?= analysis## where summaries (.npz, .csv) are written
-CHECKSUMS ?= results.sha256## manifest written by `make checksums`
+CHECKSUMS ?=## your own manifest: `make checksums` writes it, `make verify` then checks it
 EXPERIMENTS_FILE ?=## JSON file with experiments of your own (see README)
 DATA ?= bmnist## data set for `make data`: bmnist, fashion, cifar10, celeba
 NPROC := $(shell nproc 2>/dev/null || echo 2)
@@ -34,7 +34,7 @@ SETUP := $(VENV)/.installed
 TRAIN = $(PY) scripts/memorization.py --results-dir $(RESULTS) $(if $(DEVICE),--device $(DEVICE)) \
         $(if $(filter 1,$(TF32)),--tf32) $(if $(COMPILE),--compile $(COMPILE))
 SUMMARIZE_DEPS := scripts/summarize.py scripts/memo/summary.py scripts/memo/results.py \
-                  scripts/memo/uncertainty.py
+                  scripts/memo/uncertainty.py scripts/memo/calibration.py
 NN_DEPS := scripts/nearest_neighbours.py scripts/memo/neighbours.py
 
 # The experiment table becomes one file target per result file (scripts/plan.py) and also names
@@ -111,20 +111,29 @@ test: $(SETUP) ## run the test suite
 bench: $(SETUP) ## training and importance-sampling images/s on this machine (BENCH_ARGS: more flags)
 	$(PY) scripts/bench.py $(BENCH_ARGS)
 
-checksums: ## write results.sha256 (sorted, sha256sum format) for every file under results/
+# results.sha256 is the authors' published list of their results archive (407 files); it is
+# never written here. Your own results get a manifest of a name you choose.
+PUBLISHED_SHA256 := results.sha256
+checksums: ## write CHECKSUMS (sorted, sha256sum format) for every file under results/
+	$(if $(CHECKSUMS),$(if $(filter $(abspath $(PUBLISHED_SHA256)),$(abspath $(CHECKSUMS))),$(error \
+	  checksums: $(PUBLISHED_SHA256) is the authors' published list and is never overwritten; \
+	  name a manifest of your own, e.g. make checksums CHECKSUMS=my-results.sha256)),$(error \
+	  checksums: name your manifest, e.g. make checksums CHECKSUMS=my-results.sha256 \
+	  ($(PUBLISHED_SHA256) is the authors' published list and is never overwritten)))
 	@find $(RESULTS) -type f ! -name '.*' -print0 | LC_ALL=C sort -z \
 	  | xargs -0 -r sha256sum > $(CHECKSUMS).tmp
 	@mv $(CHECKSUMS).tmp $(CHECKSUMS)
 	@echo "$(CHECKSUMS): $$(wc -l < $(CHECKSUMS)) files"
 
-verify: ## check the files under results/ against results.sha256: OK, or the failed/missing files
-	@test -f $(CHECKSUMS) || { echo "verify: $(CHECKSUMS) not found (make checksums writes it)"; exit 1; }
-	@extra=$$(comm -13 <(cut -c67- $(CHECKSUMS) | LC_ALL=C sort) \
+VERIFY_LIST = $(or $(CHECKSUMS),$(PUBLISHED_SHA256))
+verify: ## check results/ against CHECKSUMS, or else the authors' results.sha256: OK, or the failed/missing files
+	@test -f $(VERIFY_LIST) || { echo "verify: $(VERIFY_LIST) not found (make checksums CHECKSUMS=$(VERIFY_LIST) writes it)"; exit 1; }
+	@extra=$$(comm -13 <(cut -c67- $(VERIFY_LIST) | LC_ALL=C sort) \
 	  <(find $(RESULTS) -type f ! -name '.*' | LC_ALL=C sort)); \
-	if [ -n "$$extra" ]; then echo "verify: note: files not in $(CHECKSUMS):"; \
+	if [ -n "$$extra" ]; then echo "verify: note: files not in $(VERIFY_LIST):"; \
 	  echo "$$extra" | sed 's/^/  /'; fi
-	@if out=$$(sha256sum --check --quiet $(CHECKSUMS) 2>&1); then \
-	  echo "verify: OK ($$(wc -l < $(CHECKSUMS)) files match $(CHECKSUMS))"; \
+	@if out=$$(sha256sum --check --quiet $(VERIFY_LIST) 2>&1); then \
+	  echo "verify: OK ($$(wc -l < $(VERIFY_LIST)) files match $(VERIFY_LIST))"; \
 	else \
 	  echo "verify: FAILED (changed or missing files):"; \
 	  echo "$$out" | grep -v '^sha256sum: WARNING' | sed 's/^/  /'; exit 1; fi
@@ -139,10 +148,12 @@ clean: ## remove generated build files (not results, summaries or figures)
 # files unzipped into results/): `make analysis` summarizes these and trains nothing.
 # (strip: the spaces foreach leaves between empty words would make $(if) true)
 COMPLETE = $(strip $(foreach e,$(EXPERIMENTS),$(if $(filter-out $(wildcard $(RESULTS_$e)),$(RESULTS_$e)),,$e)))
+NO_COMPLETE = $(error no experiment has all its result files under $(RESULTS)/: train one \
+  (make memorization-EXP) or unzip published results there ($(EXPERIMENTS)))
 summaries-present:
-	@$(if $(COMPLETE),,echo "no experiment has all its result files under $(RESULTS)/")
-	$(if $(COMPLETE),$(MAKE) --no-print-directory $(foreach e,$(COMPLETE),summary-$e \
-	  $(if $(wildcard $(RESULTS)/$e/checkpoints/*_full_repeat0_epoch*.params),$(ANALYSIS)/$e_nn.npz)))
+	$(if $(COMPLETE),,$(NO_COMPLETE))
+	$(MAKE) --no-print-directory $(foreach e,$(COMPLETE),summary-$e \
+	  $(if $(wildcard $(FULL_CHECKPOINT_$e)),$(ANALYSIS)/$e_nn.npz))
 .PHONY: summaries-present
 
 # A name that is not an experiment: one line with the valid names. These pattern rules apply

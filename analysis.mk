@@ -20,7 +20,7 @@ AN_SUMMARIES := $(filter-out %_nn.npz,$(wildcard $(AN_IN)/*.npz))
 AN_EXPS      := $(patsubst $(AN_IN)/%.npz,%,$(AN_SUMMARIES))
 AN_NN_EXPS   := $(filter $(AN_EXPS),$(patsubst $(AN_IN)/%_nn.npz,%,$(wildcard $(AN_IN)/*_nn.npz)))
 
-AN_SINGLE := qualitative logprob uncertainty   # one experiment each
+AN_SINGLE := calibration qualitative logprob uncertainty   # one experiment each
 AN_SERIES := losses quantiles distribution     # one experiment, or a comparison group
 
 # Comparison groups, drawn when every member has a summary; members then get no single
@@ -45,7 +45,7 @@ define an_rule
 $(foreach x,$(AN_EXT),$(AN_OUT)/%/$1.$x) &: $(AN_IN)/%.npz $2 $(AN_FIG)/$1.py $(AN_LIB)
 	$$(PY) scripts/analysis.py $1 $$< --out $$(@D)
 endef
-$(foreach f,qualitative logprob $(AN_SERIES),$(eval $(call an_rule,$f)))
+$(foreach f,calibration qualitative logprob $(AN_SERIES),$(eval $(call an_rule,$f)))
 $(eval $(call an_rule,neighbours,$(AN_IN)/%_nn.npz))
 $(eval $(call an_rule,uncertainty,scripts/memo/uncertainty.py))   # its ESS threshold rule
 
@@ -84,6 +84,7 @@ $(AN_REPORT) &: $(AN_REPORT_IN) $(AN_SUMMARIES) $(AN_NNS) scripts/report.py \
 	$(PY) scripts/report.py --out $(AN_OUT)/report.pdf --summaries $(AN_SUMMARIES) --figures $(AN_JSON)
 
 analysis: ## summaries of every experiment whose result files are all present, then every figure and output/report.pdf
+	$(if $(COMPLETE),,$(NO_COMPLETE))
 	$(MAKE) --no-print-directory summaries-present
 	$(MAKE) --no-print-directory figures report
 

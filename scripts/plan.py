@@ -123,6 +123,9 @@ def make_fragment(table: dict[str, experiments.Experiment], group: int = 1) -> s
             f"\t$(PY) scripts/nearest_neighbours.py --experiment {name} --results-dir $(RESULTS)"
             f" $(if $(DEVICE),--device $(DEVICE)) -o $@",
             f"nn-{name}: $(ANALYSIS)/{name}_nn.npz",
+            # written beside the full model's result; published archives may lack it
+            f"FULL_CHECKPOINT_{name} := "
+            f"{results.job_files(exp, experiments.FULL_JOB, '$(RESULTS)').checkpoint}",
             f".PHONY: memorization-{name} summary-{name} nn-{name}",
             "",
         ]
