@@ -27,6 +27,7 @@ JOBS ?= $(NPROC)## parallel training jobs of `make demo` (default: the number of
 GROUP ?= 1## fold models trained together by one process, vectorized (GPU: 10; CPU: keep 1, use -j)
 TF32 ?=## 1: TF32 tensor cores in training on CUDA (evaluation stays IEEE float32)
 COMPILE ?=## torch.compile the training loss: auto (CUDA graphs on CUDA), default, ...
+SUMMARIZE_ARGS ?=## options of every summary, e.g. "--n-perm 20000 --fdr-q 0.1" (scripts/summarize.py --help)
 
 export DATA_ROOT EXPERIMENTS_FILE
 PY := $(VENV)/bin/python
@@ -44,7 +45,10 @@ NN_DEPS := scripts/nearest_neighbours.py scripts/memo/neighbours.py
 PLAN := build/experiments$(subst /,_,$(abspath $(EXPERIMENTS_FILE))).mk
 SETTINGS_DIR = $(dir $(PLAN))settings
 PLAN_CMD = EXPERIMENTS_FILE='$(EXPERIMENTS_FILE)' $(PY) scripts/plan.py make --group $(GROUP) \
-           --output $(PLAN) --settings-dir $(SETTINGS_DIR)
+           --output $(PLAN) --settings-dir $(SETTINGS_DIR) --summarize-args '$(SUMMARIZE_ARGS)'
+# Figures and the report alone read the summaries as they are and never train (plan.py).
+FIGURE_GOALS := analysis figures report clean-analysis figures-%
+FIGURES_ONLY := $(if $(MAKECMDGOALS),$(if $(filter-out $(FIGURE_GOALS),$(MAKECMDGOALS)),,1))
 NO_PLAN_GOALS := help setup clean checksums verify test bench data
 ifneq ($(MAKECMDGOALS),)
 ifeq ($(filter-out $(NO_PLAN_GOALS),$(MAKECMDGOALS)),)
@@ -138,8 +142,8 @@ verify: ## check results/ against CHECKSUMS, or else the authors' results.sha256
 	  echo "verify: FAILED (changed or missing files):"; \
 	  echo "$$out" | grep -v '^sha256sum: WARNING' | sed 's/^/  /'; exit 1; fi
 
-clean: ## remove generated build files (not results, summaries or figures)
-	rm -rf build
+clean: ## remove the generated Make plans (not results, summaries, figures or settings stamps)
+	rm -f build/experiments*.mk
 
 .PHONY: help setup demo memorization summaries neighbours data test bench checksums verify clean
 

@@ -58,11 +58,14 @@ def grouped_rules(exp: experiments.Experiment, size: int) -> tuple[list[str], li
     return lines, single
 
 
-def settings_json(exp: experiments.Experiment) -> str:
-    """The settings a result depends on, as the summary compares them (results.RESULT_SETTINGS):
-    a change of checkpoint_every, which changes no number, does not re-run the summary."""
+def settings_json(exp: experiments.Experiment, summarize_args: str = "") -> str:
+    """The settings a summary depends on: those a result depends on, as the summary compares
+    them (results.RESULT_SETTINGS; a change of checkpoint_every, which changes no number, does
+    not re-run the summary), and the summary's own options (SUMMARIZE_ARGS)."""
     values = asdict(exp)
-    return json.dumps({k: values[k] for k in results.RESULT_SETTINGS}, sort_keys=True) + "\n"
+    stamp = {k: values[k] for k in results.RESULT_SETTINGS}
+    stamp["summarize_args"] = " ".join(summarize_args.split())
+    return json.dumps(stamp, sort_keys=True) + "\n"
 
 
 def write_if_changed(path: Path, text: str) -> bool:
@@ -77,13 +80,14 @@ def write_if_changed(path: Path, text: str) -> bool:
     return True
 
 
-def write_settings(table: dict[str, experiments.Experiment], folder: Path) -> None:
+def write_settings(table: dict[str, experiments.Experiment], folder: Path,
+                   summarize_args: str = "") -> None:
     """One stamp per experiment, <folder>/<name>.json, that the summary depends on: editing
     an experiment's settings makes Make re-run its summary, which compares them with the
     settings each result file records. Result files do not depend on it (files trained
     elsewhere or downloaded have no stamp of their own; they are compared by content)."""
     for name, exp in table.items():
-        write_if_changed(folder / f"{name}.json", settings_json(exp))
+        write_if_changed(folder / f"{name}.json", settings_json(exp, summarize_args))
 
 
 def make_fragment(table: dict[str, experiments.Experiment], group: int = 1) -> str:
@@ -98,8 +102,8 @@ def make_fragment(table: dict[str, experiments.Experiment], group: int = 1) -> s
         prefix = full.removesuffix(experiments.FULL_JOB.tag + ".json.gz")
         grouped, single = grouped_rules(exp, group) if group > 1 else ([], [f"$(RESULTS_{name})"])
         npz, csv = f"$(ANALYSIS)/{name}.npz", f"$(ANALYSIS)/{name}.csv"
-        summarize = (f"\t$(PY) scripts/summarize.py --experiment {name} "
-                     f"--result-files $(RESULTS_{name}) -o {npz}")
+        summarize = (f"$(PY) scripts/summarize.py --experiment {name} "
+                     f"--result-files $(RESULTS_{name}) -o {npz} $(SUMMARIZE_ARGS)")
         lines += [
             f"RESULTS_{name} := \\\n  " + " \\\n  ".join(files),
             # A result file is whole once it exists (written to a temporary name, then renamed).
@@ -111,12 +115,13 @@ def make_fragment(table: dict[str, experiments.Experiment], group: int = 1) -> s
             f"{' '.join(single)}: {prefix}%.json.gz: | $(SETUP)",
             f"\t$(LAUNCH) $(TRAIN) --experiment {name} --job $* --output $@",
             f"memorization-{name}: $(RESULTS_{name})",
-            # the summary writes the npz, then the CSV beside it; a lost CSV is written again
-            # by the same command (it is newer than its npz otherwise)
-            f"{npz}: $(RESULTS_{name}) $(SUMMARIZE_DEPS) $(SETTINGS_DIR)/{name}.json",
-            summarize,
-            f"{csv}: {npz}",
-            summarize,
+            # One command writes both (a lost CSV is written again, and `make -j` runs it
+            # once). Figures and the report (FIGURES_ONLY) use the summaries as they are and
+            # never train: there a summary depends on nothing, and a missing one is an error.
+            f"{npz} {csv} &: $(if $(FIGURES_ONLY),,$(RESULTS_{name}) $(SUMMARIZE_DEPS) "
+            f"$(SETTINGS_DIR)/{name}.json)",
+            f"\t$(if $(FIGURES_ONLY),$(error {npz} or its CSV is missing: make summary-{name} "
+            f"first (figures and the report never train)),{summarize})",
             f"summary-{name}: {npz} {csv}",
             # nearest neighbours need the full model's final checkpoint, written with its result
             f"$(ANALYSIS)/{name}_nn.npz: {full} $(NN_DEPS)",
@@ -143,6 +148,8 @@ def main(argv=None) -> int:
                    "(only when it changed) instead of standard output")
     p.add_argument("--settings-dir", type=Path, help="make: write each experiment's settings "
                    "to DIR/<name>.json (only when they changed); the summaries depend on them")
+    p.add_argument("--summarize-args", default="", help="make: the summaries' options "
+                   "(SUMMARIZE_ARGS), part of each settings stamp")
     args = p.parse_args(argv)
     try:
         table = experiments.all_experiments()
@@ -150,7 +157,7 @@ def main(argv=None) -> int:
             # everything is computed before anything is written: an error leaves no file behind
             fragment = make_fragment(table, args.group or 1)
             if args.settings_dir:
-                write_settings(table, args.settings_dir)
+                write_settings(table, args.settings_dir, args.summarize_args)
             if args.output:
                 write_if_changed(args.output, fragment)
             else:

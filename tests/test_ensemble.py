@@ -238,7 +238,7 @@ def test_plan_groups_the_folds_of_a_repeat_into_grouped_targets(tiny_experiment)
     import plan
     exp = experiments.get("tiny")  # K = 3, L = 2
     one = plan.make_fragment({"tiny": exp})
-    assert "&:" not in one and "--jobs" not in one
+    assert "&: | $(SETUP)" not in one and "--jobs" not in one  # no grouped training
     grouped = plan.make_fragment({"tiny": exp}, group=3)
     assert grouped.count("&: | $(SETUP)") == 2
     assert "--jobs cv_repeat1_fold0 cv_repeat1_fold1 cv_repeat1_fold2 --output $(GROUP_tiny_1)" \

@@ -173,8 +173,9 @@ def test_settings_stamps_are_rewritten_only_when_the_settings_change(tiny_experi
     first = stamp.read_text(), stamp.stat().st_mtime_ns, out.stat().st_mtime_ns
     # what the summary compares (results.RESULT_SETTINGS), with the experiment's values
     settings, spec = json.loads(first[0]), json.loads(exp_file.read_text())["tiny"]
-    assert set(settings) == set(results.RESULT_SETTINGS)
+    assert set(settings) == set(results.RESULT_SETTINGS) | {"summarize_args"}
     assert all(settings[k] == v for k, v in spec.items() if k in settings)
+    assert settings["summarize_args"] == ""
     assert plan.main(args) == 0
     assert (stamp.read_text(), stamp.stat().st_mtime_ns, out.stat().st_mtime_ns) == first
     # a setting that changes no number (checkpoint_every) leaves the stamp alone; lr does not
@@ -183,6 +184,9 @@ def test_settings_stamps_are_rewritten_only_when_the_settings_change(tiny_experi
     assert plan.main(args) == 0 and stamp.stat().st_mtime_ns == first[1]
     exp_file.write_text(json.dumps({"tiny": dict(spec["tiny"], lr=0.5)}))
     assert plan.main(args) == 0 and json.loads(stamp.read_text())["lr"] == 0.5
+    # so do the summaries' own options (SUMMARIZE_ARGS)
+    assert plan.main(args + ["--summarize-args", "--n-perm  100"]) == 0
+    assert json.loads(stamp.read_text())["summarize_args"] == "--n-perm 100"
     # a bad file: plan.py's error, and no file touched
     exp_file.write_text("{bad")
     mtimes = {p: p.stat().st_mtime_ns for p in [out, *stamps.iterdir()]}
@@ -197,10 +201,10 @@ def test_fragment_keeps_result_files_and_wires_the_summary(tiny_experiment):
         for name in table:
             assert f".PRECIOUS: $(RESULTS_{name})\n" in text
             assert f"summary-{name}: $(ANALYSIS)/{name}.npz $(ANALYSIS)/{name}.csv\n" in text
-            assert (f"$(ANALYSIS)/{name}.npz: $(RESULTS_{name}) $(SUMMARIZE_DEPS) "
-                    f"$(SETTINGS_DIR)/{name}.json\n") in text
-            assert f"$(ANALYSIS)/{name}.csv: $(ANALYSIS)/{name}.npz\n" in text
-            assert text.count(f"scripts/summarize.py --experiment {name} ") == 2
+            # one command for both files (run once under make -j); nothing in FIGURES_ONLY runs
+            assert (f"$(ANALYSIS)/{name}.npz $(ANALYSIS)/{name}.csv &: $(if $(FIGURES_ONLY),,"
+                    f"$(RESULTS_{name}) $(SUMMARIZE_DEPS) $(SETTINGS_DIR)/{name}.json)\n") in text
+            assert text.count(f"scripts/summarize.py --experiment {name} ") == 1
 
 
 # ----------------------------------------------------------------------------------------------
