@@ -138,6 +138,11 @@ def main(argv=None) -> int:
     if threads:
         torch.set_num_threads(threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        data.check_device(device)
+    except ValueError as e:
+        print(f"memorization.py: error: {e}", file=sys.stderr)
+        return 2
     if args.dry_run:
         print(f"experiment: {dataclasses.asdict(exp)}\njob: {' '.join(j.tag for j in jobs)}"
               f"\ndevice: {device}\nspeed: {speed.describe(device)}")
@@ -160,6 +165,9 @@ def main(argv=None) -> int:
     except (data.DataMissingError, training.TrainingDivergedError, accel.CompileError,
             ValueError) as e:
         print(f"memorization.py: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # a full disk, a results directory that cannot be written, ...
+        print(f"memorization.py: error: {e.strerror or e}: {e.filename or ''}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"memorization.py: interrupted; the last resume checkpoint (every "

@@ -99,9 +99,12 @@ def save_npz(path: Path, arrays: dict) -> None:
 def run(args: argparse.Namespace) -> Path:
     try:
         exp = experiments.get(args.experiment)
-    except experiments.UnknownExperimentError as e:
+    except (experiments.UnknownExperimentError, experiments.SettingsError) as e:
         raise CLIError(str(e)) from None
-    device = torch.device(args.device)
+    try:
+        device = data.check_device(args.device)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
     try:
         dataset = data.dataset_name(exp.data)
         split = reference_split(dataset)

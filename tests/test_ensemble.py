@@ -245,3 +245,29 @@ def test_plan_groups_the_folds_of_a_repeat_into_grouped_targets(tiny_experiment)
         in grouped
     full_rule = next(line for line in grouped.splitlines() if "_%.json.gz:" in line)
     assert "full_repeat0.json.gz" in full_rule and "cv_repeat" not in full_rule
+
+
+def test_a_group_killed_between_its_members_resume_files_resumes_from_the_older(tmp_path,
+                                                                                 monkeypatch):
+    """Members' resume files are written one after another: a kill in between leaves some at
+    epoch E and others at the epoch before; the group goes back to that one for all."""
+    from memo import checkpoints
+    exp = _experiment(tmp_path, monkeypatch, n=61, epochs=3, eval_every=1)
+    jobs = [experiments.Job(0, 0), experiments.Job(0, 1)]
+    whole = ensemble.run_group(exp, jobs, tmp_path / "whole", log=_quiet)
+    root = tmp_path / "killed"
+    real, calls = checkpoints.save_resume, []
+
+    def save_resume(*args, **kwargs):  # the 4th write (epoch 2, second member) never happens
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+    monkeypatch.setattr(checkpoints, "save_resume", save_resume)
+    with pytest.raises(KeyboardInterrupt):
+        ensemble.run_group(exp, jobs, root, log=_quiet)
+    monkeypatch.setattr(checkpoints, "save_resume", real)
+    messages = []
+    assert ensemble.run_group(exp, jobs, root, log=messages.append) == whole
+    assert any("resuming after epoch 1" in m for m in messages), messages
+    assert not list(root.rglob("*_resume*.pt"))

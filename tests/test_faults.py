@@ -90,7 +90,9 @@ def runs(project):
         f = project.files("killed", job)
         after_kill[job] = {"result": f.result.read_bytes() if f.result.exists() else None,
                            "mtime": f.result.stat().st_mtime_ns if f.result.exists() else None,
-                           "resume": f.resume.exists(), "orphans": orphans(f)}
+                           # the latest resume file, or the one before while the next is written
+                           "resume": f.resume.exists() or f.resume_previous.exists(),
+                           "orphans": orphans(f)}
     rc, rerun = project.make("killed", "-j2", *project.targets("killed", jobs))
     assert rc == 0, rerun
     rc, again = project.make("killed", *project.targets("killed", jobs))
@@ -125,7 +127,7 @@ def test_killed_job_then_make_gives_the_uninterrupted_result(project, runs, job)
         assert re.search(rf"\[tiny {job}\] {resumed}\b", runs["rerun"]), runs["rerun"]
     assert files.result.read_bytes() == runs["reference"][job]
     if left != "result":
-        assert not files.resume.exists()
+        assert not files.resume.exists() and not files.resume_previous.exists()
     # A job's next run removes the temporary files of its killed writes (memo.training at the
     # start of a job, memo.fileio.remove_orphans): this checks that clean-up, not Make.
     assert orphans(files) == []

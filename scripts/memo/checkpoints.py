@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .experiments import Experiment
+from .results import RESULT_SETTINGS
 from .fileio import atomic_write_bytes
 
 
@@ -71,10 +72,14 @@ def load_resume(path, model, optimizer, gen: torch.Generator,
         raise CheckpointError(f"resume checkpoint {path} is not a resume file of this "
                               f"pipeline; {fix}")
     saved = state.get("settings")
-    if exp is not None and saved is not None and saved != asdict(exp):
-        changed = sorted(k for k in saved if saved[k] != asdict(exp).get(k))
-        raise CheckpointError(f"resume checkpoint {path} was written with other settings "
-                         f"({', '.join(changed)} differ); delete it to start this job afresh")
+    if exp is not None and saved is not None:
+        # only what changes the numbers: checkpoint_every or the name may change meanwhile
+        changed = [k for k in RESULT_SETTINGS if saved.get(k) != getattr(exp, k)]
+        if changed:
+            raise CheckpointError(
+                f"resume checkpoint {path} was written with other settings ("
+                + ", ".join(f"{k}={saved.get(k)!r}, now {getattr(exp, k)!r}" for k in changed)
+                + "); delete it to start this job afresh, or restore the settings")
     saved_device = state.get("generator_device", "cpu")
     if saved_device != gen.device.type:  # the random streams of CPU and CUDA differ in kind
         raise CheckpointError(f"resume checkpoint {path} was written by a run on {saved_device}; "

@@ -153,6 +153,19 @@ def load(spec: str, split: str = "train", root=None, download: bool = False) -> 
     return _load_npz(Path(npz_path).expanduser(), split)
 
 
+def check_device(name: str) -> torch.device:
+    """The torch device of that name, usable here; ValueError (one line) otherwise."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as e:
+        raise ValueError(f"unknown device {name!r} ({str(e).splitlines()[0]}); use cpu or "
+                         "cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}: no CUDA GPU is available here; use --device cpu "
+                         "(or DEVICE=cpu with make)")
+    return device
+
+
 def download(spec: str, root=None) -> None:
     """Fetch a data set into root with torchvision's downloaders (network access)."""
     kind, _ = _parse_spec(spec)
@@ -181,6 +194,8 @@ def load_job_data(exp, device: torch.device, full: bool, root=None,
         try:
             test = load(exp.data, "test", root=root, download=download).images.to(device)
         except DataMissingError:
+            if not exp.data.startswith("npz:"):  # a standard data set's test split must be there
+                raise
             test = None  # npz data without x_test: the full model reports no test loss
     hflip = train.hflip if exp.hflip is None else exp.hflip
     return JobData(images.to(device), test, hflip, dataset_name(exp.data))

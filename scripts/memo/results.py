@@ -38,6 +38,7 @@ class JobFiles:
     """Every file one job writes."""
     result: Path       # <root>/<exp>/results/<stem>.json.gz
     resume: Path       # <root>/<exp>/checkpoints/<stem>_resume.pt, while the job runs
+    resume_previous: Path  # the resume file before the last one (<stem>_resume.prev.pt)
     checkpoint: Path   # <root>/<exp>/checkpoints/<stem>_epoch<E>.params, full model only
 
 
@@ -53,6 +54,7 @@ def job_files(exp: Experiment, job: Job, root: str | Path = "results") -> JobFil
     base = Path(root) / exp.directory
     return JobFiles(result=base / "results" / f"{stem}.json.gz",
                     resume=base / "checkpoints" / f"{stem}_resume.pt",
+                    resume_previous=base / "checkpoints" / f"{stem}_resume.prev.pt",
                     checkpoint=base / "checkpoints" / f"{stem}_epoch{exp.epochs}.params")
 
 

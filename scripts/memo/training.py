@@ -9,6 +9,7 @@ the same numbers.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -194,27 +195,40 @@ def record_log_px(history: dict, epoch: int, train_idx: np.ndarray, test_idx: np
         "test": dict(zip(map(str, test_idx.tolist()), ess_te.tolist()))}
 
 
+def _load(members: list[Member], exp: Experiment, paths: list) -> list[int]:
+    """Load each member's state from its file in paths; the epochs they hold."""
+    done = []
+    for m, path in zip(members, paths):
+        m.history, epoch = checkpoints.load_resume(path, m.model, m.optimizer, m.gen, exp)
+        done.append(epoch)
+    return done
+
+
 def _resume(exp: Experiment, members: list[Member], in_channels: int, device, name: str,
             log) -> int:
-    """Start every member afresh, or from its resume file when all members have one of the
-    same epoch. Returns the last epoch done (0: fresh)."""
+    """Start every member afresh, or from resume files of one epoch for all members: the
+    latest, or the one before for members already past it (a group killed while writing its
+    files). Returns the last epoch done (0: fresh)."""
     for m in members:
         m.start(exp, in_channels, device)
-        for path in (m.files.result, m.files.resume, m.files.checkpoint):
+        for path in (m.files.result, m.files.resume, m.files.resume_previous, m.files.checkpoint):
             fileio.remove_orphans(path)  # temporary files of a write that was killed
-    have = [m.files.resume.exists() for m in members]
+    have = [m.files.resume.exists() or m.files.resume_previous.exists() for m in members]
     if not any(have):
         return 0
-    if all(have):
-        done = []
-        for m in members:
-            m.history, epoch = checkpoints.load_resume(m.files.resume, m.model, m.optimizer,
-                                                       m.gen, exp)
-            done.append(epoch)
-        if len(set(done)) == 1:
-            source = m.files.resume if len(members) == 1 else f"{len(members)} resume files"
-            log(f"[{name}] resuming after epoch {done[0]} from {source}")
-            return done[0]
+    latest = [m.files.resume if m.files.resume.exists() else m.files.resume_previous
+              for m in members]
+    done = _load(members, exp, latest) if all(have) else [0, -1]
+    if len(set(done)) > 1:  # some members wrote a newer file than others: go back to the older
+        target = min(done)
+        older = [m.files.resume_previous if e > target else path
+                 for m, e, path in zip(members, done, latest)]
+        if all(p.exists() for p in older):
+            done = _load(members, exp, older)
+    if len(set(done)) == 1:
+        source = latest[0] if len(members) == 1 else f"{len(members)} resume files"
+        log(f"[{name}] resuming after epoch {done[0]} from {source}")
+        return done[0]
     log(f"[{name}] resume files are missing or of different epochs; starting afresh")
     for m in members:
         m.start(exp, in_channels, device)
@@ -273,7 +287,9 @@ def fit(trainer: Trainer, exp: Experiment, jd: JobData, log=print,
         stopping = stop_after is not None and epoch >= stop_after and epoch < exp.epochs
         if (epoch % exp.checkpoint_every == 0 and epoch < exp.epochs) or stopping:
             trainer.sync()
-            for m in members:
+            for m in members:  # the previous file stays until the new one is whole
+                if m.files.resume.exists():
+                    os.replace(m.files.resume, m.files.resume_previous)
                 checkpoints.save_resume(m.files.resume, m.model, m.optimizer, m.gen, m.history,
                                         epoch, exp)
         if stopping:
@@ -281,11 +297,15 @@ def fit(trainer: Trainer, exp: Experiment, jd: JobData, log=print,
             return None
 
     trainer.sync()
-    return [finish_job(exp, m, jd, speed) for m in members]
+    out = [finish_job(exp, m, jd, speed) for m in members]
+    for m in members:  # only once every result is written: a kill before leaves all resumable
+        m.files.resume.unlink(missing_ok=True)
+        m.files.resume_previous.unlink(missing_ok=True)
+    return out
 
 
 def finish_job(exp: Experiment, member: Member, jd: JobData, speed: dict | None = None) -> dict:
-    """Write the result file (and the full model's final weights); drop the resume file."""
+    """Write the result file (and the full model's final weights)."""
     if member.job.full:  # the full model keeps its final weights (loss curves, nearest neighbours)
         checkpoints.save_weights(member.files.checkpoint, member.model)
     h = member.history
@@ -293,7 +313,6 @@ def finish_job(exp: Experiment, member: Member, jd: JobData, speed: dict | None 
     results.write_result(member.files.result,
                          results.meta_for(exp, member.job, tuple(jd.train.shape), jd.dataset,
                                           jd.hflip, speed), content)
-    member.files.resume.unlink(missing_ok=True)
     return content
 
 
