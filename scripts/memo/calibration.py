@@ -281,9 +281,10 @@ def design_note(folds: int, repeats: int, n_perm: int, n: int, q: float) -> str 
     need = needed_at_minimum(p_min, n, q)
     how = (f"K^L = {folds}^{repeats} = {total} labellings" if exact else
            f"B = {n_perm} drawn labellings")
+    reach = (f"nothing can be flagged unless at least {need} of the {n} examples reach it"
+             if need <= n else "nothing can be flagged")
     text = (f"the smallest attainable p-value {p_min:.3g} ({how}) is above BH's first "
-            f"threshold q/n = {q / n:.3g}: nothing can be flagged unless at least {need} of "
-            f"the {n} examples reach it")
+            f"threshold q/n = {q / n:.3g}: {reach}")
     if total >= n / q:
         text += f"; raise the number of labellings to at least {math.ceil(n / q)} (--n-perm)"
     else:

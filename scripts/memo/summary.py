@@ -451,7 +451,14 @@ def load(path: str | os.PathLike) -> Summary:
         return get(key, (n,), np.full(n, default), dtype)
 
     def scalar(key):
-        return float(a[key]) if key in a else float("nan")
+        if key not in a:
+            return float("nan")
+        if np.asarray(a[key]).size != 1:
+            raise SummaryError(f"{path}: {key} has shape {np.shape(a[key])}, expected a number")
+        try:
+            return float(np.asarray(a[key]).ravel()[0])
+        except (TypeError, ValueError):
+            raise SummaryError(f"{path}: {key} is not a number") from None
 
     values = np.asarray(a.get("values", np.zeros((0, 0, n))), dtype=np.float32)
     if values.ndim != 3 or values.shape[2] != n:

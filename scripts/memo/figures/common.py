@@ -122,8 +122,8 @@ def highly_memorized(M: np.ndarray, q: float = HIGH_Q) -> tuple[np.ndarray, floa
 def flag_info(s: Summary) -> dict | None:
     """The calibrated flag of a summary (memo.calibration), None when it has none: mask of
     examples flagged by Benjamini–Hochberg, q, their count, and whether the design can flag."""
-    if not s.calibrated:
-        return None
+    if not s.calibrated or not isinstance(s.calibration, dict):
+        return None  # also a summary with p-values but no record of how they were made
     c = s.calibration
     q = float(c.get("fdr_q", math.nan))
     min_p = float(c.get("min_p", math.nan))
