@@ -153,6 +153,7 @@ def main(argv=None) -> int:
                             != {p.resolve() for p in paths}):
             raise ValueError(f"--output {' '.join(args.output)} does not match the result "
                              f"file(s) {' '.join(map(str, paths))}")
+        results.check_siblings(exp, args.results_dir)
         jd = data.load_job_data(exp, torch.device(device), any(j.full for j in jobs),
                                 args.data_root, args.download)
         if len(jobs) > 1:

@@ -210,3 +210,16 @@ def test_the_authors_recorded_settings_are_compared():
     assert results.settings_mismatches({**theirs, "learning_rate": 1e-4}, exp) == [
         ("lr", 1e-4, 1e-3)]
     assert checkpoints.CheckpointError.__mro__[1] is ValueError
+
+
+def test_no_job_is_trained_beside_results_of_other_settings(tiny_experiment, tmp_path, capsys):
+    exp_file, _ = tiny_experiment
+    assert memorization.main(_args(tmp_path)) == 0
+    spec = json.loads(exp_file.read_text())
+    spec["tiny"]["folds"] = 4
+    exp_file.write_text(json.dumps(spec))
+    capsys.readouterr()
+    assert memorization.main(_args(tmp_path, job="cv_repeat0_fold3")) == 1
+    line = _one_error_line(capsys)
+    assert "folds=3" in line and "folds=4" in line and "delete" in line
+    assert len(list((tmp_path / "res" / "tiny" / "results").glob("*.json.gz"))) == 1

@@ -122,6 +122,20 @@ def settings_mismatches(meta: dict, exp: Experiment) -> list[tuple[str, object, 
     return [(f, v, getattr(exp, f)) for f, v in recorded.items() if v != getattr(exp, f)]
 
 
+def check_siblings(exp: Experiment, root: str | Path = "results") -> None:
+    """Refuse to train a job of an experiment whose existing result files were made under other
+    settings: the new file could never be summarized with them. Reads one of them."""
+    folder = Path(root) / exp.directory / "results"
+    existing = sorted(folder.glob("*.json.gz")) if folder.is_dir() else []
+    if not existing:
+        return
+    for field, recorded, now in settings_mismatches(read_result(existing[0])["meta"], exp):
+        raise ResultFileError(
+            f"{existing[0]} was made with {field}={recorded!r} but experiment {exp.name} now has "
+            f"{field}={now!r}: training more of it would mix the two; delete {folder}/ to "
+            f"retrain the experiment, or restore {field}={recorded!r}")
+
+
 def write_result(path: str | Path, meta: dict, results: dict) -> None:
     blob = json.dumps({"meta": meta, "results": results}, sort_keys=True).encode()
     # mtime=0 keeps the gzip bytes a function of the content alone
