@@ -135,7 +135,7 @@ def bench_ours(name, data, device, seconds, group, sizes, speed: accel.Speed = a
     def train_one():
         order = torch.randperm(n, device=device, generator=gen)[:steps * batch]
         return float(training.train_steps(model, optimizer, batch_loss, data, order, batch,
-                                          hflip, gen, speed))
+                                          hflip, gen, speed, exp.flip))
     out["train_one"] = rate(train_one, steps * batch)
 
     # train group: G models, each with its own data order and generator
@@ -146,7 +146,8 @@ def bench_ours(name, data, device, seconds, group, sizes, speed: accel.Speed = a
 
     def train_group():
         orders = [torch.randperm(n, device=device, generator=g)[:steps * batch] for g in gens]
-        return float(ensemble.train_epoch(stack, data, orders, gens, plan, hflip).sum())
+        return float(ensemble.train_epoch(stack, data, orders, gens, plan, hflip,
+                                          exp.flip).sum())
     out["train_group"] = rate(train_group, group * steps * batch)
     if train_only:
         return out
