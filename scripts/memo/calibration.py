@@ -337,11 +337,11 @@ def split_half_corrected(values, held_out, seed: int = 0, n_splits: int = 10,
                          budget: float = WORK_BUDGET) -> tuple[float, int]:
     """(Spearman correlation of M_corrected between two halves of the repeats, splits used).
 
-    The halves are drawn as in uncertainty.split_half_reliability (same seed: same splits);
-    each half is calibrated on its own. As many of the n_splits splits as the work budget
-    allows are averaged, at least one. nan for L < 2.
+    The halves are those of uncertainty.split_half_reliability (uncertainty.split_halves, same
+    seed: same splits); each half is calibrated on its own. As many of the n_splits splits as
+    the work budget allows are averaged, at least one. nan for L < 2.
     """
-    from scipy import stats
+    from .uncertainty import rank_correlation, split_halves
 
     values, held_out = check_inputs(values, held_out)
     r, k, n = values.shape
@@ -350,15 +350,11 @@ def split_half_corrected(values, held_out, seed: int = 0, n_splits: int = 10,
     halves = (r // 2, r - r // 2)
     cost = sum(min(labellings(k, h), n_perm) * h * n for h in halves)
     splits = max(1, min(n_splits, int(budget // max(cost, 1))))
-    rng = np.random.default_rng(seed)
     out = []
-    for j in range(splits):
-        perm = rng.permutation(r)
-        m = []
-        for half in (perm[: r // 2], perm[r // 2:]):
-            c = calibrate(values[half], held_out[half], n_perm=n_perm, seed=seed + 1 + j,
-                          p_values=False)
-            m.append(c.M_corrected)
-        if np.ptp(m[0]) > 0 and np.ptp(m[1]) > 0 and n >= 3:
-            out.append(stats.spearmanr(m[0], m[1])[0])
+    for j, halves_j in enumerate(split_halves(r, seed, splits)):
+        m = [calibrate(values[half], held_out[half], n_perm=n_perm, seed=seed + 1 + j,
+                       p_values=False).M_corrected for half in halves_j]
+        rho = rank_correlation(m[0], m[1])
+        if rho is not None:
+            out.append(rho)
     return (float(np.mean(out)) if out else math.nan), splits

@@ -16,7 +16,6 @@ import io
 import json
 import os
 import zipfile
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -246,7 +245,6 @@ def summarize(paths: list[str | Path], progress: bool = True, n_boot: int = 1000
     out_count = np.zeros((E, R, n), dtype=np.int64)
     ess_sum = {"train": np.zeros(n), "test": np.zeros(n)}
     ess_cnt = {"train": np.zeros(n, dtype=np.int64), "test": np.zeros(n, dtype=np.int64)}
-    covered = defaultdict(lambda: np.zeros(n, dtype=bool))
     # every fold model's value of every example at the final epoch, for the calibration
     values = np.full((R, n_folds, n), np.nan, dtype=np.float32)
     held_out = np.full((R, n), -1, dtype=np.int16)
@@ -265,7 +263,6 @@ def summarize(paths: list[str | Path], progress: bool = True, n_boot: int = 1000
                 if ei == E - 1:
                     values[r, k, idx] = val
                     if part == "test":
-                        covered[r][idx] = True
                         held_out[r, idx] = k
         ess = c["results"].get("ess", {}).get(str(epochs[-1]))
         if ess:
@@ -273,9 +270,9 @@ def summarize(paths: list[str | Path], progress: bool = True, n_boot: int = 1000
                 idx, val = ess[part]
                 ess_sum[part][idx] += val
                 ess_cnt[part][idx] += 1
-    for r, cov in covered.items():
-        if not cov.all():
-            raise SummaryError(f"repeat {r}: {int((~cov).sum())} examples are never held out; "
+    for r, never in enumerate(held_out < 0):
+        if never.any():
+            raise SummaryError(f"repeat {r}: {int(never.sum())} examples are never held out; "
                                "a fold result file is missing or from another split")
 
     U, V, M = np.empty((E, n)), np.empty((E, n)), np.empty((E, n))
@@ -300,7 +297,9 @@ def summarize(paths: list[str | Path], progress: bool = True, n_boot: int = 1000
 
     final = (in_lse[-1], in_count[-1], out_lse[-1], out_count[-1])
     seed = out_meta["seed"] or 0
-    se, lo, hi = uncertainty.bootstrap(*final, n_boot=n_boot, seed=seed)
+    # one draw of bootstrap replicates for M and M_corrected: their intervals match
+    weights = uncertainty.bootstrap_weights(R, n_boot, seed) if R >= 2 and n_boot >= 2 else None
+    se, lo, hi = uncertainty.bootstrap(*final, n_boot=n_boot, seed=seed, weights=weights)
     reliability = uncertainty.split_half_reliability(*final, seed=seed)
     low_ess = (uncertainty.ess_flags(ess_in, out_meta["n_is"])
                | uncertainty.ess_flags(ess_out, out_meta["n_is"]))
@@ -330,15 +329,16 @@ def summarize(paths: list[str | Path], progress: bool = True, n_boot: int = 1000
                 "fold model's log p of every example (complete result files); summarize "
                 "without it with --n-perm 0")
         calibrate_summary(s, values, held_out, n_perm=n_perm, fdr_q=fdr_q, n_boot=n_boot,
-                          seed=seed)
+                          seed=seed, weights=weights)
     return s
 
 
 def calibrate_summary(s: Summary, values, held_out, n_perm: int, fdr_q: float, n_boot: int,
-                      seed: int) -> None:
+                      seed: int, weights=None) -> None:
     """Fill the calibration of a summary in place (memo.calibration): null mean, M_corrected
     and its bootstrap interval, p-values, BH flags, split-half of M_corrected; the record of
-    how (meta["calibration"]). Work is timed in s.timings."""
+    how (meta["calibration"]). weights: the bootstrap replicates of M's interval (drawn from
+    seed when not given). Work is timed in s.timings."""
     import time
 
     from . import calibration, uncertainty
@@ -360,7 +360,7 @@ def calibrate_summary(s: Summary, values, held_out, n_perm: int, fdr_q: float, n
     if R < 2 or n_boot < 2:
         interval = "none"
     elif calibration.bootstrap_affordable(K, R, n, n_boot):
-        w = uncertainty.bootstrap_weights(R, n_boot, seed)
+        w = uncertainty.bootstrap_weights(R, n_boot, seed) if weights is None else weights
         s.M_corrected_ci_low, s.M_corrected_ci_high = calibration.bootstrap_corrected(
             values, held_out, w)
         interval = "recomputed"

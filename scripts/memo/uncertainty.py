@@ -153,7 +153,7 @@ def bootstrap_weights(n_repeats: int, n_boot: int, seed: int = 0) -> np.ndarray:
 
 
 def bootstrap(in_lse, in_count, out_lse, out_count, n_boot: int = 1000, seed: int = 0,
-              level: float = 0.95):
+              level: float = 0.95, weights=None):
     """Per-example bootstrap standard error and percentile interval of M, resampling repeats.
 
     Each replicate draws R repeats with replacement (the same draw for every example, since a
@@ -176,7 +176,8 @@ def bootstrap(in_lse, in_count, out_lse, out_count, n_boot: int = 1000, seed: in
     nan = np.full(n, np.nan)
     if r < 2 or n_boot < 2:
         return nan, nan.copy(), nan.copy()
-    w = bootstrap_weights(r, n_boot, seed).astype(np.float64)
+    # weights: the (n_boot, R) replicates when the caller shares them (else drawn from seed)
+    w = (bootstrap_weights(r, n_boot, seed) if weights is None else weights).astype(np.float64)
     q = 100 * np.array([(1 - level) / 2, (1 + level) / 2])
     se, lo, hi = np.empty(n), np.empty(n), np.empty(n)
     # all replicates of a block of examples at once: percentiles need every replicate
@@ -204,6 +205,24 @@ def bootstrap(in_lse, in_count, out_lse, out_count, n_boot: int = 1000, seed: in
 # split-half reliability
 
 
+def split_halves(r: int, seed: int, n_splits: int):
+    """The seeded splits of R repeats into halves of ⌊R/2⌋ and ⌈R/2⌉ (index arrays), in order:
+    the same seed gives the same splits to every split-half estimate."""
+    rng = np.random.default_rng(seed)
+    for _ in range(max(1, n_splits)):
+        perm = rng.permutation(r)
+        yield perm[: r // 2], perm[r // 2:]
+
+
+def rank_correlation(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Spearman correlation over the examples where both are finite; None with fewer than 3
+    such examples or a constant side (undefined)."""
+    ok = np.isfinite(a) & np.isfinite(b)
+    if ok.sum() < 3 or np.ptp(a[ok]) == 0 or np.ptp(b[ok]) == 0:
+        return None
+    return float(stats.spearmanr(a[ok], b[ok])[0])
+
+
 def split_half_reliability(in_lse, in_count, out_lse, out_count, seed: int = 0,
                            n_splits: int = 10) -> float:
     """Spearman correlation between M computed on two disjoint halves of the repeats.
@@ -224,18 +243,15 @@ def split_half_reliability(in_lse, in_count, out_lse, out_count, seed: int = 0,
     r = in_lse.shape[0]
     if r < 2:
         return float("nan")
-    rng = np.random.default_rng(seed)
     values = []
-    for _ in range(max(1, n_splits)):
-        perm = rng.permutation(r)
+    for first, second in split_halves(r, seed, n_splits):
         w = np.zeros((2, r))
-        w[0, perm[: r // 2]] = 1
-        w[1, perm[r // 2:]] = 1
+        w[0, first] = 1
+        w[1, second] = 1
         _, _, m = score_from_repeats(in_lse, in_count, out_lse, out_count, weights=w)
-        ok = np.isfinite(m).all(axis=0)
-        if ok.sum() < 3 or np.ptp(m[0, ok]) == 0 or np.ptp(m[1, ok]) == 0:
-            continue
-        values.append(stats.spearmanr(m[0, ok], m[1, ok])[0])
+        rho = rank_correlation(m[0], m[1])
+        if rho is not None:
+            values.append(rho)
     return float(np.mean(values)) if values else float("nan")
 
 

@@ -15,11 +15,16 @@ from .common import (COLORS, TEXTWIDTH, Result, count, finite, flag_info, flag_l
 UNIFORM_BINS = 20
 
 
-def p_edges(p: np.ndarray, info: dict) -> np.ndarray:
+def per_value_bins(info: dict) -> bool:
+    """Whether the histogram has one bin per attainable p-value (an exact null with few)."""
+    return bool(info["exact"]) and info["labellings"] <= 50
+
+
+def p_edges(info: dict) -> np.ndarray:
     """Bins of the p-value histogram: one per attainable value when an exact null has few
     (p = j/K^L, density 1 per bin under the null), else UNIFORM_BINS over [0, 1]."""
-    total = info["labellings"]
-    if info["exact"] and total <= 50:
+    if per_value_bins(info):
+        total = info["labellings"]
         return (np.arange(total + 1) + 0.5) / total
     return np.linspace(0, 1, UNIFORM_BINS + 1)
 
@@ -42,7 +47,7 @@ def figure(M, Mc, p, info) -> Figure:
     ax_a.set_title("(a) score and calibrated score", loc="left")
     ax_a.legend(markerscale=4)
 
-    edges = p_edges(p, info)
+    edges = p_edges(info)
     pp = finite(p)
     dens = np.histogram(pp, edges)[0] / (max(pp.size, 1) * np.diff(edges))
     ax_b.stairs(dens, edges, fill=True, color=COLORS["regular"], alpha=0.35, lw=0)
@@ -73,8 +78,7 @@ def caption(s, info) -> str:
             f"{num(np.nanmedian(M))}, median corrected score {num(np.nanmedian(Mc))}; "
             f"{pct(float(np.mean(Mc[np.isfinite(Mc)] > 0)))} above 0). "
             "(b) Histogram of the permutation p-values "
-            + ("(one bin per attainable value $j/K^L$) " if len(p_edges(p, info)) - 1
-               == info["labellings"] else "")
+            + ("(one bin per attainable value $j/K^L$) " if per_value_bins(info) else "")
             + f"with the uniform density expected where nothing is memorized; "
             f"{pct(low)} have $p \\leq 0.05$. " + flag_text(s))
     text += ("Memorization is what the test detects, and anything else that differs "
