@@ -139,7 +139,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        data.check_device(device)
+        torch_device = data.check_device(device)
     except ValueError as e:
         print(f"memorization.py: error: {e}", file=sys.stderr)
         return 2
@@ -154,7 +154,7 @@ def main(argv=None) -> int:
             raise ValueError(f"--output {' '.join(args.output)} does not match the result "
                              f"file(s) {' '.join(map(str, paths))}")
         results.check_siblings(exp, args.results_dir)
-        jd = data.load_job_data(exp, torch.device(device), any(j.full for j in jobs),
+        jd = data.load_job_data(exp, torch_device, any(j.full for j in jobs),
                                 args.data_root, args.download)
         if len(jobs) > 1:
             from memo import ensemble

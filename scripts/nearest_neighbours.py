@@ -71,10 +71,9 @@ def load_model(exp, in_channels: int, results_dir, device) -> tuple[torch.nn.Mod
         models.load_weights(model, checkpoints.load_state(path, "checkpoint", fix), path)
     except ValueError as e:  # CheckpointError, or load_weights naming the keys that differ
         raise CLIError(str(e)) from None
-    except (RuntimeError, TypeError, AttributeError) as e:
-        first = str(e).strip().splitlines()[0]
+    except (RuntimeError, TypeError, AttributeError) as e:  # what load_weights does not foresee
         raise CLIError(f"checkpoint {path} does not fit {exp.model} (latent_dim "
-                       f"{exp.latent_dim}, {in_channels} channels): {first[:160]}") from None
+                       f"{exp.latent_dim}, {in_channels} channels): {fileio.one_line(e)}") from None
     return model.to(device).eval(), path
 
 
@@ -97,11 +96,8 @@ def save_npz(path: Path, arrays: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> Path:
-    try:
+    try:  # an unknown experiment, a bad setting of it, an unusable device: one line each
         exp = experiments.get(args.experiment)
-    except (experiments.UnknownExperimentError, experiments.SettingsError) as e:
-        raise CLIError(str(e)) from None
-    try:
         device = data.check_device(args.device)
     except ValueError as e:
         raise CLIError(str(e)) from None

@@ -97,7 +97,8 @@ def make_fragment(table: dict[str, experiments.Experiment], group: int = 1) -> s
              f"DEMO := {experiments.DEMO_EXPERIMENT}", ""]
     for name, exp in table.items():
         files = result_files(exp)
-        full = result_file(exp, experiments.FULL_JOB)
+        full_files = results.job_files(exp, experiments.FULL_JOB, "$(RESULTS)")
+        full = str(full_files.result)
         # one pattern rule for the jobs: the file names differ only in the job tag
         prefix = full.removesuffix(experiments.FULL_JOB.tag + ".json.gz")
         grouped, single = grouped_rules(exp, group) if group > 1 else ([], [f"$(RESULTS_{name})"])
@@ -129,8 +130,7 @@ def make_fragment(table: dict[str, experiments.Experiment], group: int = 1) -> s
             f" $(if $(DEVICE),--device $(DEVICE)) -o $@",
             f"nn-{name}: $(ANALYSIS)/{name}_nn.npz",
             # written beside the full model's result; published archives may lack it
-            f"FULL_CHECKPOINT_{name} := "
-            f"{results.job_files(exp, experiments.FULL_JOB, '$(RESULTS)').checkpoint}",
+            f"FULL_CHECKPOINT_{name} := {full_files.checkpoint}",
             f".PHONY: memorization-{name} summary-{name} nn-{name}",
             "",
         ]

@@ -16,7 +16,7 @@ import torch
 
 from .experiments import Experiment
 from .results import RESULT_SETTINGS
-from .fileio import atomic_write_bytes
+from .fileio import atomic_write_bytes, one_line, torch_refusal
 
 
 def _save(path: str | Path, obj) -> None:
@@ -48,13 +48,11 @@ def load_state(path: str | Path, what: str, fix: str):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:  # weights_only refused an object: it could run code
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{what} {path} holds objects a checkpoint never holds; refused "
-                              f"without loading them ({first[:120]}); {fix}") from None
+                              f"without loading them ({torch_refusal(e)}); {fix}") from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError,
             zipfile.BadZipFile) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{what} {path} is truncated or corrupt ({first[:120]}); "
+        raise CheckpointError(f"{what} {path} is truncated or corrupt ({one_line(e, 120)}); "
                               f"{fix}") from None
 
 
@@ -90,7 +88,6 @@ def load_resume(path, model, optimizer, gen: torch.Generator,
         optimizer.load_state_dict(state["optimizer"])
         gen.set_state(state["generator"])
     except (RuntimeError, ValueError, KeyError, TypeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"resume checkpoint {path} does not fit this job's model "
-                              f"({first[:120]}); {fix}") from None
+                              f"({one_line(e, 120)}); {fix}") from None
     return state["history"], state["epoch"]

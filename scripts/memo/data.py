@@ -37,6 +37,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .fileio import one_line, torch_refusal
+
 DATA_ROOT_DEFAULT = "./data"
 FASHION_DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
 
@@ -158,7 +160,7 @@ def check_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError) as e:
-        raise ValueError(f"unknown device {name!r} ({str(e).splitlines()[0]}); use cpu or "
+        raise ValueError(f"unknown device {name!r} ({one_line(e)}); use cpu or "
                          "cuda") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r}: no CUDA GPU is available here; use --device cpu "
@@ -196,7 +198,7 @@ def load_job_data(exp, device: torch.device, full: bool, root=None,
         except DataMissingError:
             if not exp.data.startswith("npz:"):  # a standard data set's test split must be there
                 raise
-            test = None  # npz data without x_test: the full model reports no test loss
+            # npz data without x_test: the full model reports no test loss
     hflip = train.hflip if exp.hflip is None else exp.hflip
     return JobData(images.to(device), test, hflip, dataset_name(exp.data))
 
@@ -245,18 +247,6 @@ def _resize_batch(images: torch.Tensor, size: int) -> torch.Tensor:
     x = F.interpolate(images.float(), size=(size, size), mode="bilinear",
                       align_corners=False, antialias=True)
     return x.round_().clamp_(0, 255).to(torch.uint8)
-
-
-def _one_line(text, limit: int = 160) -> str:
-    """A message part on one line: whitespace collapsed, cut to `limit` characters."""
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _torch_refusal(e: Exception) -> str:
-    """The one line that matters in torch.load's many-line weights_only refusal."""
-    m = re.search(r"WeightsUnpickler error: ([^\n]*)", str(e))
-    return _one_line((m.group(1) if m else str(e)).split(". ")[0], 120)
 
 
 def _labels(values, n: int, where: str) -> torch.Tensor:
@@ -336,8 +326,8 @@ def _load_mnist_like(cls_name: str, spec: str, root: Path, split: str, download:
     except Exception as e:
         if missing:
             raise  # a failed download: torchvision's own message
-        why = (_torch_refusal(e) if isinstance(e, pickle.UnpicklingError)
-               else f"{type(e).__name__}: {_one_line(e, 100)}".rstrip(": "))
+        why = (torch_refusal(e) if isinstance(e, pickle.UnpicklingError)
+               else f"{type(e).__name__}: {one_line(e, 100)}".rstrip(": "))
         fix = (f"Delete training.pt and test.pt in {processed} (torchvision's old format) to read the "
                f"IDX files in {raw} instead" if legacy
                else f"To get the real files into {raw}: delete them and {how}")
@@ -428,15 +418,15 @@ def _read_cifar_batch(path: Path, root: Path) -> tuple[np.ndarray, np.ndarray]:
             # The original files are Python 2 pickles: their str keys and pixel bytes stay bytes.
             batch = _CifarUnpickler(fh, encoding="bytes").load()
     except _Refused as e:
-        raise bad(f"its pickle asks to load {_one_line(e.what, 100)!r}, which a batch never holds "
+        raise bad(f"its pickle asks to load {one_line(e.what, 100)!r}, which a batch never holds "
                   f"(refused, nothing in the file was run)") from None
     except Exception as e:  # truncated or not a pickle at all
-        raise bad(f"it does not unpickle ({type(e).__name__}: {_one_line(e, 100)})") from None
+        raise bad(f"it does not unpickle ({type(e).__name__}: {one_line(e, 100)})") from None
     if not isinstance(batch, dict):
         raise bad(f"it holds a {type(batch).__name__}, not a dict")
     x, y = _batch_entry(batch, "data"), _batch_entry(batch, "labels")
     if x is None or y is None:
-        keys = _one_line(", ".join(repr(k) for k in list(batch)[:8]), 100)
+        keys = one_line(", ".join(repr(k) for k in list(batch)[:8]), 100)
         raise bad(f"it has no b'data' and b'labels' entries (keys: {keys or 'none'})")
     if (not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 2
             or x.shape[1] != 3 * SIZE * SIZE):
@@ -541,7 +531,7 @@ def _read_celeba_cache(cache: Path, stamp: dict) -> torch.Tensor | None:
         blob = torch.load(cache, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:  # refused an object this pipeline never writes there
         warnings.warn(f"{cache}: not a CelebA cache of this pipeline, ignored without loading it "
-                      f"({_torch_refusal(e)}); it is rebuilt from the JPEGs")
+                      f"({torch_refusal(e)}); it is rebuilt from the JPEGs")
         return None
     except Exception:  # stale or damaged: rebuilt from the JPEGs
         return None
@@ -692,7 +682,7 @@ def _npz_array(z, path: Path, key: str) -> np.ndarray:
             why = (f"it holds Python objects (dtype {dtype}), which are never unpickled because that "
                    f"could run code")
         else:
-            why = f"it cannot be read ({type(e).__name__}: {_one_line(e, 100)})"
+            why = f"it cannot be read ({type(e).__name__}: {one_line(e, 100)})"
         want = ("a numeric uint8 array of images" if key.startswith("x")
                 else "a numeric array of integer labels")
         raise ValueError(f"{path}: array '{key}': {why}; it must be {want}, e.g. "
@@ -717,7 +707,7 @@ def _load_npz(path: Path, split: str) -> ImageData:
         z = np.load(path, allow_pickle=False)
     except Exception as e:  # a damaged zip
         raise ValueError(f"{path}: not a NumPy .npz archive ({type(e).__name__}: "
-                         f"{_one_line(e, 100)}); {fix}") from None
+                         f"{one_line(e, 100)}); {fix}") from None
     if not isinstance(z, np.lib.npyio.NpzFile):
         raise ValueError(f"{path}: not a NumPy .npz archive; {fix}")
     with z:

@@ -371,7 +371,7 @@ class Group:
     def heldout_losses(self, epoch: int) -> list[float | None]:
         device = self.stack.device
         sources = [evaluation.heldout_set(m.job, self.jd, m.test_t) for m in self.members]
-        gens = [torch.Generator(device=device).manual_seed(evaluation.eval_seed(m.seed, epoch) + 1)
+        gens = [evaluation.generator(m.seed, epoch, evaluation.LOSS_SAMPLES, device)
                 for m in self.members]
         noise = self._noise_gens(epoch, evaluation.LOSS_NOISE)
         totals = torch.stack(group_test_loss(self.stack, sources, gens, self.exp.seed,
@@ -381,7 +381,7 @@ class Group:
     def log_px(self, epoch: int, part: str) -> list[tuple[np.ndarray, np.ndarray]]:
         device = self.stack.device
         indices = [m.train_t if part == "train" else m.test_t for m in self.members]
-        gens = [torch.Generator(device=device).manual_seed(evaluation.eval_seed(m.seed, epoch))
+        gens = [evaluation.generator(m.seed, epoch, evaluation.LOG_PX_SAMPLES, device)
                 for m in self.members]
         out = group_log_px(self.stack, self.jd.train, indices, gens, self.exp.n_is,
                            self.exp.seed, self.is_rows,

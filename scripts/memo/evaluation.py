@@ -20,20 +20,24 @@ LOSS_BATCH = 1024  # examples per held-out loss batch
 
 
 def eval_seed(model_seed: int, epoch: int) -> int:
-    """Seed of a model's importance samples at an epoch; its held-out loss uses this + 1, and
-    fresh input noise this + 2 (log p) and + 3 (held-out loss)."""
+    """The base seed of a model's evaluation streams at an epoch (see the offsets below)."""
     return int(np.random.SeedSequence([model_seed, epoch, 7]).generate_state(1)[0])
+
+
+# Each evaluation stream of a model is seeded eval_seed + its offset
+LOG_PX_SAMPLES, LOSS_SAMPLES, LOG_PX_NOISE, LOSS_NOISE = 0, 1, 2, 3
+
+
+def generator(model_seed: int, epoch: int, offset: int, device) -> torch.Generator:
+    """A model's evaluation stream at an epoch: importance samples or held-out loss eps, or
+    fresh input noise; one model alone and a group draw from the same ones."""
+    return torch.Generator(device=device).manual_seed(eval_seed(model_seed, epoch) + offset)
 
 
 def noise_generator(eval_noise: str, model_seed: int, epoch: int, offset: int,
                     device) -> torch.Generator | None:
     """The generator of fresh evaluation input noise, or None for noise fixed per example."""
-    if eval_noise == "fixed":
-        return None
-    return torch.Generator(device=device).manual_seed(eval_seed(model_seed, epoch) + offset)
-
-
-LOG_PX_NOISE, LOSS_NOISE = 2, 3  # offsets of the fresh-noise generators
+    return None if eval_noise == "fixed" else generator(model_seed, epoch, offset, device)
 
 
 def batches(n: int, size: int):
@@ -57,7 +61,7 @@ def evaluate(model, images: torch.Tensor, index: torch.Tensor, seed: int, n_is: 
              eval_noise: str = "fixed") -> tuple[np.ndarray, np.ndarray]:
     """IS log p(x) and ESS for images (the examples `index` of D), float64 on the host."""
     model.eval()
-    gen = torch.Generator(device=images.device).manual_seed(eval_seed(model_seed, epoch))
+    gen = generator(model_seed, epoch, LOG_PX_SAMPLES, images.device)
     noise = noise_generator(eval_noise, model_seed, epoch, LOG_PX_NOISE, images.device)
     lps, esss = [], []
     with accel.exact_float32():
@@ -77,7 +81,7 @@ def test_loss(model, images: torch.Tensor, index: torch.Tensor, seed: int, epoch
               model_seed: int, batch_size: int = LOSS_BATCH, eval_noise: str = "fixed") -> float:
     """Mean negative ELBO per example on a held-out set (the examples `index`)."""
     model.eval()
-    gen = torch.Generator(device=images.device).manual_seed(eval_seed(model_seed, epoch) + 1)
+    gen = generator(model_seed, epoch, LOSS_SAMPLES, images.device)
     noise = noise_generator(eval_noise, model_seed, epoch, LOSS_NOISE, images.device)
     total = torch.zeros((), device=images.device, dtype=torch.float64)
     with accel.exact_float32():

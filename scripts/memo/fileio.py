@@ -1,8 +1,10 @@
-"""Writing files so that a file that exists is whole: a temporary name, then a rename."""
+"""Files: writes that leave a file whole (a temporary name, then a rename), and one-line
+reports of a file that could not be read."""
 from __future__ import annotations
 
 import glob
 import os
+import re
 import secrets
 from pathlib import Path
 
@@ -42,3 +44,18 @@ def remove_orphans(path: str | os.PathLike) -> list[Path]:
     for tmp in gone:
         tmp.unlink(missing_ok=True)
     return gone
+
+
+def one_line(text, limit: int = 160) -> str:
+    """A message part on one line: whitespace collapsed, cut to `limit` characters; an
+    exception without a message gives its type's name."""
+    line = " ".join(str(text).split())
+    if not line and isinstance(text, BaseException):
+        line = type(text).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def torch_refusal(e: Exception) -> str:
+    """The one line that matters in torch.load's many-line weights_only refusal."""
+    m = re.search(r"WeightsUnpickler error: ([^\n]*)", str(e))
+    return one_line((m.group(1) if m else str(e)).split(". ")[0], 120)

@@ -59,11 +59,9 @@ def model_seed(seed: int, repeat: int, fold: int) -> int:
 def job_split(exp, job, n: int) -> tuple[np.ndarray, np.ndarray, int]:
     """(in-fold indices, held-out indices, model seed) of a job (experiments.Job) of an
     experiment on a training set of n examples; the full model trains on all of D."""
-    if job.full:
-        return np.arange(n), np.arange(0), model_seed(exp.seed, job.repeat, FULL_FOLD)
-    if not (0 <= job.repeat < exp.repeats and 0 <= job.fold < exp.folds):
+    fold = FULL_FOLD if job.full else job.fold
+    if not job.full and not (0 <= job.repeat < exp.repeats and 0 <= job.fold < exp.folds):
         raise ValueError(f"{job.tag} is outside this experiment's {exp.repeats} repeats "
                          f"x {exp.folds} folds")
-    train_idx, test_idx = train_test_indices(n, exp.folds, exp.seed, job.repeat, job.fold,
-                                             exp.splits)
-    return train_idx, test_idx, model_seed(exp.seed, job.repeat, job.fold)
+    train_idx, test_idx = train_test_indices(n, exp.folds, exp.seed, job.repeat, fold, exp.splits)
+    return train_idx, test_idx, model_seed(exp.seed, job.repeat, fold)

@@ -216,19 +216,21 @@ def _resume(exp: Experiment, members: list[Member], in_channels: int, device, na
     have = [m.files.resume.exists() or m.files.resume_previous.exists() for m in members]
     if not any(have):
         return 0
-    latest = [m.files.resume if m.files.resume.exists() else m.files.resume_previous
-              for m in members]
-    done = _load(members, exp, latest) if all(have) else [0, -1]
-    if len(set(done)) > 1:  # some members wrote a newer file than others: go back to the older
+    if all(have):
+        latest = [m.files.resume if m.files.resume.exists() else m.files.resume_previous
+                  for m in members]
+        done = _load(members, exp, latest)
         target = min(done)
-        older = [m.files.resume_previous if e > target else path
-                 for m, e, path in zip(members, done, latest)]
-        if all(p.exists() for p in older):
-            done = _load(members, exp, older)
-    if len(set(done)) == 1:
-        source = latest[0] if len(members) == 1 else f"{len(members)} resume files"
-        log(f"[{name}] resuming after epoch {done[0]} from {source}")
-        return done[0]
+        # members past the others (a group killed while writing its files) go back one file
+        ahead = [i for i, e in enumerate(done) if e > target]
+        if all(members[i].files.resume_previous.exists() for i in ahead):
+            for i, e in zip(ahead, _load([members[i] for i in ahead], exp,
+                                         [members[i].files.resume_previous for i in ahead])):
+                done[i] = e
+        if set(done) == {target}:
+            source = latest[0] if len(members) == 1 else f"{len(members)} resume files"
+            log(f"[{name}] resuming after epoch {target} from {source}")
+            return target
     log(f"[{name}] resume files are missing or of different epochs; starting afresh")
     for m in members:
         m.start(exp, in_channels, device)
@@ -266,11 +268,12 @@ def fit(trainer: Trainer, exp: Experiment, jd: JobData, log=print,
         for m, loss in zip(members, train):
             check_train_loss(loss, epoch, f"{exp.name} {m.job.tag}")
             m.history["losses"]["train"].append(loss)
-        for m, loss in zip(members, trainer.heldout_losses(epoch)):
+        held = trainer.heldout_losses(epoch)
+        for m, loss in zip(members, held):
             if loss is not None:
                 m.history["losses"]["test"].append(loss)
         line = f"[{name}] epoch {epoch}/{exp.epochs} loss train {_mean_or_range(train)}"
-        tests = [m.history["losses"]["test"][-1] for m in members if m.history["losses"]["test"]]
+        tests = [loss for loss in held if loss is not None]
         if tests:
             line += f" test {_mean_or_range(tests)}"
         if epoch in eval_epochs:
