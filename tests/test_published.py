@@ -3,22 +3,16 @@ unzipped into results/ trains nothing, summarizes, and is checked by results.sha
 import gzip
 import json
 import re
-import subprocess
 from pathlib import Path
 
 import numpy as np
 
 from memo import experiments, results, splits, summary
+from test_make import run_make
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures" / "authors"
 N = 20  # examples of the planted MNIST experiment: tiny files in the real format
-
-
-def run_make(*args):
-    p = subprocess.run(["make", "--no-print-directory", *args], cwd=ROOT, text=True,
-                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600)
-    return p.returncode, p.stdout
 
 
 def _authors_result(path: Path, rng) -> bytes:
