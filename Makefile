@@ -37,6 +37,9 @@ TRAIN = $(PY) scripts/memorization.py --results-dir $(RESULTS) $(if $(DEVICE),--
 SUMMARIZE_DEPS := scripts/summarize.py scripts/memo/summary.py scripts/memo/results.py \
                   scripts/memo/uncertainty.py scripts/memo/calibration.py
 NN_DEPS := scripts/nearest_neighbours.py scripts/memo/neighbours.py
+MEASURES_DEPS := scripts/measures.py scripts/memo/measures.py scripts/memo/copying.py \
+                 scripts/memo/curvature.py scripts/memo/influence.py scripts/memo/rankstats.py \
+                 scripts/memo/planted.py
 
 # The experiment table becomes one file target per result file (scripts/plan.py) and also names
 # PAPER_EXPERIMENTS and DEMO. It is regenerated on every run (cheap) so that EXPERIMENTS_FILE
@@ -96,9 +99,16 @@ $(SETUP): requirements.txt scripts/setup.sh
 
 demo: $(SETUP) ## the offline default, end to end: Fashion-MNIST K-fold VAEs -> scores -> figures
 	$(MAKE) --no-print-directory -j $(JOBS) memorization-$(DEMO)
-	$(MAKE) --no-print-directory summary-$(DEMO) $(ANALYSIS)/$(DEMO)_nn.npz
+	$(MAKE) --no-print-directory summary-$(DEMO) $(ANALYSIS)/$(DEMO)_nn.npz measures-$(DEMO)
 	$(MAKE) --no-print-directory figures-$(DEMO) report
-	@echo "per-example memorization scores: $(ANALYSIS)/$(DEMO).csv; figures: output/$(DEMO)/, report: output/report.pdf"
+	@echo "per-example memorization scores: $(ANALYSIS)/$(DEMO).csv, other measures:" \
+	  "$(ANALYSIS)/$(DEMO)_measures.csv; figures: output/$(DEMO)/, report: output/report.pdf"
+
+benchmark: $(SETUP) ## planted memorization: every measure against M (analysis/$(BENCHMARK)_benchmark.csv, report)
+	$(MAKE) --no-print-directory -j $(JOBS) memorization-$(BENCHMARK)
+	$(MAKE) --no-print-directory summary-$(BENCHMARK) measures-$(BENCHMARK)
+	$(MAKE) --no-print-directory figures-$(BENCHMARK) report
+	@echo "benchmark table: $(ANALYSIS)/$(BENCHMARK)_benchmark.csv; figures: output/$(BENCHMARK)/, report: output/report.pdf"
 
 memorization: $(addprefix memorization-,$(PAPER_EXPERIMENTS)) ## train the paper's four experiments (404 models)
 
@@ -145,7 +155,7 @@ verify: ## check results/ against CHECKSUMS, or else the authors' results.sha256
 clean: ## remove the generated Make plans (not results, summaries, figures or settings stamps)
 	rm -f build/experiments*.mk
 
-.PHONY: help setup demo memorization summaries neighbours data test bench checksums verify clean
+.PHONY: help setup demo benchmark memorization summaries neighbours data test bench checksums verify clean
 
 
 # Experiments whose result files are all present (trained here, or the authors' published
@@ -171,6 +181,10 @@ memorization-%:
 summary-%:
 	$(call unknown_experiment,$*,$@)
 nn-%:
+	$(call unknown_experiment,$*,$@)
+measures-%:
+	$(call unknown_experiment,$*,$@)
+$(ANALYSIS)/%_measures.npz:
 	$(call unknown_experiment,$*,$@)
 $(ANALYSIS)/%_nn.npz:
 	$(call unknown_experiment,$*,$@)

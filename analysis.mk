@@ -16,9 +16,12 @@ AN_FIG := scripts/memo/figures
 AN_EXT := pdf png pgf tex json
 AN_LIB := scripts/analysis.py $(AN_FIG)/__init__.py $(AN_FIG)/common.py scripts/memo/summary.py
 
-AN_SUMMARIES := $(filter-out %_nn.npz,$(wildcard $(AN_IN)/*.npz))
+# the other files beside the summaries: nearest neighbours, other measures, size sweeps
+AN_AUX := %_nn.npz %_measures.npz %_sweep.npz
+AN_SUMMARIES := $(filter-out $(AN_AUX),$(wildcard $(AN_IN)/*.npz))
 AN_EXPS      := $(patsubst $(AN_IN)/%.npz,%,$(AN_SUMMARIES))
 AN_NN_EXPS   := $(filter $(AN_EXPS),$(patsubst $(AN_IN)/%_nn.npz,%,$(wildcard $(AN_IN)/*_nn.npz)))
+AN_MEASURES_EXPS := $(filter $(AN_EXPS),$(patsubst $(AN_IN)/%_measures.npz,%,$(wildcard $(AN_IN)/*_measures.npz)))
 
 AN_SINGLE := calibration qualitative logprob uncertainty   # one experiment each
 AN_SERIES := losses quantiles distribution     # one experiment, or a comparison group
@@ -33,11 +36,15 @@ AN_GROUPED := $(foreach g,$(AN_BUILT_GROUPS),$(AN_GROUP_$g))
 # The figures of one experiment (output/<exp>/<figure>) and of one group.
 an_exp_stems = $(addprefix $(AN_OUT)/$1/,$(AN_SINGLE) \
                  $(if $(filter $1,$(AN_GROUPED)),,$(AN_SERIES)) \
-                 $(if $(filter $1,$(AN_NN_EXPS)),neighbours))
+                 $(if $(filter $1,$(AN_NN_EXPS)),neighbours) \
+                 $(if $(filter $1,$(AN_MEASURES_EXPS)),measures))
 an_group_stems = $(addprefix $(AN_OUT)/$1/,$(AN_SERIES))
 an_files = $(foreach s,$1,$(addprefix $s.,$(AN_EXT)))
 AN_STEMS := $(foreach e,$(AN_EXPS),$(call an_exp_stems,$e)) \
             $(foreach g,$(AN_BUILT_GROUPS),$(call an_group_stems,$g))
+# the training-set size sweep (scripts/sweep.py), when its file exists
+AN_SWEEP := $(wildcard $(AN_IN)/fashion_sizes_sweep.npz)
+AN_STEMS += $(if $(AN_SWEEP),$(AN_OUT)/size_sweep/sweep)
 AN_FIGURES := $(call an_files,$(AN_STEMS))
 
 # One pattern rule per figure: $(call an_rule,FIGURE,EXTRA-PREREQUISITES)
@@ -47,7 +54,11 @@ $(foreach x,$(AN_EXT),$(AN_OUT)/%/$1.$x) &: $(AN_IN)/%.npz $2 $(AN_FIG)/$1.py $(
 endef
 $(foreach f,calibration qualitative logprob $(AN_SERIES),$(eval $(call an_rule,$f)))
 $(eval $(call an_rule,neighbours,$(AN_IN)/%_nn.npz))
+$(eval $(call an_rule,measures,$(AN_IN)/%_measures.npz scripts/memo/measures.py))
 $(eval $(call an_rule,uncertainty,scripts/memo/uncertainty.py))   # its ESS threshold rule
+
+$(call an_files,$(AN_OUT)/size_sweep/sweep) &: $(AN_IN)/fashion_sizes_sweep.npz $(AN_FIG)/sweep.py $(AN_LIB)
+	$(PY) scripts/analysis.py sweep $< --out $(@D)
 
 # One explicit rule per (group, figure): the summaries in the group's order.
 define an_group_rule

@@ -2,11 +2,12 @@
 
     python scripts/analysis.py FIGURE SUMMARY [SUMMARY ...] [--out DIR]
     python scripts/analysis.py all SUMMARY [--out DIR]
+    python scripts/analysis.py sweep analysis/fashion_sizes_sweep.npz [--out DIR]
     python scripts/analysis.py list
 
 Each figure is written as DIR/FIGURE.{pgf,tex,pdf,png,json}. Several summaries draw one
 figure comparing them (losses, quantiles, distribution only). The nearest-neighbour figure
-reads <summary>_nn.npz next to the summary; the image figures load the training images.
+reads <summary>_nn.npz next to the summary, the measures figure <summary>_measures.npz; the image figures load the training images.
 """
 from __future__ import annotations
 
@@ -32,9 +33,12 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("figure", choices=figures.FIGURES + ("all", "list"),
                    help="figure to draw; 'all': every figure of one experiment")
-    p.add_argument("summaries", nargs="*", type=Path, help="analysis/<exp>.npz file(s)")
+    p.add_argument("summaries", nargs="*", type=Path,
+                   help="analysis/<exp>.npz file(s); for 'sweep' the sweep file")
     p.add_argument("--out", type=Path, help="output folder (default: output/<experiment>)")
     p.add_argument("--nn", type=Path, help="nearest-neighbour file (default: <summary>_nn.npz)")
+    p.add_argument("--measures", type=Path,
+                   help="measures file (default: <summary>_measures.npz)")
     p.add_argument("--seed", type=int, default=figures.DEFAULT_SEED,
                    help="seed of the example images in the logprob figure (default: %(default)s)")
     p.add_argument("--no-latex", action="store_true",
@@ -48,7 +52,20 @@ def main(argv=None) -> int:
 
     from memo import summary
     from memo.figures import common
-    names = figures.FIGURES if args.figure == "all" else (args.figure,)
+    if args.figure in figures.STANDALONE:
+        from memo.figures import sweep
+        try:
+            data = sweep.load(args.summaries[0])
+            out = args.out or Path("output") / "size_sweep"
+            engine = None if args.no_latex else common.latex_engine()
+            for path in figures.build(args.figure, [], out, sweep=data, engine=engine):
+                if path.suffix == ".pdf":
+                    print(path)
+        except (summary.SummaryError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        return 0
+    names = figures.PER_EXPERIMENT if args.figure == "all" else (args.figure,)
     if len(args.summaries) > 1 and any(n not in figures.SERIES for n in names):
         p.error(f"several summaries are compared only in {', '.join(figures.SERIES)}")
     try:
@@ -63,10 +80,20 @@ def main(argv=None) -> int:
                 raise summary.SummaryError(f"no nearest-neighbour file {nn_path}")
         if any(n in figures.NEEDS_IMAGES for n in names):
             images = common.load_images(summaries[0])
+        measures_set = None
+        if any(n in figures.NEEDS_MEASURES for n in names):
+            from memo import measures
+            path = args.measures or common.measures_path_for(args.summaries[0])
+            if path.is_file():
+                measures_set = measures.load(path)
+            elif args.figure != "all":
+                raise summary.SummaryError(f"no measures file {path}")
         for name in names:
-            if name in figures.NEEDS_NN and nn is None:
+            if (name in figures.NEEDS_NN and nn is None) or (
+                    name in figures.NEEDS_MEASURES and measures_set is None):
                 continue
             for path in figures.build(name, summaries, out, nn=nn, images=images,
+                                      measures_set=measures_set,
                                       seed=args.seed, engine=engine):
                 if path.suffix == ".pdf":
                     print(path)

@@ -13,7 +13,8 @@ from pathlib import Path
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--summaries", nargs="*", type=Path,
-                   help="summary files (default: analysis/*.npz without *_nn.npz)")
+                   help="summary files (default: analysis/*.npz without the *_nn, *_measures and "
+                   "*_sweep files)")
     p.add_argument("--figures", nargs="*", type=Path,
                    help="the figures' .json files (default: <out folder>/*/*.json)")
     p.add_argument("--out", type=Path, default=Path("output/report.pdf"), help="the PDF to write (default: %(default)s)")
@@ -24,7 +25,8 @@ def main(argv=None) -> int:
     from memo.figures import report
     summaries = args.summaries
     if summaries is None:
-        summaries = sorted(p for p in Path("analysis").glob("*.npz") if not p.stem.endswith("_nn"))
+        summaries = sorted(p for p in Path("analysis").glob("*.npz")
+                           if not p.stem.endswith(("_nn", "_measures", "_sweep")))
     jsons = args.figures
     if jsons is None:
         jsons = sorted(args.out.parent.glob("*/*.json"))

@@ -13,6 +13,8 @@ Specs accepted by ``load``:
 * ``celeba``  - the standard ``<root>/celeba/`` layout (``list_eval_partition.txt`` and
   ``img_align_celeba/*.jpg``), cropped to the box (15, 40, 163, 188) and resized to 32x32 with
   antialiased bilinear interpolation. The result is cached in ``<root>/celeba/cache_<split>_32x32.pt``.
+* ``planted`` - the planted-memorization benchmark built from Fashion-MNIST (memo/planted.py):
+  ordinary images with singletons of a withheld class and groups of exact duplicates planted.
 * ``npz:PATH`` - a NumPy archive with uint8 ``x`` (N x H x W or N x H x W x C, C in {1, 3}), optional
   ``y``, and optional ``x_test``/``y_test`` for ``split="test"``.
 
@@ -47,8 +49,9 @@ DATASET_NAMES = {
     "fashion": "FashionMNIST",
     "cifar10": "CIFAR10",
     "celeba": "CelebA",
+    "planted": "PlantedFashionMNIST",
 }
-_VALID_SPECS = "bmnist, fashion, cifar10, celeba, npz:PATH"
+_VALID_SPECS = "bmnist, fashion, cifar10, celeba, planted, npz:PATH"
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,7 @@ FACTS = {
     "fashion": Facts(channels=1, hflip=False, n_train=60000, n_test=10000),
     "cifar10": Facts(channels=3, hflip=True, n_train=50000, n_test=10000),
     "celeba": Facts(channels=3, hflip=True, n_train=162770, n_test=19962),
+    "planted": Facts(channels=1, hflip=False, n_train=2000, n_test=9000),
 }
 
 SIZE = 32
@@ -152,6 +156,11 @@ def load(spec: str, split: str = "train", root=None, download: bool = False) -> 
         return _load_cifar10(root, split, download)
     if kind == "celeba":
         return _load_celeba(root, split, download)
+    if kind == "planted":
+        from . import planted
+        fashion = _load_mnist_like("FashionMNIST", "fashion", root, split, download)
+        images, labels = planted.build(fashion.images, fashion.labels, split)
+        return ImageData(DATASET_NAMES[kind], images, labels, hflip=False)
     return _load_npz(Path(npz_path).expanduser(), split)
 
 
@@ -209,7 +218,7 @@ def _fetch(kind: str, root: Path) -> None:
     root.mkdir(parents=True, exist_ok=True)
     if kind == "bmnist":
         tvd.MNIST(str(root), train=True, download=True)
-    elif kind == "fashion":
+    elif kind in ("fashion", "planted"):
         if not _idx_missing(root / "FashionMNIST" / "raw") or _fashion_from_debian(root):
             return
         tvd.FashionMNIST(str(root), train=True, download=True)

@@ -174,10 +174,24 @@ _TABLE = [
     Experiment(name="fashion_demo", data="fashion", model="BernoulliMLPVAE", latent_dim=16,
                lr=1e-3, epochs=40, eval_every=10, n_is=128, folds=5, repeats=2, subset=2000,
                checkpoint_every=10),
+    # the planted-memorization benchmark (memo/planted.py): the demo's settings on 2000
+    # Fashion-MNIST images with singletons and duplicate groups planted
+    Experiment(name="fashion_planted", data="planted", model="BernoulliMLPVAE", latent_dim=16,
+               lr=1e-3, epochs=40, eval_every=10, n_is=128, folds=5, repeats=2,
+               checkpoint_every=10),
+    # the training-set size sweep (scripts/sweep.py): nested subsets of Fashion-MNIST, each
+    # full model trained for about the same number of steps as the demo's (80,000 examples
+    # seen), so small sets are trained for more epochs
+    *[Experiment(name=f"fashion_n{n}", data="fashion", model="BernoulliMLPVAE", latent_dim=16,
+                 lr=1e-3, epochs=max(10, 80_000 // n), eval_every=max(10, 80_000 // n),
+                 n_is=128, folds=5, repeats=1, subset=n, checkpoint_every=max(10, 80_000 // n))
+      for n in (250, 500, 1000, 2000, 4000, 8000)],
 ]
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in _TABLE}
 PAPER_EXPERIMENTS = ["bmnist_lr3", "bmnist_lr4", "cifar10", "celeba"]
 DEMO_EXPERIMENT = "fashion_demo"  # what `make demo` runs
+BENCHMARK_EXPERIMENT = "fashion_planted"  # what `make benchmark` runs
+SIZE_SWEEP = [name for name in EXPERIMENTS if re.fullmatch(r"fashion_n\d+", name)]
 
 
 class UnknownExperimentError(ValueError):

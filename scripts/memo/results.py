@@ -4,6 +4,10 @@ results/<exp>/results/<Dataset>_<Model>_<desc>_seed<S>_cv_repeat<r>_fold<k>.json
 results/<exp>/results/<Dataset>_<Model>_<desc>_seed<S>_full_repeat0.json.gz
 results/<exp>/checkpoints/<stem>_epoch<E>.params          (state_dict; full model keeps its last)
 results/<exp>/checkpoints/<stem>_resume.pt                (resume state while a job runs)
+results/<exp>/checkpoints/<stem>_cost.json                (ours: CPU and wall seconds of training)
+
+The full model also keeps its weights at every evaluation epoch (<stem>_epoch<E>.params): the
+one-model memorization measures (memo/measures.py) average over them.
 
 Content: {"meta": {...}, "results": {"logpxs": {"<epoch>": {"train": {"<idx>": lp}, "test": ...}},
 "losses": {"train": [...], "test": [...]}, "ess": (ours, same shape as logpxs)}}.
@@ -40,6 +44,12 @@ class JobFiles:
     resume: Path       # <root>/<exp>/checkpoints/<stem>_resume.pt, while the job runs
     resume_previous: Path  # the resume file before the last one (<stem>_resume.prev.pt)
     checkpoint: Path   # <root>/<exp>/checkpoints/<stem>_epoch<E>.params, full model only
+    cost: Path         # <root>/<exp>/checkpoints/<stem>_cost.json: seconds spent training
+
+    def weights_at(self, epoch: int) -> Path:
+        """The full model's weights after `epoch` (kept for every evaluation epoch)."""
+        stem = self.checkpoint.name.rsplit("_epoch", 1)[0]
+        return self.checkpoint.with_name(f"{stem}_epoch{epoch}.params")
 
 
 def file_stem(exp: Experiment, job: Job) -> str:
@@ -55,7 +65,8 @@ def job_files(exp: Experiment, job: Job, root: str | Path = "results") -> JobFil
     return JobFiles(result=base / "results" / f"{stem}.json.gz",
                     resume=base / "checkpoints" / f"{stem}_resume.pt",
                     resume_previous=base / "checkpoints" / f"{stem}_resume.prev.pt",
-                    checkpoint=base / "checkpoints" / f"{stem}_epoch{exp.epochs}.params")
+                    checkpoint=base / "checkpoints" / f"{stem}_epoch{exp.epochs}.params",
+                    cost=base / "checkpoints" / f"{stem}_cost.json")
 
 
 def parse_stem(name: str) -> tuple[str, int, Job]:

@@ -8,6 +8,7 @@ the same numbers.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -106,17 +107,20 @@ class Trainer(Protocol):
 # One model
 
 def batch_loss_fn(model, speed: accel.Speed, device):
-    """(x, eps) -> the summed negative ELBO of a batch (paper), compiled when speed says so."""
+    """(x, eps) -> the negative ELBO of each example of a batch (the paper's loss is their
+    sum), compiled when speed says so."""
     def batch_loss(x, eps):
-        return objectives.neg_elbo(model, x, eps=eps).sum()
+        return objectives.neg_elbo(model, x, eps=eps)
     return accel.compile_loss(batch_loss, speed, device)
 
 
 def train_steps(model, optimizer, batch_loss, images: torch.Tensor, order: torch.Tensor,
                 batch_size: int, hflip: bool, gen: torch.Generator,
-                speed: accel.Speed, flip: str = "image") -> torch.Tensor:
+                speed: accel.Speed, flip: str = "image",
+                loss_sum: torch.Tensor | None = None) -> torch.Tensor:
     """One pass of Adam steps over images[order] in batches: the summed loss, float64, left on
-    the device (no host synchronisation)."""
+    the device (no host synchronisation). loss_sum: a float64 vector over the examples of
+    `images` to which each example's loss of this pass is added."""
     model.train()
     total = torch.zeros((), device=images.device, dtype=torch.float64)
     latent = model.latent_dim
@@ -125,16 +129,24 @@ def train_steps(model, optimizer, batch_loss, images: torch.Tensor, order: torch
             # noise is drawn outside the (possibly compiled) loss, in neg_elbo's order
             x = preprocess.train_inputs(images[order[sl]], model.binary, hflip, gen, flip)
             eps = torch.randn((x.shape[0], latent), device=images.device, generator=gen)
-            loss = batch_loss(x, eps)
+            losses = batch_loss(x, eps)
+            loss = losses.sum()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             total += loss.detach().double()
+            if loss_sum is not None:
+                loss_sum.index_add_(0, order[sl], losses.detach().double())
     return total
 
 
+LOSS_SUM = "loss_sum"  # history key of the full model's per-example training loss, summed
+
+
 class OneModel:
-    """The trainer of a single job: its model, Adam and generator are the training state."""
+    """The trainer of a single job: its model, Adam and generator are the training state.
+    The full model also adds up each example's training loss over the epochs (a one-model
+    memorization measure, memo/measures.py)."""
 
     def __init__(self, exp: Experiment, member: Member, jd: JobData, speed: accel.Speed):
         self.exp, self.members, self.jd, self.speed = exp, [member], jd, speed
@@ -142,13 +154,18 @@ class OneModel:
     def begin(self) -> None:
         m = self.members[0]
         self.batch_loss = batch_loss_fn(m.model, self.speed, self.jd.train.device)
+        if m.job.full:
+            saved = m.history.get(LOSS_SUM)
+            m.history[LOSS_SUM] = (torch.zeros(len(self.jd.train), dtype=torch.float64)
+                                   if saved is None else saved).to(self.jd.train.device)
 
     def train_epoch(self) -> list[float]:
         m = self.members[0]
         order = m.train_t[torch.randperm(len(m.train_t), device=m.train_t.device,
                                          generator=m.gen)]
         total = train_steps(m.model, m.optimizer, self.batch_loss, self.jd.train, order,
-                            self.exp.batch_size, self.jd.hflip, m.gen, self.speed, self.exp.flip)
+                            self.exp.batch_size, self.jd.hflip, m.gen, self.speed, self.exp.flip,
+                            m.history.get(LOSS_SUM))
         return [float(total) / len(m.train_idx)]  # the one host sync per epoch
 
     def heldout_losses(self, epoch: int) -> list[float | None]:
@@ -211,7 +228,8 @@ def _resume(exp: Experiment, members: list[Member], in_channels: int, device, na
     files). Returns the last epoch done (0: fresh)."""
     for m in members:
         m.start(exp, in_channels, device)
-        for path in (m.files.result, m.files.resume, m.files.resume_previous, m.files.checkpoint):
+        for path in (m.files.result, m.files.resume, m.files.resume_previous, m.files.checkpoint,
+                     m.files.cost):
             fileio.remove_orphans(path)  # temporary files of a write that was killed
     have = [m.files.resume.exists() or m.files.resume_previous.exists() for m in members]
     if not any(have):
@@ -261,9 +279,11 @@ def fit(trainer: Trainer, exp: Experiment, jd: JobData, log=print,
     trainer.begin()
 
     eval_epochs = set(exp.eval_epochs())
+    for m in members:
+        m.history.setdefault("seconds", {"cpu": 0.0, "wall": 0.0})
     for epoch in tqdm(range(start_epoch, exp.epochs + 1), desc=name, initial=start_epoch - 1,
                       total=exp.epochs, disable=None, file=sys.stderr):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         train = trainer.train_epoch()
         for m, loss in zip(members, train):
             check_train_loss(loss, epoch, f"{exp.name} {m.job.tag}")
@@ -285,8 +305,17 @@ def fit(trainer: Trainer, exp: Experiment, jd: JobData, log=print,
             out = [lp for lp, _ in outs if len(lp)]
             if out:
                 line += f" out {np.mean([lp.mean() for lp in out]):.3f}"
+            if any(m.job.full for m in members) and epoch < exp.epochs:
+                trainer.sync()  # the full model's weights at each evaluation epoch
+                for m in members:
+                    if m.job.full:
+                        checkpoints.save_weights(m.files.weights_at(epoch), m.model)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        for m in members:  # a group's time is shared equally among its models
+            m.history["seconds"]["cpu"] += cpu / len(members)
+            m.history["seconds"]["wall"] += wall / len(members)
         models_ = "" if len(members) == 1 else f", {len(members)} models"
-        log(line + f" ({time.perf_counter() - t0:.1f} s{models_})")
+        log(line + f" ({wall:.1f} s{models_})")
         stopping = stop_after is not None and epoch >= stop_after and epoch < exp.epochs
         if (epoch % exp.checkpoint_every == 0 and epoch < exp.epochs) or stopping:
             trainer.sync()
@@ -313,6 +342,15 @@ def finish_job(exp: Experiment, member: Member, jd: JobData, speed: dict | None 
         checkpoints.save_weights(member.files.checkpoint, member.model)
     h = member.history
     content = {"logpxs": h["logpxs"], "losses": h["losses"], "ess": h["ess"]}
+    if LOSS_SUM in h:
+        content["train_loss_sum"] = dict(zip(map(str, member.train_idx.tolist()),
+                                             h[LOSS_SUM][member.train_t].tolist()))
+    # seconds vary from run to run: kept beside the result, so that it stays a function of
+    # the settings alone
+    if "seconds" in h:
+        fileio.atomic_write_bytes(member.files.cost, json.dumps(
+            {"cpu_seconds": h["seconds"]["cpu"], "wall_seconds": h["seconds"]["wall"],
+             "device": str(jd.train.device)}, sort_keys=True).encode())
     results.write_result(member.files.result,
                          results.meta_for(exp, member.job, tuple(jd.train.shape), jd.dataset,
                                           jd.hflip, speed), content)

@@ -10,11 +10,14 @@ import importlib
 from pathlib import Path
 
 # in report order: the calibrated scores lead
-FIGURES = ("calibration", "qualitative", "losses", "quantiles", "distribution", "logprob",
-           "neighbours", "uncertainty")
+FIGURES = ("calibration", "measures", "qualitative", "losses", "quantiles", "distribution",
+           "logprob", "neighbours", "uncertainty", "sweep")
+PER_EXPERIMENT = FIGURES[:-1]     # what `all` draws for one experiment
+STANDALONE = ("sweep",)           # drawn from its own file (scripts/sweep.py), not summaries
 SERIES = ("losses", "quantiles", "distribution")   # take one summary or several to compare
 NEEDS_IMAGES = ("qualitative", "logprob")
 NEEDS_NN = ("neighbours",)
+NEEDS_MEASURES = ("measures",)   # analysis/<exp>_measures.npz (memo.measures)
 DEFAULT_SEED = 42  # example images of the logprob figure
 
 
@@ -24,20 +27,22 @@ def module(name: str):
     return importlib.import_module(f"{__name__}.{name}")
 
 
-def build(name: str, summaries: list, out_dir, *, nn=None, images=None,
-          seed: int = DEFAULT_SEED, engine: str | None = "auto") -> list[Path]:
+def build(name: str, summaries: list, out_dir, *, nn=None, images=None, measures_set=None,
+          sweep=None, seed: int = DEFAULT_SEED, engine: str | None = "auto") -> list[Path]:
     """Draw figure `name` from loaded summaries and write its files into out_dir."""
     from . import common
     mod = module(name)
-    if not summaries or (name not in SERIES and len(summaries) != 1):
+    if name not in STANDALONE and (not summaries or (name not in SERIES and len(summaries) != 1)):
         takes = "one or more summaries" if name in SERIES else "one summary"
         raise ValueError(f"figure {name} takes {takes}, got {len(summaries)}")
     if engine == "auto":
         engine = common.latex_engine()
     with common.style(engine):
-        result = mod.make(summaries, nn=nn, images=images, seed=seed)
+        result = mod.make(summaries, nn=nn, images=images, measures_set=measures_set,
+                          sweep=sweep, seed=seed)
     meta = {"figure": name, "group": Path(out_dir).name,
-            "experiments": [s.name for s in summaries]}
+            "experiments": [s.name for s in summaries] or (sweep or {}).get("meta", {}).get(
+                "experiments", [])}
     try:
         return common.save(result, out_dir, name, meta, engine)
     finally:

@@ -69,6 +69,12 @@ def nn_path_for(summary_path: str | os.PathLike) -> Path:
     return p.with_name(p.stem + "_nn.npz")
 
 
+def measures_path_for(summary_path: str | os.PathLike) -> Path:
+    """The other measures' file `analysis/<exp>_measures.npz` (memo.measures)."""
+    p = Path(summary_path)
+    return p.with_name(p.stem + "_measures.npz")
+
+
 def load_nn(path: str | os.PathLike, n: int | None = None) -> Neighbours | None:
     """The nearest-neighbour arrays, or None when the file does not exist."""
     path = Path(path)

@@ -130,6 +130,19 @@ def table_tex(summaries: list[Summary], nns: list) -> str:
     return "\n".join(out)
 
 
+def figure_table_tex(doc: dict) -> str:
+    """The table a figure carries in its .json ({"columns": [...], "rows": [[...]]}), set
+    beside it with the figure's title."""
+    t = doc["table"]
+    out = [r"\begin{table}[htbp]", r"\centering\small",
+           rf"\caption{{{tex_escape(doc.get('title', ''))}: the numbers}}",
+           r"\begin{tabular}{l" + "r" * (len(t["columns"]) - 1) + "}", r"\toprule",
+           " & ".join(t["columns"]) + r" \\", r"\midrule"]
+    out += [" & ".join(row) + r" \\" for row in t["rows"]]
+    out += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(out)
+
+
 def _order(key: str, experiments: list[str]) -> tuple:
     from memo.experiments import PAPER_EXPERIMENTS
     first = experiments[0] if experiments else key
@@ -212,6 +225,8 @@ def document(summaries, nns, secs, rel) -> str:
             lines += [r"\begin{figure}[htbp]", r"\centering",
                       rf"\includegraphics{{{rel(pdf)}}}",
                       rf"\caption{{{doc['caption']}}}", r"\end{figure}"]
+            if doc.get("table"):
+                lines.append(figure_table_tex(doc))
         if skipped:
             lines.append("Not drawn: " + "; ".join(
                 f"{tex_escape(d.get('title', d.get('name')))} ({tex_escape(d['skip'])})"
@@ -306,5 +321,9 @@ def _matplotlib_report(summaries, nns, secs, path: Path) -> None:
                 ax.imshow(img)
                 ax.set_axis_off()
                 text = "\n".join(textwrap.wrap(plain(doc["caption"]), 110))
+                if doc.get("table"):
+                    t = doc["table"]
+                    text += "\n\n" + "\n".join(" | ".join(plain(c) for c in row)
+                                                 for row in [t["columns"], *t["rows"]])
                 fig.text(0.05, ax.get_position().y0 - 0.02, text, va="top", size=8)
                 pdf.savefig(fig)

@@ -1,0 +1,351 @@
+"""The field's other memorization measures beside M, computed from models the pipeline trains.
+
+Every measure is one number per training example, larger meaning "more memorized" in the
+sense its authors use it:
+
+  M               the K-fold score (memo.summary), K·L + 1 models
+  M_corrected     M minus its permutation-null mean (memo.calibration)
+  neg_log_px      −log p(x) under the full model (IS, last epoch): the outlier score the paper
+                  contrasts with memorization
+  final_loss      negative ELBO of x under the final full model (eval mode, fixed input noise,
+                  mean over EPS_DRAWS reparameterization draws)
+  loss_sum        x's training loss added up over every epoch of the full model's training
+                  (recorded by the training loop itself, memo/training.py)
+  self_influence  TracIn self-influence, Σ_c lr·‖∇θ ℓ(x; θ_c)‖² over the full model's weights
+                  at its evaluation epochs (memo/influence.py)
+  curvature       input-loss curvature, Hutchinson estimate of tr(HᵀH) of ℓ at x (memo/
+                  curvature.py), mean over the evaluation epochs' weights
+  curvature_final the same at the final weights alone
+  copies          the number of the full model's samples that copy x by the 1/3 rule
+                  (memo/copying.py)
+
+All one-model measures use the full model (trained on all of D) and its weights kept at each
+evaluation epoch (memo/results.JobFiles.weights_at).
+"""
+from __future__ import annotations
+
+import io
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import checkpoints, copying, curvature, data, influence, models, planted, preprocess
+from . import rankstats, results
+from .experiments import FULL_JOB, Experiment
+from .fileio import atomic_write_bytes
+
+EPS_DRAWS = 8                  # reparameterization draws averaged in final_loss
+N_SAMPLES = 10_000             # model samples for the 1/3 rule
+N_VECTORS, H = 10, 1e-3        # curvature: Rademacher vectors and step
+MEASURES = {                   # name: label for tables and figures
+    "M": "$M$ ($K$-fold)",
+    "M_corrected": r"$M_{\mathrm{corrected}}$",
+    "neg_log_px": r"$-\log p(x)$, full model",
+    "final_loss": "final training loss",
+    "loss_sum": "loss summed over training",
+    "self_influence": "self-influence (TracIn)",
+    "curvature": "input curvature (mean over epochs)",
+    "curvature_final": "input curvature (final epoch)",
+    "copies": "samples copying it (1/3 rule)",
+}
+ONE_MODEL = [k for k in MEASURES if k not in ("M", "M_corrected")]
+
+
+class MeasuresError(ValueError):
+    """Inputs the measures cannot be computed from; the message names the file and the fix."""
+
+
+@dataclass
+class MeasureSet:
+    experiment: str
+    index: np.ndarray                      # (n,) positions in D
+    values: dict[str, np.ndarray]          # measure -> (n,) float64 (nan: not available)
+    seconds: dict[str, float]              # CPU seconds spent computing each measure here
+    models: dict[str, int]                 # models each measure needs trained
+    train_seconds: dict[str, float]        # CPU seconds of training them (nan: not recorded)
+    copying: dict = field(default_factory=dict)   # ratio and interval; the control's
+    epochs: list[int] = field(default_factory=list)   # the full model's epochs used
+    role: np.ndarray | None = None         # planted layout (memo.planted), or None
+    group: np.ndarray | None = None
+
+    @property
+    def n(self) -> int:
+        return len(self.index)
+
+
+# ----------------------------------------------------------------------------------------------
+# computing
+
+
+def _cpu(fn):
+    """(result, CPU seconds of this process) of fn()."""
+    t = time.process_time()
+    out = fn()
+    return out, time.process_time() - t
+
+
+def _training_seconds(exp: Experiment, root) -> tuple[float, float]:
+    """CPU seconds of training (all models, the full model), nan where not recorded."""
+    def cpu(job):
+        try:
+            return float(json.loads(results.job_files(exp, job, root).cost.read_text())
+                         ["cpu_seconds"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return float("nan")
+    return sum(cpu(j) for j in exp.jobs()), cpu(FULL_JOB)
+
+
+def _weights(exp: Experiment, root, model: torch.nn.Module) -> tuple[list[int], list[dict]]:
+    """The full model's weights at each evaluation epoch that has them (the last is required)."""
+    files = results.job_files(exp, FULL_JOB, root)
+    if not files.checkpoint.is_file():
+        raise MeasuresError(f"{files.checkpoint} not found: the measures need the full model's "
+                            f"final weights; run `make memorization-{exp.name}` first")
+    epochs, states = [], []
+    for e in exp.eval_epochs():
+        path = files.checkpoint if e == exp.epochs else files.weights_at(e)
+        if not path.is_file():
+            continue
+        state = checkpoints.load_state(path, "model weights", "delete it and retrain the full "
+                                       "model")
+        models.load_weights(model, state, path)   # checks the layout
+        epochs.append(e)
+        states.append(state)
+    return epochs, states
+
+
+def layout_of(exp: Experiment, data_root=None) -> planted.Layout | None:
+    if exp.data != "planted":
+        return None
+    return planted.layout(data.load("fashion", "train", root=data_root).labels.numpy())
+
+
+def compute(exp: Experiment, summary, results_root="results", data_root=None, device="cpu",
+            n_samples: int = N_SAMPLES, n_vectors: int = N_VECTORS, h: float = H,
+            log=print) -> MeasureSet:
+    """Every measure for the examples of `summary` (a memo.summary.Summary of exp)."""
+    device = torch.device(device)
+    files = results.job_files(exp, FULL_JOB, results_root)
+    full = results.read_result(files.result)
+    train = data.load(exp.data, "train", root=data_root).images
+    train = train[: exp.subset] if exp.subset else train
+    index = np.asarray(summary.index, dtype=np.int64)
+    if index.max(initial=-1) >= len(train):
+        raise MeasuresError(f"summary of {exp.name} names example {index.max()} but the data "
+                            f"set has {len(train)}; rebuild the summary")
+    images = train[torch.from_numpy(index)].to(device)
+    model = models.build(exp.model, exp.latent_dim, images.shape[1]).to(device)
+    epochs, states = _weights(exp, results_root, model)
+    model.load_state_dict(states[-1])
+    model.eval()
+
+    values, seconds = {}, {}
+    values["M"] = np.asarray(summary.M_final, dtype=float)
+    values["M_corrected"] = np.asarray(summary.M_corrected, dtype=float)
+    seconds["M"] = seconds["M_corrected"] = 0.0
+
+    # from the full model's result file: log p at its last epoch, the summed training loss
+    last = str(max(map(int, full["results"]["logpxs"])))
+    idx, lp = results.as_arrays(full["results"]["logpxs"][last]["train"], files.result)
+    values["neg_log_px"] = _by_index(index, idx, -lp)
+    seconds["neg_log_px"] = 0.0
+    loss_sum = full["results"].get("train_loss_sum")
+    if loss_sum:
+        values["loss_sum"] = _by_index(index, *results.as_arrays(loss_sum, files.result))
+    else:
+        log(f"[{exp.name}] {files.result.name} records no per-example training loss "
+            "(made before it was recorded, or by the authors' code): loss_sum is not available")
+        values["loss_sum"] = np.full(len(index), np.nan)
+    seconds["loss_sum"] = 0.0
+
+    # inputs with their fixed evaluation noise, and reparameterization noise of our own
+    x = preprocess.eval_inputs(images, torch.from_numpy(index).to(device), model.binary,
+                               exp.seed, None)
+    gen = torch.Generator(device=device).manual_seed(exp.seed + 1_000_003)
+    eps = torch.randn((EPS_DRAWS, len(index), exp.latent_dim), generator=gen, device=device)
+
+    def final_loss():
+        return torch.stack([influence.per_example_loss(model, x, e) for e in eps]).mean(0)
+    v, seconds["final_loss"] = _cpu(final_loss)
+    values["final_loss"] = v.double().cpu().numpy()
+
+    log(f"[{exp.name}] self-influence over the weights of epochs {epochs}")
+    v, seconds["self_influence"] = _cpu(lambda: influence.self_influence(
+        model, states, [exp.lr] * len(states), x, eps[0]))
+    values["self_influence"] = v.double().cpu().numpy()
+
+    log(f"[{exp.name}] input curvature ({n_vectors} vectors, h = {h:g}, float64)")
+    per_epoch, total = [], 0.0
+    for state in states:
+        model.load_state_dict(state)
+        cgen = torch.Generator(device=device).manual_seed(exp.seed + 2_000_003)
+        v, s = _cpu(lambda: curvature.vae_input_curvature(model, x, n_vectors, h, cgen))
+        per_epoch.append(v.double().cpu().numpy())
+        total += s
+    values["curvature"] = np.mean(per_epoch, axis=0)
+    values["curvature_final"] = per_epoch[-1]
+    seconds["curvature"] = total
+    seconds["curvature_final"] = total / len(states)
+    model.load_state_dict(states[-1])
+
+    log(f"[{exp.name}] 1/3 rule: {n_samples} samples against {len(index)} training images")
+    pixels = (images.to(torch.float32) / 255).flatten(1)
+
+    def copies():
+        samples = copying.sample_images(model, n_samples, torch.Generator(device=device)
+                                        .manual_seed(exp.seed + 3_000_003))
+        return copying.copying(samples, pixels)
+    found, seconds["copies"] = _cpu(copies)
+    values["copies"] = found.copies_per_example.astype(float)
+    record = {"ratio": found.ratio, "low": found.interval[0], "high": found.interval[1],
+              "samples": n_samples}
+    try:  # control: held-out real images, which cannot be copies
+        test = data.load(exp.data, "test", root=data_root).images[:len(index)]
+        control = copying.copying((test.to(device, torch.float32) / 255).flatten(1), pixels)
+        record.update(control_ratio=control.ratio, control_low=control.interval[0],
+                      control_high=control.interval[1], control_n=len(test))
+    except data.DataMissingError:
+        pass
+
+    all_seconds, full_seconds = _training_seconds(exp, results_root)
+    n_models = exp.folds * exp.repeats + 1
+    lay = layout_of(exp, data_root)
+    return MeasureSet(
+        experiment=exp.name, index=index, values={k: values[k] for k in MEASURES},
+        seconds=seconds,
+        models={k: (n_models if k in ("M", "M_corrected") else 1) for k in MEASURES},
+        train_seconds={k: (all_seconds if k in ("M", "M_corrected") else full_seconds)
+                       for k in MEASURES},
+        copying=record, epochs=epochs,
+        role=None if lay is None else lay.role[index].astype(np.int64),
+        group=None if lay is None else lay.group[index])
+
+
+def _by_index(index: np.ndarray, idx: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """v (given at positions idx of D) at the positions `index`; nan where absent."""
+    out = np.full(len(index), np.nan)
+    where = {int(i): k for k, i in enumerate(idx)}
+    for j, i in enumerate(index):
+        k = where.get(int(i))
+        if k is not None:
+            out[j] = v[k]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# the benchmark table
+
+
+def benchmark(ms: MeasureSet, n_boot: int = 1000) -> list[dict]:
+    """Per measure: AUROC of singletons vs regular examples (with its bootstrap interval), the
+    mean rank percentile of duplicates, Spearman with M over regular examples, and cost. Without
+    a planted layout only the Spearman and cost columns are filled."""
+    rows = []
+    regular = np.ones(ms.n, bool) if ms.role is None else ms.role == planted.REGULAR
+    for name in MEASURES:
+        v = ms.values.get(name)
+        row = {"measure": name, "auroc": np.nan, "auroc_low": np.nan, "auroc_high": np.nan,
+               "duplicate_percentile": np.nan, "spearman_M": np.nan,
+               "models": ms.models[name],
+               "cpu_seconds": ms.train_seconds[name] + ms.seconds[name]}
+        if v is None or not np.isfinite(v).any():
+            rows.append(row)
+            continue
+        ok = np.isfinite(v)
+        if name != "M":
+            both = ok & regular & np.isfinite(ms.values["M"])
+            row["spearman_M"] = rankstats.spearman(v[both], ms.values["M"][both])
+        if ms.role is not None:
+            pool = ok & (ms.role != planted.DUPLICATE)
+            positive = ms.role[pool] == planted.SINGLETON
+            row["auroc"] = rankstats.auroc(v[pool], positive)
+            row["auroc_low"], row["auroc_high"] = rankstats.auroc_interval(
+                v[pool], positive, n_boot=n_boot)
+            pct = rankstats.rank_percentile(np.where(ok, v, -np.inf))
+            row["duplicate_percentile"] = float(pct[ms.role == planted.DUPLICATE].mean())
+        rows.append(row)
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# files
+
+
+def save(ms: MeasureSet, path) -> None:
+    """analysis/<exp>_measures.npz, written atomically; the CSV beside it (<path>.csv)."""
+    meta = {"experiment": ms.experiment, "seconds": ms.seconds, "models": ms.models,
+            "train_seconds": ms.train_seconds, "copying": ms.copying, "epochs": ms.epochs}
+    arrays = {f"value_{k}": v for k, v in ms.values.items()}
+    arrays["index"] = ms.index
+    if ms.role is not None:
+        arrays["role"], arrays["group"] = ms.role, ms.group
+    arrays["meta"] = np.array(json.dumps(meta))
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(Path(path).with_suffix(".csv"), csv_text(ms).encode())
+
+
+def csv_text(ms: MeasureSet) -> str:
+    cols = ["index"] + (["role", "group"] if ms.role is not None else []) + list(ms.values)
+    lines = [",".join(cols)]
+    for j in range(ms.n):
+        cells = [str(int(ms.index[j]))]
+        if ms.role is not None:
+            cells += [planted.ROLE_NAMES[int(ms.role[j])], str(int(ms.group[j]))]
+        cells += [f"{ms.values[k][j]:.6g}" for k in ms.values]
+        lines.append(",".join(cells))
+    return "\n".join(lines) + "\n"
+
+
+def load(path) -> MeasureSet:
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            values = {k.removeprefix("value_"): z[k].astype(float) for k in z.files
+                      if k.startswith("value_")}
+            index = z["index"].astype(np.int64)
+            role = z["role"].astype(np.int64) if "role" in z.files else None
+            group = z["group"].astype(np.int64) if "group" in z.files else None
+    except (OSError, ValueError, KeyError) as e:
+        raise MeasuresError(f"cannot read measures file {path} ({e}); delete it and run make "
+                            "again") from None
+    return MeasureSet(meta["experiment"], index, values, meta["seconds"], meta["models"],
+                      meta["train_seconds"], meta.get("copying", {}), meta.get("epochs", []),
+                      role, group)
+
+
+TABLE_COLUMNS = ("measure", "auroc", "auroc_low", "auroc_high", "duplicate_percentile",
+                 "spearman_M", "models", "cpu_seconds")
+
+
+def table_csv(rows: list[dict]) -> str:
+    lines = [",".join(TABLE_COLUMNS)]
+    for r in rows:
+        lines.append(",".join(str(r[c]) if isinstance(r[c], (str, int)) else f"{r[c]:.6g}"
+                              for c in TABLE_COLUMNS))
+    return "\n".join(lines) + "\n"
+
+
+def table_text(rows: list[dict], ms: MeasureSet) -> str:
+    """The table for a terminal, and the copying ratio."""
+    out = [f"{'measure':<16} {'AUROC singletons':>24} {'dup. pct':>9} {'Spearman M':>11} "
+           f"{'models':>6} {'CPU s':>8}"]
+    for r in rows:
+        au = ("--" if not np.isfinite(r["auroc"]) else
+              f"{r['auroc']:.3f} [{r['auroc_low']:.3f}, {r['auroc_high']:.3f}]")
+        out.append(f"{r['measure']:<16} {au:>24} {r['duplicate_percentile']:>9.1f} "
+                   f"{r['spearman_M']:>11.3f} {r['models']:>6d} {r['cpu_seconds']:>8.1f}")
+    c = ms.copying
+    if c:
+        out.append(f"memorization ratio (1/3 rule): {c['ratio']:.4f} [{c['low']:.4f}, "
+                   f"{c['high']:.4f}] of {c['samples']} samples"
+                   + (f"; held-out images: {c['control_ratio']:.4f} [{c['control_low']:.4f}, "
+                      f"{c['control_high']:.4f}] of {c['control_n']}" if "control_ratio" in c
+                      else ""))
+    return "\n".join(out)

@@ -1,0 +1,124 @@
+#!/usr/bin/env python
+"""Training-set size sweep: how often the full model's samples copy a training image (the 1/3
+rule, memo/copying.py) as the training set grows, over nested subsets of Fashion-MNIST.
+
+Trains (or resumes, or reuses) the full-data model of each experiment of the sweep
+(memo.experiments.SIZE_SWEEP: the first n images, n = 250 ... 8000, each trained for about the
+same number of steps), then writes analysis/fashion_sizes_sweep.npz with, per size: the
+memorization ratio of G samples and its Clopper-Pearson interval, the same statistic for
+held-out real images (the rule's false-alarm rate), the mean nearest-neighbour distance of the
+samples, and the full model's final training and test loss.
+
+    python scripts/sweep.py [--samples 10000] [--sizes fashion_n250 fashion_n1000 ...]
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from memo import (checkpoints, copying, data, experiments, fileio, models, results, training)
+from memo.experiments import FULL_JOB
+
+DEFAULT_OUT = Path("analysis") / "fashion_sizes_sweep.npz"
+FIELDS = ("n", "epochs", "ratio", "low", "high", "control_ratio", "control_low", "control_high",
+          "mean_d1", "train_loss", "test_loss", "cpu_seconds")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", nargs="+", default=experiments.SIZE_SWEEP,
+                   help="experiments of the sweep (default: %(default)s)")
+    p.add_argument("--samples", type=int, default=10_000,
+                   help="model samples per size (default: %(default)s)")
+    p.add_argument("--results-dir", default="results", help="results root (default: results)")
+    p.add_argument("--data-root", default=None, help="data directory (default: $DATA_ROOT)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("-o", "--output", type=Path, default=DEFAULT_OUT,
+                   help="output file (default: %(default)s)")
+    return p.parse_args(argv)
+
+
+def one_size(exp, samples: int, root, data_root, device, log) -> dict:
+    files = results.job_files(exp, FULL_JOB, root)
+    if not files.result.is_file():
+        training.run_job(exp, FULL_JOB, root, device, data_root, log=log)
+    content = results.read_result(files.result)
+    train = data.load(exp.data, "train", root=data_root).images[:exp.subset]
+    test = data.load(exp.data, "test", root=data_root).images
+    model = models.build(exp.model, exp.latent_dim, train.shape[1]).to(device)
+    state = checkpoints.load_state(files.checkpoint, "model weights",
+                                   "delete it and its result file to train it again")
+    models.load_weights(model, state, files.checkpoint)
+    model.eval()
+    pixels = (train.to(device, torch.float32) / 255).flatten(1)
+    gen = torch.Generator(device=device).manual_seed(exp.seed + 3_000_003)
+    found = copying.copying(copying.sample_images(model, samples, gen), pixels)
+    control = copying.copying((test[:samples].to(device, torch.float32) / 255).flatten(1), pixels)
+    losses = content["results"]["losses"]
+    try:
+        cpu = float(json.loads(files.cost.read_text())["cpu_seconds"])
+    except (OSError, ValueError, KeyError):
+        cpu = float("nan")
+    return {"n": exp.subset, "epochs": exp.epochs, "ratio": found.ratio,
+            "low": found.interval[0], "high": found.interval[1],
+            "control_ratio": control.ratio, "control_low": control.interval[0],
+            "control_high": control.interval[1], "mean_d1": float(np.mean(found.d1)),
+            "train_loss": float(losses["train"][-1]),
+            "test_loss": float(losses["test"][-1]) if losses["test"] else float("nan"),
+            "cpu_seconds": cpu}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    log = lambda m: print(m, file=sys.stderr)
+    if args.samples < 1:
+        print(f"sweep.py: error: --samples {args.samples} is not allowed (an integer >= 1)",
+              file=sys.stderr)
+        return 2
+    try:
+        device = data.check_device(args.device)
+        exps = [experiments.get(name) for name in args.sizes]
+        bad = [e.name for e in exps if not e.subset]
+        if bad:
+            raise ValueError(f"{', '.join(bad)}: a sweep experiment needs a subset size")
+        rows = []
+        for exp in sorted(exps, key=lambda e: e.subset):
+            log(f"[sweep] n = {exp.subset}: {exp.name}")
+            rows.append(one_size(exp, args.samples, args.results_dir, args.data_root, device, log))
+            r = rows[-1]
+            log(f"[sweep] n = {r['n']}: {100 * r['ratio']:.2f} % of {args.samples} samples copy a "
+                f"training image (held-out images: {100 * r['control_ratio']:.2f} %)")
+    except (experiments.UnknownExperimentError, experiments.SettingsError, ValueError,
+            data.DataMissingError, results.ResultFileError, checkpoints.CheckpointError,
+            training.TrainingDivergedError) as e:
+        print(f"sweep.py: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sweep.py: interrupted; finished models are kept, nothing else written",
+              file=sys.stderr)
+        return 130
+    arrays = {k: np.array([r[k] for r in rows], dtype=float) for k in FIELDS}
+    arrays["meta"] = np.array(json.dumps({"experiments": [e.name for e in exps],
+                                          "samples": args.samples, "data": "fashion"}))
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    fileio.atomic_write_bytes(args.output, buf.getvalue())
+    print(f"{'n':>6} {'epochs':>6} {'copies %':>18} {'held-out %':>18} {'train':>8} {'test':>8}")
+    for r in rows:
+        print(f"{r['n']:>6d} {r['epochs']:>6d} {100 * r['ratio']:>7.2f} "
+              f"[{100 * r['low']:.2f}, {100 * r['high']:.2f}] {100 * r['control_ratio']:>7.2f} "
+              f"[{100 * r['control_low']:.2f}, {100 * r['control_high']:.2f}] "
+              f"{r['train_loss']:>8.2f} {r['test_loss']:>8.2f}")
+    print(args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""The other memorization measures in the pipeline: the planted data set, what the full model's
+training records for them, and measures.compute end to end on a tiny experiment."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import measures as measures_cli
+import memorization
+import summarize
+from memo import experiments, measures, planted, results
+from memo.experiments import FULL_JOB
+
+
+# ----------------------------------------------------------------------------------------------
+# the planted data set
+
+
+def _labels(seed=0, n=6000):
+    return np.random.default_rng(seed).integers(0, 10, n)
+
+
+def test_planted_layout_has_the_designed_roles_and_is_deterministic():
+    labels = _labels()
+    a, b = planted.layout(labels), planted.layout(labels)
+    assert np.array_equal(a.source, b.source) and np.array_equal(a.role, b.role)
+    assert len(a.source) == planted.N == 2000
+    assert np.bincount(a.role).tolist() == [planted.N_REGULAR, planted.N_SINGLETONS,
+                                            planted.N_GROUPS * planted.GROUP_SIZE]
+    # singletons: distinct images of the withheld class, the only ones of it
+    single = a.source[a.role == planted.SINGLETON]
+    assert len(set(single.tolist())) == planted.N_SINGLETONS
+    assert (labels[a.source] == planted.WITHHELD_CLASS).sum() == planted.N_SINGLETONS
+    assert (labels[single] == planted.WITHHELD_CLASS).all()
+    # duplicates: each group is GROUP_SIZE copies of one source image, not used elsewhere
+    for g in range(planted.N_GROUPS):
+        src = a.source[a.group == g]
+        assert len(src) == planted.GROUP_SIZE and len(set(src.tolist())) == 1
+        assert (a.source == src[0]).sum() == planted.GROUP_SIZE
+    regular = a.source[a.role == planted.REGULAR]
+    assert len(set(regular.tolist())) == planted.N_REGULAR
+    # shuffled: the planted examples are spread over the set, not at its end
+    assert np.flatnonzero(a.role != planted.REGULAR).min() < planted.N // 4
+
+
+def test_planted_build_copies_images_and_drops_the_withheld_class_from_test():
+    labels = torch.as_tensor(_labels())
+    images = torch.arange(len(labels), dtype=torch.int64).view(-1, 1, 1, 1).expand(-1, 1, 2, 2)
+    x, y = planted.build(images, labels, "train")
+    lay = planted.layout(labels.numpy())
+    assert torch.equal(x[:, 0, 0, 0], torch.as_tensor(lay.source))
+    xt, yt = planted.build(images, labels, "test")
+    assert (yt != planted.WITHHELD_CLASS).all() and len(yt) == (labels != 8).sum()
+
+
+# ----------------------------------------------------------------------------------------------
+# what the full model's training records
+
+
+def _train(tmp_path, job):
+    args = ["--experiment", "tiny", "--job", job, "--results-dir", str(tmp_path / "res"),
+            "--device", "cpu", "--threads", "1"]
+    assert memorization.main(args) == 0
+
+
+def test_full_model_records_summed_losses_and_weights_at_each_evaluation_epoch(
+        tiny_experiment, tmp_path):
+    _train(tmp_path, "full_repeat0")
+    exp = experiments.get("tiny")
+    files = results.job_files(exp, FULL_JOB, tmp_path / "res")
+    content = results.read_result(files.result)
+    idx, loss_sum = results.as_arrays(content["results"]["train_loss_sum"])
+    assert sorted(idx.tolist()) == list(range(60))
+    # the per-example sums add up to the epochs' mean losses times n
+    total = sum(content["results"]["losses"]["train"]) * 60
+    assert loss_sum.sum() == pytest.approx(total, rel=1e-9)
+    assert (loss_sum > 0).all()
+    for epoch in exp.eval_epochs():
+        assert files.weights_at(epoch).is_file(), epoch
+    assert files.weights_at(exp.epochs) == files.checkpoint
+    cost = json.loads(files.cost.read_text())
+    assert cost["cpu_seconds"] > 0 and cost["wall_seconds"] > 0
+
+
+def test_fold_models_keep_no_extra_files(tiny_experiment, tmp_path):
+    _train(tmp_path, "cv_repeat0_fold0")
+    exp = experiments.get("tiny")
+    content = results.read_result(results.job_files(exp, experiments.Job(0, 0),
+                                                    tmp_path / "res").result)
+    assert "train_loss_sum" not in content["results"]
+    assert not list((tmp_path / "res" / "tiny" / "checkpoints").glob("*.params"))
+
+
+def test_resumed_full_model_records_the_same_sums(tiny_experiment, tmp_path):
+    _train(tmp_path, "full_repeat0")
+    exp = experiments.get("tiny")
+    path = results.job_files(exp, FULL_JOB, tmp_path / "res").result
+    first = results.read_result(path)
+    path.unlink()
+    args = ["--experiment", "tiny", "--job", "full_repeat0", "--results-dir",
+            str(tmp_path / "res"), "--device", "cpu", "--threads", "1"]
+    assert memorization.main(args + ["--stop-after", "1"]) == 3
+    assert memorization.main(args) == 0
+    assert results.read_result(path) == first
+
+
+# ----------------------------------------------------------------------------------------------
+# every measure, end to end
+
+
+@pytest.fixture
+def trained(tiny_experiment, tmp_path):
+    exp = experiments.get("tiny")
+    for job in exp.jobs():
+        _train(tmp_path, job.tag)
+    files = [str(results.job_files(exp, j, tmp_path / "res").result) for j in exp.jobs()]
+    out = tmp_path / "analysis" / "tiny.npz"
+    assert summarize.main(["--experiment", "tiny", "--result-files", *files, "-o", str(out),
+                           "--n-boot", "50", "--n-perm", "50"]) == 0
+    return exp, out
+
+
+def test_measures_cli_writes_every_measure_for_every_example(trained, tmp_path):
+    exp, summary_path = trained
+    out = tmp_path / "analysis" / "tiny_measures.npz"
+    assert measures_cli.main(["--experiment", "tiny", "--summary", str(summary_path),
+                              "--results-dir", str(tmp_path / "res"), "--device", "cpu",
+                              "--samples", "200", "--vectors", "2", "-o", str(out)]) == 0
+    ms = measures.load(out)
+    assert list(ms.values) == list(measures.MEASURES)
+    assert ms.n == 60 and ms.epochs == exp.eval_epochs()
+    for name in measures.ONE_MODEL:
+        v = ms.values[name]
+        assert v.shape == (60,) and np.isfinite(v).all(), name
+    for name in ("final_loss", "loss_sum", "self_influence", "curvature", "curvature_final"):
+        assert (ms.values[name] > 0).all(), name
+    assert ms.values["copies"].sum() <= 200
+    assert 0 <= ms.copying["ratio"] <= 1 and ms.copying["control_n"] == 20
+    assert ms.models["M"] == exp.folds * exp.repeats + 1 and ms.models["curvature"] == 1
+    # the CSV and the table beside it
+    csv = out.with_suffix(".csv").read_text().splitlines()
+    assert csv[0].split(",") == ["index", *measures.MEASURES] and len(csv) == 61
+    table = (tmp_path / "analysis" / "tiny_benchmark.csv").read_text().splitlines()
+    assert table[0].split(",") == list(measures.TABLE_COLUMNS)
+    assert len(table) == 1 + len(measures.MEASURES)
+
+
+def test_measures_refuse_a_summary_of_another_experiment(trained, tmp_path, capsys):
+    _, summary_path = trained
+    assert measures_cli.main(["--experiment", "fashion_demo", "--summary", str(summary_path),
+                              "--results-dir", str(tmp_path / "res")]) == 2
+    err = capsys.readouterr().err
+    assert "not fashion_demo" in err and "Traceback" not in err
+
+
+def test_benchmark_rows_on_a_planted_layout_with_known_answers():
+    n = 12
+    role = np.array([0] * 8 + [1, 1] + [2, 2])
+    values = {k: np.zeros(n) for k in measures.MEASURES}
+    values["M"] = np.arange(n, dtype=float)                      # singletons rank 9, 10 of 12
+    values["neg_log_px"] = np.r_[np.arange(8.0), -1.0, -2.0, 100.0, 100.0]
+    ms = measures.MeasureSet("x", np.arange(n), values, {k: 0.0 for k in measures.MEASURES},
+                             {k: 1 for k in measures.MEASURES},
+                             {k: 2.0 for k in measures.MEASURES}, role=role,
+                             group=np.array([-1] * 10 + [0, 0]))
+    rows = {r["measure"]: r for r in measures.benchmark(ms, n_boot=20)}
+    assert rows["M"]["auroc"] == 1.0                    # both singletons above every regular
+    assert rows["neg_log_px"]["auroc"] == 0.0           # both below
+    assert rows["neg_log_px"]["spearman_M"] == pytest.approx(1.0)
+    assert rows["neg_log_px"]["duplicate_percentile"] > rows["M"]["duplicate_percentile"] - 1
+    assert rows["M"]["cpu_seconds"] == 2.0
