@@ -69,7 +69,7 @@ def one_size(exp, samples: int, root, data_root, device, log) -> dict:
     return {"n": exp.subset, "epochs": exp.epochs, "ratio": found.ratio,
             "low": found.interval[0], "high": found.interval[1],
             "control_ratio": control.ratio, "control_low": control.interval[0],
-            "control_high": control.interval[1], "mean_d1": float(np.mean(found.d1)),
+            "control_high": control.interval[1], "mean_d1": float(found.d1.double().mean()),
             "train_loss": float(losses["train"][-1]),
             "test_loss": float(losses["test"][-1]) if losses["test"] else float("nan"),
             "cpu_seconds": cpu}

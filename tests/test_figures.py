@@ -90,6 +90,48 @@ def write_nn(summary_path: Path, seed: int = 1) -> Path:
     return path
 
 
+def fake_measures(summary_path: Path, seed: int = 3, planted_roles: bool = True):
+    """A measures set of the summary's examples (memo.measures), saved beside it, with planted
+    roles: singletons scored high by M, duplicates low."""
+    from memo import measures, planted
+    s = summary.load(summary_path)
+    rng = np.random.default_rng(seed)
+    n = s.n
+    values = {k: rng.normal(size=n) + 0.5 * s.M_final for k in measures.MEASURES}
+    values["M"], values["M_corrected"] = s.M_final, s.M_corrected
+    values["copies"] = rng.poisson(0.2, n).astype(float)
+    role = group = None
+    if planted_roles:
+        role = np.zeros(n, np.int64)
+        order = np.argsort(s.M_final)
+        role[order[-5:]] = planted.SINGLETON
+        role[order[:6]] = planted.DUPLICATE
+        group = np.where(role == planted.DUPLICATE, np.arange(n) % 2, -1)
+    ms = measures.MeasureSet(s.name, s.index, values, {k: 1.0 for k in measures.MEASURES},
+                             {k: 1 for k in measures.MEASURES},
+                             {k: 10.0 for k in measures.MEASURES},
+                             copying={"ratio": 0.001, "low": 0.0, "high": 0.005, "samples": 1000,
+                                      "control_ratio": 0.002, "control_low": 0.0,
+                                      "control_high": 0.007, "control_n": 300},
+                             epochs=[5, 10, 15], role=role, group=group)
+    measures.save(ms, common.measures_path_for(summary_path))
+    return ms
+
+
+def write_sweep(path: Path) -> Path:
+    from memo.figures import sweep
+    n = np.array([250, 500, 1000, 2000])
+    arrays = {k: np.linspace(0.01, 0.001, 4) for k in sweep.FIELDS}
+    arrays.update(n=n.astype(float), epochs=80_000 / n, low=np.zeros(4),
+                  high=np.linspace(0.02, 0.004, 4), control_high=np.full(4, 0.01),
+                  train_loss=np.linspace(200, 240, 4), test_loss=np.linspace(300, 250, 4),
+                  meta=np.array(json.dumps({"experiments": ["a", "b", "c", "d"],
+                                            "samples": 1000})))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **arrays)
+    return path
+
+
 def fake_images(n: int, channels: int = 1, seed: int = 2) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, channels, 32, 32), dtype=np.uint8)
 
@@ -119,13 +161,17 @@ def built(tmp_path_factory):
     s3 = write_summary(tmp / "analysis" / "bmnist_lr3.npz", seed=0, lr=1e-3)
     s4 = write_summary(tmp / "analysis" / "bmnist_lr4.npz", seed=1, lr=1e-4, scale=(-3, 6))
     write_nn(s3)
+    ms = fake_measures(s3)
+    from memo.figures import sweep
+    sw = sweep.load(write_sweep(tmp / "analysis" / "fashion_sizes_sweep.npz"))
     a = summary.load(s3)
     b = summary.load(s4)
     nn = common.load_nn(common.nn_path_for(s3), a.n)
     images = fake_images(a.n)
     out = tmp / "output"
     for name in figures.FIGURES:
-        figures.build(name, [a], out / "bmnist_lr3", nn=nn, images=images)
+        figures.build(name, [a], out / "bmnist_lr3", nn=nn, images=images, measures_set=ms,
+                      sweep=sw)
     for name in figures.SERIES:
         figures.build(name, [a, b], out / "bmnist")
     return tmp
@@ -297,6 +343,20 @@ def test_cli_loads_images_through_the_data_module(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "o" / "qualitative.json").read_text())["skip"] is None
 
 
+def test_measures_figure_carries_the_benchmark_table_into_the_report(built, tmp_path,
+                                                                    monkeypatch):
+    doc = json.loads((built / "output" / "bmnist_lr3" / "measures.json").read_text())
+    from memo import measures
+    assert doc["table"]["columns"][1].startswith("AUROC")
+    assert len(doc["table"]["rows"]) == len(measures.MEASURES)
+    m_row = doc["benchmark"][0]
+    assert m_row["measure"] == "M" and m_row["auroc"] == 1.0   # singletons are M's top 5
+    tex = report.figure_table_tex(doc)
+    assert tex.count(r"\\") == 1 + len(measures.MEASURES) and r"\toprule" in tex
+    sweep_doc = json.loads((built / "output" / "bmnist_lr3" / "sweep.json").read_text())
+    assert sweep_doc["sizes"] == [250, 500, 1000, 2000] and "a third of" in sweep_doc["caption"]
+
+
 def test_report_has_a_table_and_the_figures(built):
     out = built / "output" / "report.pdf"
     report.build(sorted((built / "analysis").glob("bmnist_lr?.npz")),
@@ -334,6 +394,8 @@ def tree(tmp_path):
     for name in ("bmnist_lr3", "bmnist_lr4", "demo"):
         write_summary(tmp_path / "analysis" / f"{name}.npz", n=40)
     write_nn(tmp_path / "analysis" / "demo.npz")
+    fake_measures(tmp_path / "analysis" / "demo.npz")
+    write_sweep(tmp_path / "analysis" / "fashion_sizes_sweep.npz")
     return tmp_path
 
 
@@ -347,9 +409,14 @@ def test_make_plans_one_command_per_figure_and_compares_the_bmnist_pair(tree):
     assert not any(f.startswith(figures.SERIES) and "--out output/bmnist_" in f for f in figs)
     assert "neighbours analysis/demo.npz --out output/demo" in figs
     assert not any(f.startswith("neighbours analysis/bmnist") for f in figs)
+    assert "measures analysis/demo.npz --out output/demo" in figs
+    assert "sweep analysis/fashion_sizes_sweep.npz --out output/size_sweep" in figs
+    # the files beside the summaries are not taken for summaries
+    assert make(tree, "print-AN_EXPS").split() == ["bmnist_lr3", "bmnist_lr4", "demo"]
     singles = len(make(tree, "print-AN_SINGLE").split())
-    # singles of the pair, demo's own (singles, series, neighbours), bmnist comparisons
-    assert len(figs) == 2 * singles + (singles + 3 + 1) + 3
+    # singles of the pair, demo's own (singles, series, neighbours, measures), bmnist
+    # comparisons, the sweep
+    assert len(figs) == 2 * singles + (singles + 3 + 2) + 3 + 1
 
 
 @pytest.mark.skipif(not shutil.which("make"), reason="no make")

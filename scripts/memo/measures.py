@@ -200,7 +200,7 @@ def compute(exp: Experiment, summary, results_root="results", data_root=None, de
                                         .manual_seed(exp.seed + 3_000_003))
         return copying.copying(samples, pixels)
     found, seconds["copies"] = _cpu(copies)
-    values["copies"] = found.copies_per_example.astype(float)
+    values["copies"] = found.copies_per_example.double().numpy()
     record = {"ratio": found.ratio, "low": found.interval[0], "high": found.interval[1],
               "samples": n_samples}
     try:  # control: held-out real images, which cannot be copies

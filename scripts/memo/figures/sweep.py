@@ -84,4 +84,4 @@ def make(summaries, *, sweep=None, **_) -> Result:
     if sweep is None:
         return placeholder(title, "no sweep file")
     return Result(figure(sweep), caption(sweep), title,
-                  info={"sizes": sweep["n"].tolist(), "ratio": sweep["ratio"].tolist()})
+                  info={"sizes": sweep["n"].astype(int).tolist(), "ratio": sweep["ratio"].tolist()})
