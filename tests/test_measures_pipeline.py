@@ -72,9 +72,10 @@ def test_full_model_records_summed_losses_and_weights_at_each_evaluation_epoch(
     content = results.read_result(files.result)
     idx, loss_sum = results.as_arrays(content["results"]["train_loss_sum"])
     assert sorted(idx.tolist()) == list(range(60))
-    # the per-example sums add up to the epochs' mean losses times n
+    # the per-example sums add up to the epochs' mean losses times n (those are float32 batch
+    # sums, so equal to float32 rounding)
     total = sum(content["results"]["losses"]["train"]) * 60
-    assert loss_sum.sum() == pytest.approx(total, rel=1e-9)
+    assert loss_sum.sum() == pytest.approx(total, rel=1e-6)
     assert (loss_sum > 0).all()
     for epoch in exp.eval_epochs():
         assert files.weights_at(epoch).is_file(), epoch
