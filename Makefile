@@ -110,6 +110,13 @@ benchmark: $(SETUP) ## planted memorization: every measure against M (analysis/$
 	$(MAKE) --no-print-directory figures-$(BENCHMARK) report
 	@echo "benchmark table: $(ANALYSIS)/$(BENCHMARK)_benchmark.csv; figures: output/$(BENCHMARK)/, report: output/report.pdf"
 
+sweep: $(SETUP) ## training-set size sweep: 1/3-rule copies of full models on 250 ... 8,000 images (report)
+	$(MAKE) --no-print-directory -j $(JOBS) $(foreach e,$(SIZE_SWEEP),$(FULL_RESULT_$e))
+	$(PY) scripts/sweep.py --results-dir $(RESULTS) $(if $(DEVICE),--device $(DEVICE)) \
+	  --sizes $(SIZE_SWEEP) -o $(ANALYSIS)/fashion_sizes_sweep.npz
+	$(MAKE) --no-print-directory report
+	@echo "size sweep: $(ANALYSIS)/fashion_sizes_sweep.npz; figure: output/size_sweep/; report: output/report.pdf"
+
 memorization: $(addprefix memorization-,$(PAPER_EXPERIMENTS)) ## train the paper's four experiments (404 models)
 
 summaries: $(addprefix summary-,$(PAPER_EXPERIMENTS)) ## per-experiment summaries (U, V, M) of the paper's experiments
@@ -155,7 +162,7 @@ verify: ## check results/ against CHECKSUMS, or else the authors' results.sha256
 clean: ## remove the generated Make plans (not results, summaries, figures or settings stamps)
 	rm -f build/experiments*.mk
 
-.PHONY: help setup demo benchmark memorization summaries neighbours data test bench checksums verify clean
+.PHONY: help setup demo benchmark sweep memorization summaries neighbours data test bench checksums verify clean
 
 
 # Experiments whose result files are all present (trained here, or the authors' published

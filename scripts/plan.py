@@ -95,7 +95,8 @@ def make_fragment(table: dict[str, experiments.Experiment], group: int = 1) -> s
              f"EXPERIMENTS := {' '.join(table)}",
              f"PAPER_EXPERIMENTS := {' '.join(experiments.PAPER_EXPERIMENTS)}",
              f"DEMO := {experiments.DEMO_EXPERIMENT}",
-             f"BENCHMARK := {experiments.BENCHMARK_EXPERIMENT}", ""]
+             f"BENCHMARK := {experiments.BENCHMARK_EXPERIMENT}",
+             f"SIZE_SWEEP := {' '.join(experiments.SIZE_SWEEP)}", ""]
     for name, exp in table.items():
         files = result_files(exp)
         full_files = results.job_files(exp, experiments.FULL_JOB, "$(RESULTS)")
@@ -139,6 +140,7 @@ def make_fragment(table: dict[str, experiments.Experiment], group: int = 1) -> s
             f"measures-{name}: $(ANALYSIS)/{name}_measures.npz",
             # written beside the full model's result; published archives may lack it
             f"FULL_CHECKPOINT_{name} := {full_files.checkpoint}",
+            f"FULL_RESULT_{name} := {full}",
             f".PHONY: memorization-{name} summary-{name} nn-{name} measures-{name}",
             "",
         ]
