@@ -42,6 +42,10 @@ def distinct_rows(x: torch.Tensor):
     return unique, inverse, first
 
 
+def _rows(references: torch.Tensor, index: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return references[index.to(references.device)].to(device=like.device, dtype=like.dtype)
+
+
 def nearest_two(queries: torch.Tensor, references: torch.Tensor, block_rows: int = 4096,
                 block_cols: int = 8192, dtype=torch.float64):
     """Each query's nearest and second-nearest reference: (d1 (n,), d2 (n,), nearest (n,)).
@@ -52,7 +56,8 @@ def nearest_two(queries: torch.Tensor, references: torch.Tensor, block_rows: int
     distances are then recomputed from exact differences (an exact duplicate gives exactly 0).
     Ties go to the lower reference index. references should be distinct rows (see
     `distinct_rows`); otherwise d2 may be 0. With a single reference d2 = inf.
-    Results are float64 (d1, d2) and int64 (nearest), on the CPU.
+    Work happens on the queries' device; results are float64 (d1, d2) and int64 (nearest), on
+    the CPU.
     """
     if queries.dim() != 2 or references.dim() != 2 or queries.shape[1] != references.shape[1]:
         raise ValueError(f"queries (n, D) and references (u, D) must share D; got "
@@ -68,7 +73,7 @@ def nearest_two(queries: torch.Tensor, references: torch.Tensor, block_rows: int
     nearest = torch.empty(n, dtype=torch.int64)
     ref_blocks = []
     for c in range(0, u, block_cols):
-        r = references[c:c + block_cols].to(dtype)
+        r = references[c:c + block_cols].to(device=queries.device, dtype=dtype)
         ref_blocks.append((c, r, (r * r).sum(1)))
     with torch.no_grad():
         for s in range(0, n, block_rows):
@@ -77,8 +82,8 @@ def nearest_two(queries: torch.Tensor, references: torch.Tensor, block_rows: int
             qn = (q * q).sum(1)
             # running top-2 per row; the lists below are in order of reference index, so a
             # stable sort keeps the lower index on ties
-            top_val = torch.full((b, 2), inf, dtype=dtype)
-            top_idx = torch.full((b, 2), -1, dtype=torch.int64)
+            top_val = torch.full((b, 2), inf, dtype=dtype, device=q.device)
+            top_idx = torch.full((b, 2), -1, dtype=torch.int64, device=q.device)
             for c, r, rn in ref_blocks:
                 sq = (qn[:, None] + rn[None, :] - 2.0 * (q @ r.T)).clamp_(min=0)  # (b, cols)
                 v1, i1 = sq.min(dim=1)                 # first minimum: the lowest index
@@ -94,16 +99,16 @@ def nearest_two(queries: torch.Tensor, references: torch.Tensor, block_rows: int
                 order = torch.sort(vals, dim=1, stable=True).indices[:, :2]
                 top_val, top_idx = vals.gather(1, order), idxs.gather(1, order)
             # exact distances to the two chosen references
-            e1 = ((q - references[top_idx[:, 0]].to(dtype)) ** 2).sum(1)
+            e1 = ((q - _rows(references, top_idx[:, 0], q)) ** 2).sum(1)
             if u > 1:
-                e2 = ((q - references[top_idx[:, 1]].to(dtype)) ** 2).sum(1)
+                e2 = ((q - _rows(references, top_idx[:, 1], q)) ** 2).sum(1)
                 # near-ties may be ordered by rounding; the exact values decide
                 swap = e2 < e1
                 e1, e2 = torch.where(swap, e2, e1), torch.where(swap, e1, e2)
                 top_idx[:, 0] = torch.where(swap, top_idx[:, 1], top_idx[:, 0])
-                d2[s:s + b] = e2.double().sqrt()
-            d1[s:s + b] = e1.double().sqrt()
-            nearest[s:s + b] = top_idx[:, 0]
+                d2[s:s + b] = e2.double().sqrt().cpu()
+            d1[s:s + b] = e1.double().sqrt().cpu()
+            nearest[s:s + b] = top_idx[:, 0].cpu()
     return d1, d2, nearest
 
 
