@@ -298,3 +298,15 @@ def test_spearman_monotone_and_undefined():
     assert rankstats.spearman([1, 2, 3, 4], [10, 20, 25, 100]) == pytest.approx(1.0)
     assert rankstats.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     assert math.isnan(rankstats.spearman([1, 2, 3], [5, 5, 5]))
+
+
+def test_linear_shortcut_equals_the_general_per_example_gradients():
+    model = _tiny_mlp().double()
+    assert influence._linear_only(model) and not influence._linear_only(_tiny_dcvae())
+    g = torch.Generator().manual_seed(5)
+    x = (torch.rand((9, 1, 8, 8), generator=g) < 0.5).double()
+    eps = torch.randn((9, 4), generator=g, dtype=torch.float64)
+    fast = influence.per_example_grad_sq_norms(model, x, eps, batch=4)
+    general = influence.per_example_grad_sq_norms(model, x, eps, batch=4, general=True)
+    torch.testing.assert_close(fast, general, rtol=1e-10, atol=0)
+    torch.testing.assert_close(fast, _brute_grad_sq_norms(model, x, eps), rtol=1e-10, atol=0)
