@@ -18,6 +18,10 @@ ROLE_STYLE = {planted.REGULAR: ("regular", COLORS["regular"], 1.5, 0.35),
               planted.SINGLETON: ("singleton (withheld class)", "#D55E00", 9, 1.0),
               planted.DUPLICATE: ("duplicated image", "#009E73", 9, 1.0)}
 COLS = 4
+SHORT = {"M_corrected": r"$M_{\mathrm{corrected}}$", "neg_log_px": r"$-\log p(x)$",
+         "final_loss": "final loss", "loss_sum": "summed training loss",
+         "self_influence": "self-influence", "curvature": "curvature (mean)",
+         "curvature_final": "curvature (final)", "copies": "copies (1/3 rule)"}
 
 
 def panels(ms: measures.MeasureSet) -> list[str]:
@@ -39,7 +43,7 @@ def figure(ms: measures.MeasureSet, names: list[str]) -> Figure:
             if sel.any():
                 ax.scatter(x[sel], y[sel], s=size, lw=0, alpha=alpha, color=color,
                            rasterized=True, label=label, marker="o" if r == 0 else "^")
-        ax.set_title(measures.MEASURES[name], fontsize=7)
+        ax.set_title(SHORT.get(name, name))
         ax.set_xlim(0, 100)
         ax.set_ylim(0, 100)
     for ax in axes[len(names):]:
