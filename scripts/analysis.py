@@ -66,8 +66,9 @@ def main(argv=None) -> int:
             return 2
         return 0
     names = figures.PER_EXPERIMENT if args.figure == "all" else (args.figure,)
-    if len(args.summaries) > 1 and any(n not in figures.SERIES for n in names):
-        p.error(f"several summaries are compared only in {', '.join(figures.SERIES)}")
+    if len(args.summaries) > 1 and any(n not in figures.SERIES + figures.GROUP_ONLY for n in names):
+        p.error("several summaries are compared only in "
+                f"{', '.join(figures.SERIES + figures.GROUP_ONLY)}")
     try:
         summaries = [summary.load(s) for s in args.summaries]
         out = args.out or default_out(args.summaries)

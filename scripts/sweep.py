@@ -6,8 +6,9 @@ Trains (or resumes, or reuses) the full-data model of each experiment of the swe
 (memo.experiments.SIZE_SWEEP: the first n images, n = 250 ... 8000, each trained for about the
 same number of steps), then writes analysis/fashion_sizes_sweep.npz with, per size: the
 memorization ratio of G samples and its Clopper-Pearson interval, the same statistic for
-held-out real images (the rule's false-alarm rate), the mean nearest-neighbour distance of the
-samples, and the full model's final training and test loss.
+held-out real images (the rule's false-alarm rate), the median and 1 % quantile of the ratio
+d1/d2 of both (how close they come to the rule's 1/3), and the full model's final training and
+test loss.
 
     python scripts/sweep.py [--samples 10000] [--sizes fashion_n250 fashion_n1000 ...]
 """
@@ -27,7 +28,8 @@ from memo.experiments import FULL_JOB
 
 DEFAULT_OUT = Path("analysis") / "fashion_sizes_sweep.npz"
 FIELDS = ("n", "epochs", "ratio", "low", "high", "control_ratio", "control_low", "control_high",
-          "mean_d1", "train_loss", "test_loss", "cpu_seconds")
+          "median_ratio", "low_ratio", "control_median_ratio", "control_low_ratio",
+          "train_loss", "test_loss", "cpu_seconds")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -43,6 +45,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("-o", "--output", type=Path, default=DEFAULT_OUT,
                    help="output file (default: %(default)s)")
     return p.parse_args(argv)
+
+
+def ratios(found, prefix: str) -> dict:
+    """The median and the 1 % quantile of d1/d2 (the rule calls a copy below 1/3)."""
+    r = (found.d1 / found.d2).double()
+    return {f"{prefix}median_ratio": float(r.quantile(0.5)),
+            f"{prefix}low_ratio": float(r.quantile(0.01))}
 
 
 def one_size(exp, samples: int, root, data_root, device, log) -> dict:
@@ -69,7 +78,8 @@ def one_size(exp, samples: int, root, data_root, device, log) -> dict:
     return {"n": exp.subset, "epochs": exp.epochs, "ratio": found.ratio,
             "low": found.interval[0], "high": found.interval[1],
             "control_ratio": control.ratio, "control_low": control.interval[0],
-            "control_high": control.interval[1], "mean_d1": float(found.d1.double().mean()),
+            "control_high": control.interval[1],
+            **ratios(found, ""), **ratios(control, "control_"),
             "train_loss": float(losses["train"][-1]),
             "test_loss": float(losses["test"][-1]) if losses["test"] else float("nan"),
             "cpu_seconds": cpu}

@@ -122,7 +122,7 @@ def write_sweep(path: Path) -> Path:
     from memo.figures import sweep
     n = np.array([250, 500, 1000, 2000])
     arrays = {k: np.linspace(0.01, 0.001, 4) for k in sweep.FIELDS}
-    arrays.update(n=n.astype(float), epochs=80_000 / n, low=np.zeros(4),
+    arrays.update(n=n.astype(float), epochs=80_000 / n, low=np.zeros(4), median_ratio=np.full(4, 0.8),
                   high=np.linspace(0.02, 0.004, 4), control_high=np.full(4, 0.01),
                   train_loss=np.linspace(200, 240, 4), test_loss=np.linspace(300, 250, 4),
                   meta=np.array(json.dumps({"experiments": ["a", "b", "c", "d"],
@@ -354,7 +354,7 @@ def test_measures_figure_carries_the_benchmark_table_into_the_report(built, tmp_
     tex = report.figure_table_tex(doc)
     assert tex.count(r"\\") == 1 + len(measures.MEASURES) and r"\toprule" in tex
     sweep_doc = json.loads((built / "output" / "bmnist_lr3" / "sweep.json").read_text())
-    assert sweep_doc["sizes"] == [250, 500, 1000, 2000] and "a third of" in sweep_doc["caption"]
+    assert sweep_doc["sizes"] == [250, 500, 1000, 2000] and "below $1/3$" in sweep_doc["caption"]
 
 
 def test_report_has_a_table_and_the_figures(built):

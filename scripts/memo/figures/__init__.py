@@ -11,10 +11,12 @@ from pathlib import Path
 
 # in report order: the calibrated scores lead
 FIGURES = ("calibration", "measures", "qualitative", "losses", "quantiles", "distribution",
-           "logprob", "neighbours", "uncertainty", "sweep")
-PER_EXPERIMENT = FIGURES[:-1]     # what `all` draws for one experiment
+           "logprob", "neighbours", "uncertainty", "privacy", "sweep")
+GROUP_ONLY = ("privacy",)         # compares several experiments (analysis.mk's groups)
 STANDALONE = ("sweep",)           # drawn from its own file (scripts/sweep.py), not summaries
+PER_EXPERIMENT = tuple(f for f in FIGURES if f not in GROUP_ONLY + STANDALONE)  # `all`
 SERIES = ("losses", "quantiles", "distribution")   # take one summary or several to compare
+
 NEEDS_IMAGES = ("qualitative", "logprob")
 NEEDS_NN = ("neighbours",)
 NEEDS_MEASURES = ("measures",)   # analysis/<exp>_measures.npz (memo.measures)
@@ -32,8 +34,9 @@ def build(name: str, summaries: list, out_dir, *, nn=None, images=None, measures
     """Draw figure `name` from loaded summaries and write its files into out_dir."""
     from . import common
     mod = module(name)
-    if name not in STANDALONE and (not summaries or (name not in SERIES and len(summaries) != 1)):
-        takes = "one or more summaries" if name in SERIES else "one summary"
+    several = SERIES + GROUP_ONLY
+    if name not in STANDALONE and (not summaries or (name not in several and len(summaries) != 1)):
+        takes = "one or more summaries" if name in several else "one summary"
         raise ValueError(f"figure {name} takes {takes}, got {len(summaries)}")
     if engine == "auto":
         engine = common.latex_engine()
