@@ -108,14 +108,11 @@ class PrivateModel(training.OneModel):
         self.gsm.enable_hooks()
         total = torch.zeros((), device=device, dtype=torch.float64)
         count = 0
-        with warnings.catch_warnings():
-            # the first layer's input needs no gradient: its hook fires on the output's, as meant
-            warnings.filterwarnings("ignore", message="Full backward hook is firing")
-            for _ in range(self.steps_per_epoch):
-                take = torch.rand(len(m.train_t), device=device, generator=m.gen) < self.sample_rate
-                index = m.train_t[take]                      # (b,), b ~ Binomial(n, q)
-                total += self.step(index)
-                count += len(index)
+        for _ in range(self.steps_per_epoch):
+            take = torch.rand(len(m.train_t), device=device, generator=m.gen) < self.sample_rate
+            index = m.train_t[take]                      # (b,), b ~ Binomial(n, q)
+            total += self.step(index)
+            count += len(index)
         self.gsm.disable_hooks()
         return [float(total) / max(count, 1)]  # mean loss per example drawn this epoch
 
@@ -131,7 +128,10 @@ class PrivateModel(training.OneModel):
             eps = torch.randn((len(index), model.latent_dim), device=images.device,
                               generator=m.gen)
             loss = objectives.neg_elbo(model, x, eps=eps).sum()     # Σ_i ℓ_i
-            loss.backward()                                         # g_i in p.grad_sample
+            with warnings.catch_warnings():
+                # the first layer's input needs no gradient: its hook fires on its output's
+                warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                loss.backward()                                     # g_i in p.grad_sample
         else:  # an empty batch is still a step: noise alone, and the accountant counts it
             loss = torch.zeros((), device=images.device)
             for p in model.parameters():
