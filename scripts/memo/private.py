@@ -44,7 +44,7 @@ def noise_seed(model_seed: int) -> int:
     return int(np.random.SeedSequence([model_seed, _NOISE_STREAM]).generate_state(1)[0])
 
 
-def schedule(n_train: int, batch_size: int, epochs: int) -> tuple[float, int]:
+def schedule(n_train: int, batch_size: int) -> tuple[float, int]:
     """(sample rate q = B / n, steps per epoch n // B): Poisson batches of expected size B, one
     pass over the data per epoch in expectation, as Opacus's Poisson data loader does."""
     if batch_size > n_train:
@@ -76,8 +76,7 @@ class PrivateModel(training.OneModel):
             raise ValueError("--compile is not supported with dp (Opacus's per-example "
                              "gradient hooks); drop --compile")
         super().__init__(exp, member, jd, speed)
-        self.sample_rate, self.steps_per_epoch = schedule(len(member.train_idx),
-                                                          exp.batch_size, exp.epochs)
+        self.sample_rate, self.steps_per_epoch = schedule(len(member.train_idx), exp.batch_size)
         self.steps = self.steps_per_epoch * exp.epochs
         self.sigma = noise_multiplier(exp.dp, self.sample_rate, self.steps)
 
