@@ -52,7 +52,7 @@ def reference_split(dataset: str) -> str:
 
 
 def load_model(exp, in_channels: int, results_dir, device) -> tuple[torch.nn.Module, Path]:
-    model = models.build(exp.model, exp.latent_dim, in_channels=in_channels)
+    model = models.build(exp.model, exp.latent_dim, in_channels=in_channels, norm=exp.norm)
     files = results.job_files(exp, experiments.FULL_JOB, results_dir)
     path = files.checkpoint
     if not path.is_file():

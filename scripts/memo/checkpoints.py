@@ -31,11 +31,15 @@ def save_weights(path: str | Path, model: torch.nn.Module) -> None:
 
 
 def save_resume(path, model, optimizer, gen: torch.Generator, history: dict, epoch: int,
-                exp: Experiment | None = None) -> None:
-    _save(path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "generator": gen.get_state(), "generator_device": gen.device.type,
-                 "history": history, "epoch": epoch,
-                 "settings": asdict(exp) if exp else None})
+                exp: Experiment | None = None, extra: dict | None = None) -> None:
+    """extra: the trainer's own state (tensors and plain containers), e.g. the private
+    trainer's accountant history and noise generator; stored only when not empty."""
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "generator": gen.get_state(), "generator_device": gen.device.type,
+             "history": history, "epoch": epoch, "settings": asdict(exp) if exp else None}
+    if extra:
+        state["extra"] = extra
+    _save(path, state)
 
 
 class CheckpointError(ValueError):
@@ -57,8 +61,9 @@ def load_state(path: str | Path, what: str, fix: str):
 
 
 def load_resume(path, model, optimizer, gen: torch.Generator,
-                exp: Experiment | None = None) -> tuple[dict, int]:
+                exp: Experiment | None = None, extra: dict | None = None) -> tuple[dict, int]:
     """Restore model, optimizer and generator from a resume file: (history, last epoch done).
+    extra: a dict emptied and filled with the file's trainer state (save_resume's extra).
 
     A checkpoint written under other settings is refused rather than silently continued."""
     # Read to the CPU: load_state_dict puts weights and Adam's state where the parameters and
@@ -90,4 +95,7 @@ def load_resume(path, model, optimizer, gen: torch.Generator,
     except (RuntimeError, ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"resume checkpoint {path} does not fit this job's model "
                               f"({one_line(e, 120)}); {fix}") from None
+    if extra is not None:
+        extra.clear()
+        extra.update(state.get("extra") or {})
     return state["history"], state["epoch"]

@@ -343,12 +343,21 @@ def group_test_loss(stack: StackedVAEs, sources: list, gens: list[torch.Generato
 
 #----------------------------------------------------------------------------
 
+def refuse_private(exp: Experiment) -> None:
+    """Private training (memo/private.py) is one model per process; a group refuses it."""
+    if exp.dp is not None:
+        raise ValueError(f"experiment {exp.name} trains with differential privacy (dp), one "
+                         f"model per process, and cannot be trained as a group: use GROUP=1 "
+                         f"(one --job per process)")
+
+
 class Group:
     """The trainer of several jobs of one experiment, trained together (see the module
     docstring); its members' models and optimizers hold their state only when saved."""
 
     def __init__(self, exp: Experiment, members: list[training.Member], jd: JobData,
                  speed: accel.Speed = accel.Speed(), is_rows: int | None = None):
+        refuse_private(exp)
         self.exp, self.members, self.jd, self.speed, self.is_rows = exp, members, jd, speed, is_rows
         device = jd.train.device
         self.plan = train_plan([len(m.train_idx) for m in members], exp.batch_size, device)
@@ -415,6 +424,7 @@ def run_group(exp: Experiment, jobs: list[Job], results_root="results", device="
         return []
     if len(set(jobs)) != len(jobs):
         raise ValueError(f"a job appears twice in the group: {[j.tag for j in jobs]}")
+    refuse_private(exp)
     device = torch.device(device)
     jd = jd or load_job_data(exp, device, any(j.full for j in jobs), data_root, download)
     members = [training.Member.of(exp, job, jd.train.shape[0], results_root, device)

@@ -30,6 +30,38 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+# Differentially private training (memo/private.py, docs/privacy.md): the `dp` setting's keys
+# and the defaults filled in for those not given; epsilon must be given.
+DP_DEFAULTS = {"delta": 1e-5, "max_grad_norm": 1.0}
+DP_KEYS = ("epsilon", "delta", "max_grad_norm")
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) < float("inf")
+
+
+def dp_problems(dp) -> list[str]:
+    """The problems of a `dp` setting, one line each; empty when it is fine (or None)."""
+    if dp is None:
+        return []
+    if not isinstance(dp, dict):
+        return [f"dp = {dp!r} is not allowed (null, or an object with epsilon and optionally "
+                f"delta, max_grad_norm)"]
+    out = []
+    unknown = sorted(map(str, set(dp) - set(DP_KEYS)))
+    if unknown:
+        out.append(f"dp has unknown keys {unknown} (valid keys: {', '.join(DP_KEYS)})")
+    if "epsilon" not in dp:
+        out.append("dp.epsilon is missing (the target epsilon, a number > 0)")
+    checks = (("epsilon", lambda v: v > 0, "a number > 0"),
+              ("delta", lambda v: 0 < v < 1, "a number with 0 < delta < 1, default 1e-5"),
+              ("max_grad_norm", lambda v: v > 0, "a number > 0, default 1.0"))
+    for key, ok, allowed in checks:
+        if key in dp and not (_is_number(dp[key]) and ok(dp[key])):
+            out.append(f"dp.{key} = {dp[key]!r} is not allowed ({allowed})")
+    return out
+
+
 def setting_problems(exp) -> list[str]:
     """Every setting of exp that has the wrong type or lies outside its range, as
     'field: value (allowed)' lines; empty when all are fine."""
@@ -60,7 +92,7 @@ def setting_problems(exp) -> list[str]:
     need("results_dir", exp.results_dir == "" or (isinstance(exp.results_dir, str)
                                                   and bool(_NAME.match(exp.results_dir))),
          "empty, or letters, digits, '_', '.', '-'")
-    return out
+    return out + dp_problems(exp.dp)
 
 
 _JOB_TAG = re.compile(r"^(?:cv_repeat(?P<repeat>\d+)_fold(?P<fold>\d+)|full_repeat(?P<full>\d+))$")
@@ -129,11 +161,26 @@ class Experiment:
                                # or "fresh" for every model (the authors' data loader)
     flip: str = "image"        # random flips: each "image", or the whole "batch" with p = 1/2
     results_dir: str = ""      # directory under results/ (default: the name)
+    # differentially private training (docs/privacy.md): None, or {"epsilon": ε, "delta": δ,
+    # "max_grad_norm": C}; stored complete (DP_DEFAULTS filled in, floats)
+    dp: dict | None = None
 
     def __post_init__(self):
         problems = setting_problems(self)
         if problems:
             raise SettingsError("\n".join(f"experiment {self.name!r}: {p}" for p in problems))
+        if self.dp is not None:
+            full = {**DP_DEFAULTS, **self.dp}
+            object.__setattr__(self, "dp", {k: float(full[k]) for k in DP_KEYS})
+
+    def __hash__(self):  # the generated hash would fail on the dp dict
+        return hash(tuple(tuple(sorted(v.items())) if isinstance(v, dict) else v
+                          for v in dataclasses.astuple(self)))
+
+    @property
+    def norm(self) -> str:
+        """The DCVAEs' normalization layers (memo/models.py): GroupNorm for private training."""
+        return "group" if self.dp else "batch"
 
     @property
     def directory(self) -> str:

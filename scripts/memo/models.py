@@ -9,6 +9,13 @@ Every model exposes the same small interface, used by the objectives and the est
   description: str                   the authors' file-name tag, e.g. "512-256-16", "NF32-L64"
   latent_dim: int                    L
 
+Differentially private training (memo/private.py, docs/privacy.md) needs each example's own
+gradient, which BatchNorm does not have (it mixes the examples of a batch). For it the DCVAEs
+are built with norm="group": every BatchNorm2d becomes a GroupNorm (`group_norm`), their
+file-name tag gains "-GN", and the constant-variance decoder holds log γ in a module of its own
+(`SharedLogVariance`, state_dict key `_gamma.loggamma`) so per-example gradient hooks see it.
+The MLP VAE has no normalization layer and is the same under either norm.
+
 Parameters and buffers are laid out as in the authors' models, so that `state_dict()` saves
 their checkpoint layout and their checkpoints load as they are (`load_weights`): modules
 `_encoder`, `_mu`, `_logvar`, `_decoder` (layer indices included: the MLP encoder starts with
@@ -86,20 +93,37 @@ class BernoulliMLPVAE(_VAE):
         return self._decoder(z.reshape(-1, z.shape[-1]))  # the whole decoder: (B, C, H, W)
 
 
+NORMS = ("batch", "group")
+GROUPS = 32  # GroupNorm groups (Wu & He's default); the DCVAEs' widths are multiples of 32
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    """The per-example replacement of BatchNorm2d(channels) for private training: statistics
+    over groups of channels of one example, learned scale and shift as BatchNorm's."""
+    return nn.GroupNorm(math.gcd(GROUPS, channels), channels)
+
+
+def _norm_layer(norm: str, channels: int) -> nn.Module:
+    return nn.BatchNorm2d(channels) if norm == "batch" else group_norm(channels)
+
+
 class _DCVAE(_VAE):
     """DCGAN-like encoder/decoder with F feature maps (Table 1); 32×32 inputs. Convolutions
-    have no bias (those feeding a BatchNorm would be cancelled by it)."""
+    have no bias (those feeding a BatchNorm would be cancelled by it).
+    norm: "batch" (the paper's) or "group" (private training, see the module docstring)."""
     binary = False
 
-    def __init__(self, latent_dim: int, in_channels: int, out_channels: int, nf: int = 32):
+    def __init__(self, latent_dim: int, in_channels: int, out_channels: int, nf: int = 32,
+                 norm: str = "batch"):
         super().__init__()
         c, f = in_channels, nf
 
         def enc(a, b):
-            return [nn.Conv2d(a, b, 4, 2, 1, bias=False), nn.BatchNorm2d(b), nn.LeakyReLU(0.2)]
+            return [nn.Conv2d(a, b, 4, 2, 1, bias=False), _norm_layer(norm, b), nn.LeakyReLU(0.2)]
 
         def dec(a, b, k=4, s=2, p=1):
-            return [nn.ConvTranspose2d(a, b, k, s, p, bias=False), nn.BatchNorm2d(b), nn.ReLU()]
+            return [nn.ConvTranspose2d(a, b, k, s, p, bias=False), _norm_layer(norm, b),
+                    nn.ReLU()]
 
         self._encoder = nn.Sequential(nn.Conv2d(c, f, 4, 2, 1, bias=False), nn.LeakyReLU(0.2),
                                       *enc(f, 2 * f), *enc(2 * f, 4 * f), *enc(4 * f, 8 * f),
@@ -112,11 +136,12 @@ class _DCVAE(_VAE):
                                       nn.ConvTranspose2d(f, out_channels, 4, 2, 1,
                                                          bias=False))  # → 32×32
         self.channels = c
-        self.description = self.describe(latent_dim, nf)
+        self.norm = norm
+        self.description = self.describe(latent_dim, nf, norm)
 
     @staticmethod
-    def describe(latent_dim: int, nf: int = 32) -> str:
-        return f"NF{nf}-L{latent_dim}"
+    def describe(latent_dim: int, nf: int = 32, norm: str = "batch") -> str:
+        return f"NF{nf}-L{latent_dim}" + ("-GN" if norm == "group" else "")
 
     def _decode_images(self, z):
         lead = z.shape[:-1]
@@ -137,8 +162,9 @@ def _gaussian_log_likelihood(x, mean, logvar):
 class DiagonalGaussianDCVAE(_DCVAE):
     """Per-pixel mean and log-variance (clamped at ≥ −7), in logit space (CIFAR-10)."""
 
-    def __init__(self, latent_dim: int = 64, in_channels: int = 3, nf: int = 32):
-        super().__init__(latent_dim, in_channels, 2 * in_channels, nf)
+    def __init__(self, latent_dim: int = 64, in_channels: int = 3, nf: int = 32,
+                 norm: str = "batch"):
+        super().__init__(latent_dim, in_channels, 2 * in_channels, nf, norm)
 
     def decode(self, z):
         out = self._decode_images(z)
@@ -150,15 +176,35 @@ class DiagonalGaussianDCVAE(_DCVAE):
         return _gaussian_log_likelihood(x, mean, logvar)
 
 
+class SharedLogVariance(nn.Module):
+    """log γ as a module called on the decoder mean, for private training: per-example gradient
+    hooks (Opacus) see only parameters of modules that are called on a batch."""
+
+    def __init__(self, init: float = -2.0):
+        super().__init__()
+        self.loggamma = nn.Parameter(torch.tensor(init))
+
+    def forward(self, mean):
+        # the input only carries the batch: detached, so the hooks fire on the output's gradient
+        return self.loggamma.expand_as(mean)
+
+
 class ConstantGaussianDCVAE(_DCVAE):
     """Per-pixel mean, one learned shared variance γ (log γ starts at −2), logit space (CelebA)."""
 
-    def __init__(self, latent_dim: int = 32, in_channels: int = 3, nf: int = 32):
-        super().__init__(latent_dim, in_channels, in_channels, nf)
-        self.loggamma = nn.Parameter(torch.tensor(-2.0))
+    def __init__(self, latent_dim: int = 32, in_channels: int = 3, nf: int = 32,
+                 norm: str = "batch"):
+        super().__init__(latent_dim, in_channels, in_channels, nf, norm)
+        if norm == "batch":
+            self.loggamma = nn.Parameter(torch.tensor(-2.0))
+        else:
+            self._gamma = SharedLogVariance(-2.0)
 
     def decode(self, z):
-        return self._decode_images(z), self.loggamma
+        mean = self._decode_images(z)
+        if self.norm == "batch":
+            return mean, self.loggamma
+        return mean, self._gamma(mean.detach())
 
     def log_likelihood(self, x, params):
         mean, loggamma = params
@@ -168,20 +214,35 @@ class ConstantGaussianDCVAE(_DCVAE):
 MODELS = {m.__name__: m for m in (BernoulliMLPVAE, DiagonalGaussianDCVAE, ConstantGaussianDCVAE)}
 
 
-def _check(name: str) -> None:
+def _check(name: str, norm: str = "batch") -> None:
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; valid choices: {', '.join(MODELS)}")
+    if norm not in NORMS:
+        raise ValueError(f"unknown norm {norm!r}; valid choices: {', '.join(NORMS)}")
 
 
-def build(name: str, latent_dim: int, in_channels: int) -> nn.Module:
-    _check(name)
-    return MODELS[name](latent_dim=latent_dim, in_channels=in_channels)
+def build(name: str, latent_dim: int, in_channels: int, norm: str = "batch") -> nn.Module:
+    """norm: the DCVAEs' normalization layers, "batch" or "group" (private training)."""
+    _check(name, norm)
+    if name == "BernoulliMLPVAE":  # no normalization layer
+        return MODELS[name](latent_dim=latent_dim, in_channels=in_channels)
+    return MODELS[name](latent_dim=latent_dim, in_channels=in_channels, norm=norm)
 
 
-def description(name: str, latent_dim: int) -> str:
+def description(name: str, latent_dim: int, norm: str = "batch") -> str:
     """The file-name tag of a model at the paper's width, without building it."""
-    _check(name)
-    return MODELS[name].describe(latent_dim)
+    _check(name, norm)
+    if name == "BernoulliMLPVAE":
+        return MODELS[name].describe(latent_dim)
+    return MODELS[name].describe(latent_dim, norm=norm)
+
+
+def norm_layer_name(name: str, norm: str = "batch") -> str | None:
+    """The class name of a model's normalization layers (None: it has none), for metadata."""
+    _check(name, norm)
+    if name == "BernoulliMLPVAE":
+        return None
+    return "BatchNorm2d" if norm == "batch" else "GroupNorm"
 
 
 def num_feature(name: str) -> int | None:

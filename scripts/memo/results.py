@@ -52,9 +52,16 @@ class JobFiles:
         return self.checkpoint.with_name(f"{stem}_epoch{epoch}.params")
 
 
+def description(exp: Experiment) -> str:
+    """The <desc> of a file name: the model's tag, then the privacy tag of a private run
+    ("512-256-16-dp-eps10", "NF32-L64-GN-dp-eps1"), so private files never mix with others."""
+    desc = models.description(exp.model, exp.latent_dim, exp.norm)
+    return desc if exp.dp is None else f"{desc}-dp-eps{exp.dp['epsilon']:g}"
+
+
 def file_stem(exp: Experiment, job: Job) -> str:
     """'<Dataset>_<Model>_<desc>_seed<S>_<job tag>', the authors' name of a job's files."""
-    desc = models.description(exp.model, exp.latent_dim)
+    desc = description(exp)
     return f"{data.dataset_name(exp.data)}_{exp.model}_{desc}_seed{exp.seed}_{job.tag}"
 
 
@@ -84,7 +91,10 @@ def meta_for(exp: Experiment, job: Job, images_shape: tuple, dataset: str, hflip
     then ours (experiment, folds, repeats, data spec, method, every setting).
     images_shape: (n, C, H, W) of the training set D."""
     n, channels, size = int(images_shape[0]), int(images_shape[1]), int(images_shape[-1])
-    desc = models.description(exp.model, exp.latent_dim)
+    desc = description(exp)
+    settings = asdict(exp)
+    if exp.dp is None:  # the files of non-private runs stay as they were before dp existed
+        del settings["dp"]
     return {
         "batch_size": exp.batch_size, "dataset": dataset, "epochs": exp.epochs,
         "fold_idx": job.fold, "img_dim": size, "latent_dim": exp.latent_dim,
@@ -95,7 +105,7 @@ def meta_for(exp: Experiment, job: Job, images_shape: tuple, dataset: str, hflip
         # ours
         "experiment": exp.name, "num_folds": exp.folds, "repeats": exp.repeats,
         "data_spec": exp.data, "subset": exp.subset, "n": n, "in_channels": channels,
-        "method": exp.method, "settings": asdict(exp), "speed": speed,
+        "method": exp.method, "settings": settings, "speed": speed,
     }
 
 
@@ -106,7 +116,7 @@ AUTHOR_SETTING_KEYS = {"lr": "learning_rate", "epochs": "epochs", "n_is": "num_i
 OUR_METHOD = {field: choices[0] for field, choices in METHOD_CHOICES.items()}
 RESULT_SETTINGS = ("data", "model", "latent_dim", "lr", "epochs", "eval_every", "n_is",
                    "batch_size", "seed", "folds", "repeats", "subset", "hflip", "splits",
-                   "eval_noise", "flip")
+                   "eval_noise", "flip", "dp")
 
 
 def recorded_method(meta: dict) -> dict:
@@ -130,6 +140,7 @@ def settings_mismatches(meta: dict, exp: Experiment) -> list[tuple[str, object, 
                     **{f: meta[k] for f, k in AUTHOR_SETTING_KEYS.items() if k in meta}}
         if "dataset" in meta and meta["dataset"] != data.dataset_name(exp.data):
             return [("dataset", meta["dataset"], data.dataset_name(exp.data))]
+    recorded.setdefault("dp", None)  # files of non-private runs do not record dp
     return [(f, v, getattr(exp, f)) for f, v in recorded.items() if v != getattr(exp, f)]
 
 

@@ -138,7 +138,14 @@ def _check_identity(contents: dict[Path, dict]) -> dict:
     ref_path, ref = next(iter(contents.items()))
     ref_meta = ref["meta"]
     ref_method = results.recorded_method(ref_meta)
+    ref_dp = (ref_meta.get("settings") or {}).get("dp")
     for path, c in contents.items():
+        dp = (c["meta"].get("settings") or {}).get("dp")
+        if dp != ref_dp:
+            raise SummaryError(
+                f"mixed privacy: {path.name} was trained with dp={dp!r} but {ref_path.name} "
+                f"with dp={ref_dp!r}; summarize private and non-private result files (and "
+                f"other privacy settings) separately (docs/privacy.md)")
         method = results.recorded_method(c["meta"])
         if method != ref_method:
             raise SummaryError(

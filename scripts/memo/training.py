@@ -42,7 +42,7 @@ def init_model(exp: Experiment, seed: int, in_channels: int, device) -> torch.nn
     """A fresh model initialised from `seed`; the global RNG is left untouched."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return models.build(exp.model, exp.latent_dim, in_channels).to(device)
+        return models.build(exp.model, exp.latent_dim, in_channels, exp.norm).to(device)
 
 
 def new_history() -> dict:
@@ -67,6 +67,7 @@ class Member:
     optimizer: torch.optim.Adam = None
     gen: torch.Generator = None      # its training stream: data order, input noise, eps
     history: dict = field(default_factory=new_history)
+    extra: dict = field(default_factory=dict)  # the trainer's own resume state (memo/private.py)
 
     @classmethod
     def of(cls, exp: Experiment, job: Job, n: int, results_root, device) -> "Member":
@@ -81,6 +82,7 @@ class Member:
         self.optimizer = adam(self.model.parameters(), exp.lr)
         self.gen = torch.Generator(device=device).manual_seed(self.seed)
         self.history = new_history()
+        self.extra = {}
 
 
 class Trainer(Protocol):
@@ -216,7 +218,8 @@ def _load(members: list[Member], exp: Experiment, paths: list) -> list[int]:
     """Load each member's state from its file in paths; the epochs they hold."""
     done = []
     for m, path in zip(members, paths):
-        m.history, epoch = checkpoints.load_resume(path, m.model, m.optimizer, m.gen, exp)
+        m.history, epoch = checkpoints.load_resume(path, m.model, m.optimizer, m.gen, exp,
+                                                   m.extra)
         done.append(epoch)
     return done
 
@@ -323,7 +326,7 @@ def fit(trainer: Trainer, exp: Experiment, jd: JobData, log=print,
                 if m.files.resume.exists():
                     os.replace(m.files.resume, m.files.resume_previous)
                 checkpoints.save_resume(m.files.resume, m.model, m.optimizer, m.gen, m.history,
-                                        epoch, exp)
+                                        epoch, exp, m.extra)
         if stopping:
             log(f"[{name}] stopped after epoch {epoch} (checkpoint saved)")
             return None
@@ -351,9 +354,10 @@ def finish_job(exp: Experiment, member: Member, jd: JobData, speed: dict | None 
         fileio.atomic_write_bytes(member.files.cost, json.dumps(
             {"cpu_seconds": h["seconds"]["cpu"], "wall_seconds": h["seconds"]["wall"],
              "device": str(jd.train.device)}, sort_keys=True).encode())
-    results.write_result(member.files.result,
-                         results.meta_for(exp, member.job, tuple(jd.train.shape), jd.dataset,
-                                          jd.hflip, speed), content)
+    meta = results.meta_for(exp, member.job, tuple(jd.train.shape), jd.dataset, jd.hflip, speed)
+    if "privacy" in member.extra:  # private training's record (memo/private.py)
+        meta["privacy"] = member.extra["privacy"]
+    results.write_result(member.files.result, meta, content)
     return content
 
 
@@ -369,5 +373,9 @@ def run_job(exp: Experiment, job: Job, results_root="results", device="cpu",
     device = torch.device(device)
     jd = jd or load_job_data(exp, device, job.full, data_root, download)
     member = Member.of(exp, job, jd.train.shape[0], results_root, device)
-    done = fit(OneModel(exp, member, jd, speed), exp, jd, log, stop_after, speed.describe(device))
+    trainer = OneModel
+    if exp.dp is not None:  # differentially private training (docs/privacy.md)
+        from .private import PrivateModel
+        trainer = PrivateModel
+    done = fit(trainer(exp, member, jd, speed), exp, jd, log, stop_after, speed.describe(device))
     return None if done is None else done[0]

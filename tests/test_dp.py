@@ -1,0 +1,252 @@
+"""Differentially private training (memo/private.py): the ε spent, the clipping bound, the
+update, resume, file names and metadata, GroupNorm DCVAEs, and the refusals. Real models, real
+Opacus, on the tiny npz data set of conftest.py."""
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+import memorization
+import plan
+from memo import (accel, data, ensemble, experiments, models, objectives, private, results,
+                  summary, training)
+from memo.experiments import Experiment, Job, SettingsError
+
+# tiny runs have few steps, for which the accountant's largest order is the best one
+pytestmark = [pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha"),
+              pytest.mark.filterwarnings("ignore:Full backward hook is firing")]
+
+DP = {"epsilon": 10, "delta": 1e-5, "max_grad_norm": 1.0}
+
+
+def _args(tmp_path, job="cv_repeat0_fold1", *extra):
+    return ["--experiment", "tiny", "--job", job, "--results-dir", str(tmp_path / "res"),
+            "--device", "cpu", "--threads", "1", *extra]
+
+
+def _set_experiment(exp_file, **fields):
+    """Edit experiment 'tiny' in the EXPERIMENTS_FILE (None deletes a field)."""
+    table = json.loads(exp_file.read_text())
+    table["tiny"].update(fields)
+    table["tiny"] = {k: v for k, v in table["tiny"].items() if v is not None}
+    exp_file.write_text(json.dumps(table))
+
+
+@pytest.fixture
+def tiny_dp(tiny_experiment):
+    """Experiment 'tiny' with dp set (more epochs, so the accountant has steps to spend)."""
+    exp_file, npz = tiny_experiment
+    _set_experiment(exp_file, dp=DP, epochs=4, eval_every=2)
+    return exp_file, npz
+
+
+def _result(tmp_path, job):
+    return results.read_result(next((tmp_path / "res" / "tiny" / "results")
+                                    .glob(f"*_{job}.json.gz")))
+
+
+def _trainer(exp, job=Job(0, 1), root="unused"):
+    """A started PrivateModel of one job of exp on the CPU, as `fit` makes it."""
+    device = torch.device("cpu")
+    jd = data.load_job_data(exp, device, job.full)
+    m = training.Member.of(exp, job, jd.train.shape[0], root, device)
+    m.start(exp, jd.train.shape[1], device)
+    trainer = private.PrivateModel(exp, m, jd, accel.Speed())
+    trainer.begin()
+    return trainer
+
+
+# ----------------------------------------------------------------------------------------------
+# settings
+
+
+def _exp(**fields):
+    spec = dict(name="x", data="fashion", model="BernoulliMLPVAE", latent_dim=2, lr=1e-3,
+                epochs=2, eval_every=1, n_is=2)
+    return Experiment(**{**spec, **fields})
+
+
+def test_dp_settings_are_completed_and_the_experiment_stays_hashable():
+    exp = _exp(dp={"epsilon": 3})
+    assert exp.dp == {"epsilon": 3.0, "delta": 1e-5, "max_grad_norm": 1.0}
+    assert hash(exp) == hash(_exp(dp={"epsilon": 3.0, "delta": 1e-5}))
+    assert exp != _exp() and exp.norm == "group" and _exp().norm == "batch"
+    assert dataclasses.replace(exp, lr=1e-4).dp == exp.dp
+
+
+@pytest.mark.parametrize("dp, line", [
+    ({"delta": 1e-5}, "dp.epsilon is missing"),
+    ({"epsilon": 0}, "dp.epsilon = 0 is not allowed (a number > 0)"),
+    ({"epsilon": "10"}, "dp.epsilon = '10' is not allowed"),
+    ({"epsilon": 1, "delta": 1}, "dp.delta = 1 is not allowed (a number with 0 < delta < 1"),
+    ({"epsilon": 1, "max_grad_norm": -1}, "dp.max_grad_norm = -1 is not allowed"),
+    ({"epsilon": 1, "eps": 2}, "dp has unknown keys ['eps'] (valid keys: epsilon, delta, "
+                               "max_grad_norm)"),
+    (10, "dp = 10 is not allowed (null, or an object with epsilon"),
+])
+def test_bad_dp_settings_give_one_line_each(dp, line):
+    with pytest.raises(SettingsError) as e:
+        _exp(dp=dp)
+    assert line in str(e.value) and len(str(e.value).splitlines()) == 1
+
+
+def test_experiments_file_sets_dp(tiny_dp):
+    assert experiments.get("tiny").dp == {"epsilon": 10.0, "delta": 1e-5, "max_grad_norm": 1.0}
+
+
+# ----------------------------------------------------------------------------------------------
+# training
+
+
+def test_private_run_spends_the_target_epsilon_and_records_it(tiny_dp, tmp_path):
+    assert memorization.main(_args(tmp_path)) == 0
+    path = next((tmp_path / "res" / "tiny" / "results").glob("*.json.gz"))
+    assert path.name == "npz_BernoulliMLPVAE_512-256-4-dp-eps10_seed42_cv_repeat0_fold1.json.gz"
+    assert results.parse_stem(path.name)[0] == "npz_BernoulliMLPVAE_512-256-4-dp-eps10"
+    meta = results.read_result(path)["meta"]
+    p = meta["privacy"]
+    assert p["accountant"] == "rdp" and p["norm"] is None and p["sampling"] == "poisson"
+    assert p["sample_rate"] == 16 / 40 and p["steps"] == 4 * (40 // 16) == p["planned_steps"]
+    assert p["target_epsilon"] == 10 and p["delta"] == 1e-5 and p["max_grad_norm"] == 1.0
+    assert p["noise_multiplier"] > 0
+    assert abs(p["epsilon_spent"] - 10) <= 0.05 * 10 and p["epsilon_spent"] <= 10 + 1e-6
+    assert meta["settings"]["dp"] == {"epsilon": 10.0, "delta": 1e-5, "max_grad_norm": 1.0}
+    assert meta["model"] == "BernoulliMLPVAE_512-256-4-dp-eps10"
+
+
+def test_noise_multiplier_grows_as_epsilon_shrinks():
+    sigmas = [private.noise_multiplier({"epsilon": e, "delta": 1e-5}, 64 / 2000, 40 * 31)
+              for e in (100, 10, 1)]
+    assert sigmas == sorted(sigmas) and sigmas[0] > 0
+
+
+def test_update_is_the_sum_of_clipped_per_example_gradients_plus_noise(tiny_dp):
+    exp = experiments.get("tiny")
+    trainer = _trainer(exp)
+    model, m = trainer.members[0].model, trainer.members[0]
+    index = m.train_t[:5]
+    x = (trainer.jd.train[index].float() > 127).float()
+    eps = torch.randn(5, model.latent_dim, generator=torch.Generator().manual_seed(0))
+    params = list(model.parameters())
+    model.train()
+    trainer.gsm.disable_hooks()
+    own = [torch.autograd.grad(objectives.neg_elbo(model, x[i:i + 1], eps=eps[i:i + 1]).sum(),
+                               params) for i in range(5)]
+    trainer.gsm.enable_hooks()
+    C = exp.dp["max_grad_norm"]
+    norms = torch.stack([torch.sqrt(sum(g.pow(2).sum() for g in gs)) for gs in own])
+    factor = (C / (norms + 1e-6)).clamp(max=1.0)
+    # ghost clipping: the per-example norms are those of each example's own loss ℓ_i
+    # (loss_reduction "sum": not rescaled by the batch size), and the gradient it leaves is
+    # the sum of the clipped per-example gradients
+    trainer.optimizer.zero_grad(set_to_none=True)
+    trainer.clipped_sum(x, eps)
+    torch.testing.assert_close(trainer.gsm.per_sample_gradient_norms, norms, rtol=1e-4, atol=0)
+    assert (norms > C).all()  # the ELBO's gradients are long: every example is clipped
+    assert (factor * norms <= C * (1 + 1e-5)).all()   # no clipped gradient is longer than C
+    for j, p in enumerate(params):
+        want = sum(factor[i] * own[i][j] for i in range(5))
+        torch.testing.assert_close(p.grad, want, rtol=1e-4, atol=1e-6)
+    # the clipped sum is what the optimizer noised; the update is (sum + noise) / B
+    big = model._decoder[4].weight  # 1024 x 512: the noise's std is measured well on it
+    clipped = big.grad.clone()
+    trainer.optimizer.pre_step()
+    torch.testing.assert_close(big.summed_grad, clipped)
+    noise = big.grad * exp.batch_size - big.summed_grad
+    assert abs(noise.std().item() / (trainer.sigma * C) - 1) < 0.02
+
+
+def test_empty_poisson_batch_is_a_step_of_noise(tiny_dp):
+    trainer = _trainer(experiments.get("tiny"))
+    w = trainer.members[0].model._mu.weight
+    before = w.detach().clone()
+    assert float(trainer.step(trainer.members[0].train_t[:0])) == 0.0
+    assert not torch.equal(before, w.detach())
+    assert trainer.accountant.history[-1][2] == 1
+
+
+def test_resumed_private_run_equals_an_uninterrupted_one(tiny_dp, tmp_path):
+    assert memorization.main(_args(tmp_path)) == 0
+    path = next((tmp_path / "res" / "tiny" / "results").glob("*.json.gz"))
+    first = path.read_bytes()
+    path.unlink()
+    assert memorization.main(_args(tmp_path, "cv_repeat0_fold1", "--stop-after", "3")) == 3
+    resume = next((tmp_path / "res" / "tiny" / "checkpoints").glob("*_resume.pt"))
+    state = torch.load(resume, weights_only=True)
+    assert state["extra"]["accountant"][0][2] == 3 * (40 // 16)
+    assert memorization.main(_args(tmp_path)) == 0
+    assert path.read_bytes() == first
+
+
+def test_dcvaes_in_dp_mode_have_groupnorm_and_train_a_step(tiny_dp):
+    for name in ("DiagonalGaussianDCVAE", "ConstantGaussianDCVAE"):
+        exp = dataclasses.replace(experiments.get("tiny"), model=name, latent_dim=8,
+                                  dp={"epsilon": 1})
+        trainer = _trainer(exp)
+        model = trainer.members[0].model
+        kinds = {type(mod) for mod in model.modules()}
+        assert nn.GroupNorm in kinds and not any(issubclass(k, nn.modules.batchnorm._BatchNorm)
+                                                 for k in kinds)
+        assert model.description == "NF32-L8-GN"
+        assert results.file_stem(exp, Job(0, 1)) == f"npz_{name}_NF32-L8-GN-dp-eps1_seed42_cv_repeat0_fold1"
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        loss = trainer.step(trainer.members[0].train_t[:6])
+        assert math.isfinite(float(loss))
+        # every parameter was updated by the clipped, noised step, log γ too
+        after = model.state_dict()
+        assert all(not torch.equal(before[k], after[k]) for k in before)
+    assert models.description("DiagonalGaussianDCVAE", 8) == "NF32-L8"  # the paper's, unchanged
+    assert models.description("BernoulliMLPVAE", 8, "group") == "512-256-8"
+
+
+# ----------------------------------------------------------------------------------------------
+# no mixing of private and non-private files
+
+
+def test_private_and_non_private_files_never_mix(tiny_experiment, tmp_path, capsys):
+    exp_file, _ = tiny_experiment
+    assert memorization.main(_args(tmp_path / "plain")) == 0
+    plain = next((tmp_path / "plain" / "res" / "tiny" / "results").glob("*.json.gz"))
+    meta = results.read_result(plain)["meta"]
+    assert "privacy" not in meta and "dp" not in meta["settings"]  # as before dp existed
+    _set_experiment(exp_file, dp=DP)
+    # a private job beside non-private results is refused
+    assert memorization.main(_args(tmp_path / "plain", "cv_repeat0_fold0")) == 1
+    err = capsys.readouterr().err
+    assert "dp=None" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert memorization.main(_args(tmp_path / "dp")) == 0
+    private_file = next((tmp_path / "dp" / "res" / "tiny" / "results").glob("*.json.gz"))
+    # a summary of both is refused, with and without the experiment to compare with
+    with pytest.raises(summary.SummaryError, match="mixed privacy") as e:
+        summary.summarize([plain, private_file], progress=False)
+    assert len(str(e.value).splitlines()) == 1
+    with pytest.raises(summary.SummaryError, match="dp="):
+        summary.summarize([plain], progress=False, experiment=experiments.get("tiny"))
+    # a resume file of a private run is refused by the non-private experiment, and back
+    assert memorization.main(_args(tmp_path / "dp", "cv_repeat0_fold2", "--stop-after", "1")) == 3
+    _set_experiment(exp_file, dp=None)
+    (private_file).unlink()
+    assert memorization.main(_args(tmp_path / "dp", "cv_repeat0_fold2")) == 0  # its own name
+    _set_experiment(exp_file, dp={"epsilon": 10, "max_grad_norm": 2.0})
+    for f in (tmp_path / "dp" / "res" / "tiny" / "results").glob("*"):
+        f.unlink()
+    assert memorization.main(_args(tmp_path / "dp", "cv_repeat0_fold2")) == 1
+    err = capsys.readouterr().err
+    assert "other settings" in err and "max_grad_norm" in err and "delete it" in err
+
+
+def test_groups_refuse_dp_naming_the_fix(tiny_dp, tmp_path, capsys):
+    exp = experiments.get("tiny")
+    with pytest.raises(ValueError, match="GROUP=1"):
+        ensemble.run_group(exp, [Job(0, 0), Job(0, 1)], tmp_path)
+    with pytest.raises(ValueError, match="GROUP=1"):
+        plan.make_fragment({"tiny": exp}, group=3)
+    assert "tiny" in plan.make_fragment({"tiny": exp}, group=1)
+    assert memorization.main(["--experiment", "tiny", "--jobs", "cv_repeat0_fold0",
+                              "cv_repeat0_fold1", "--results-dir", str(tmp_path),
+                              "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert "GROUP=1" in err and len(err.strip().splitlines()) == 1
