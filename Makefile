@@ -110,6 +110,12 @@ benchmark: $(SETUP) ## planted memorization: every measure against M (analysis/$
 	$(MAKE) --no-print-directory figures-$(BENCHMARK) report
 	@echo "benchmark table: $(ANALYSIS)/$(BENCHMARK)_benchmark.csv; figures: output/$(BENCHMARK)/, report: output/report.pdf"
 
+dp: $(SETUP) ## private training (DP-SGD) at ε = 100, 10, 1 and without, on the planted benchmark (report)
+	$(MAKE) --no-print-directory -j $(JOBS) $(addprefix memorization-,$(DP_SWEEP))
+	$(MAKE) --no-print-directory $(addprefix summary-,$(DP_SWEEP))
+	$(MAKE) --no-print-directory report
+	@echo "private training: $(foreach e,$(DP_SWEEP),$(ANALYSIS)/$e.csv); figure: output/privacy/; report: output/report.pdf"
+
 sweep: $(SETUP) ## training-set size sweep: 1/3-rule copies of full models on 250 ... 8,000 images (report)
 	$(MAKE) --no-print-directory -j $(JOBS) $(foreach e,$(SIZE_SWEEP),$(FULL_RESULT_$e))
 	$(PY) scripts/sweep.py --results-dir $(RESULTS) $(if $(DEVICE),--device $(DEVICE)) \
@@ -162,7 +168,7 @@ verify: ## check results/ against CHECKSUMS, or else the authors' results.sha256
 clean: ## remove the generated Make plans (not results, summaries, figures or settings stamps)
 	rm -f build/experiments*.mk
 
-.PHONY: help setup demo benchmark sweep memorization summaries neighbours data test bench checksums verify clean
+.PHONY: help setup demo benchmark dp sweep memorization summaries neighbours data test bench checksums verify clean
 
 
 # Experiments whose result files are all present (trained here, or the authors' published

@@ -99,7 +99,8 @@ def make_fragment(table: dict[str, experiments.Experiment], group: int = 1) -> s
              f"PAPER_EXPERIMENTS := {' '.join(experiments.PAPER_EXPERIMENTS)}",
              f"DEMO := {experiments.DEMO_EXPERIMENT}",
              f"BENCHMARK := {experiments.BENCHMARK_EXPERIMENT}",
-             f"SIZE_SWEEP := {' '.join(experiments.SIZE_SWEEP)}", ""]
+             f"SIZE_SWEEP := {' '.join(experiments.SIZE_SWEEP)}",
+             f"DP_SWEEP := {' '.join(experiments.DP_SWEEP)}", ""]
     for name, exp in table.items():
         files = result_files(exp)
         full_files = results.job_files(exp, experiments.FULL_JOB, "$(RESULTS)")

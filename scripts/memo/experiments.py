@@ -223,9 +223,12 @@ _TABLE = [
                checkpoint_every=10),
     # the planted-memorization benchmark (memo/planted.py): the demo's settings on 2000
     # Fashion-MNIST images with singletons and duplicate groups planted
-    Experiment(name="fashion_planted", data="planted", model="BernoulliMLPVAE", latent_dim=16,
-               lr=1e-3, epochs=40, eval_every=10, n_is=128, folds=5, repeats=2,
-               checkpoint_every=10),
+    _PLANTED := Experiment(name="fashion_planted", data="planted", model="BernoulliMLPVAE",
+                           latent_dim=16, lr=1e-3, epochs=40, eval_every=10, n_is=128, folds=5,
+                           repeats=2, checkpoint_every=10),
+    # the same, every model trained with DP-SGD at a target ε (`make dp`, docs/privacy.md)
+    *[dataclasses.replace(_PLANTED, name=f"fashion_planted_dp{eps:g}", dp={"epsilon": eps})
+      for eps in (100, 10, 1)],
     # the training-set size sweep (scripts/sweep.py): nested subsets of Fashion-MNIST, each
     # full model trained for about the same number of steps as the demo's (80,000 examples
     # seen), so small sets are trained for more epochs
@@ -238,6 +241,8 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in _TABLE}
 PAPER_EXPERIMENTS = ["bmnist_lr3", "bmnist_lr4", "cifar10", "celeba"]
 DEMO_EXPERIMENT = "fashion_demo"  # what `make demo` runs
 BENCHMARK_EXPERIMENT = "fashion_planted"  # what `make benchmark` runs
+DP_SWEEP = [BENCHMARK_EXPERIMENT] + [name for name in EXPERIMENTS
+                                    if name.startswith(BENCHMARK_EXPERIMENT + "_dp")]
 SIZE_SWEEP = [name for name in EXPERIMENTS if re.fullmatch(r"fashion_n\d+", name)]
 
 

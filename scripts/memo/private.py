@@ -130,13 +130,13 @@ class PrivateModel(training.OneModel):
             # the first layer's input needs no gradient: its hook fires on its output's
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
             losses.sum().backward(retain_graph=True)       # hooks: every ‖g_i‖
-        coef = self.gsm.get_clipping_coef().to(losses.device)   # min(1, C / (‖g_i‖ + 1e-6))
-        self.optimizer.zero_grad(set_to_none=True)
-        self.gsm.disable_hooks()
-        try:
-            (coef.detach() * losses).sum().backward()
-        finally:
-            self.gsm.enable_hooks()
+            coef = self.gsm.get_clipping_coef().to(losses.device)  # min(1, C/(‖g_i‖ + 1e-6))
+            self.optimizer.zero_grad(set_to_none=True)
+            self.gsm.disable_hooks()
+            try:
+                (coef.detach() * losses).sum().backward()
+            finally:
+                self.gsm.enable_hooks()
         return losses.detach()
 
     def step(self, index: torch.Tensor) -> torch.Tensor:
