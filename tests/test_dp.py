@@ -250,3 +250,21 @@ def test_groups_refuse_dp_naming_the_fix(tiny_dp, tmp_path, capsys):
                               "--device", "cpu"]) == 1
     err = capsys.readouterr().err
     assert "GROUP=1" in err and len(err.strip().splitlines()) == 1
+
+
+def test_summary_of_a_private_experiment_records_its_privacy(tiny_dp, tmp_path):
+    import summarize
+    exp = experiments.get("tiny")
+    for job in exp.jobs():
+        assert memorization.main(_args(tmp_path, job.tag)) == 0
+    files = [str(results.job_files(exp, j, tmp_path / "res").result) for j in exp.jobs()]
+    out = tmp_path / "tiny.npz"
+    assert summarize.main(["--experiment", "tiny", "--result-files", *files, "-o", str(out),
+                           "--n-boot", "20", "--n-perm", "20"]) == 0
+    privacy = summary.load(out).meta["privacy"]
+    metas = [results.read_result(f)["meta"]["privacy"] for f in files]
+    assert privacy["epsilon"] == 10 and privacy["delta"] == 1e-5
+    assert privacy["epsilon_spent"] == max(m["epsilon_spent"] for m in metas)
+    assert privacy["epsilon_spent"] <= 10 * 1.05
+    # fold models see fewer examples than the full model: a larger sample rate, another σ
+    assert privacy["noise_multiplier_full"] != privacy["noise_multiplier_folds"]

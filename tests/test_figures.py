@@ -22,7 +22,7 @@ N_IS = 64
 def write_summary(path: Path, n: int = 300, E: int = 3, R: int = 2, scale=(-5.0, 10.0),
                   seed: int = 0, experiment: str | None = None, data: str = "bmnist",
                   lr: float = 1e-3, losses: bool = True, ess: bool = True,
-                  calibrated: bool = True) -> Path:
+                  calibrated: bool = True, privacy: dict | None = None) -> Path:
     """A summary file in the format of the summarize step, with M spread over `scale`;
     calibrated=False: a file from before the calibration (no such arrays)."""
     rng = np.random.default_rng(seed)
@@ -41,6 +41,8 @@ def write_summary(path: Path, n: int = 300, E: int = 3, R: int = 2, scale=(-5.0,
             "model": "BernoulliMLPVAE", "latent_dim": 16, "lr": lr, "epochs": int(epochs[-1]),
             "n_is": N_IS, "folds": 10, "repeats": R, "seed": 42, "n": n,
             "eval_epochs": epochs.tolist(), "ess_threshold": 10.0}
+    if privacy:
+        meta["privacy"] = privacy
     se = np.full(n, np.nan) if R < 2 else np.abs(rng.normal(0.05 * (hi - lo), 0.01 * (hi - lo), n))
     arrays = dict(
         meta=np.array(json.dumps(meta)), epochs=epochs, index=np.arange(n, dtype=np.int64),
@@ -169,8 +171,13 @@ def built(tmp_path_factory):
     nn = common.load_nn(common.nn_path_for(s3), a.n)
     images = fake_images(a.n)
     out = tmp / "output"
+    private = summary.load(write_summary(
+        tmp / "analysis" / "bmnist_lr3_dp1.npz", seed=5, scale=(-2, 4),
+        privacy={"epsilon": 1.0, "delta": 1e-5, "max_grad_norm": 1.0, "epsilon_spent": 0.998,
+                 "noise_multiplier": 4.69}))
     for name in figures.FIGURES:
-        figures.build(name, [a], out / "bmnist_lr3", nn=nn, images=images, measures_set=ms,
+        group = [a, private] if name in figures.GROUP_ONLY else [a]
+        figures.build(name, group, out / "bmnist_lr3", nn=nn, images=images, measures_set=ms,
                       sweep=sw)
     for name in figures.SERIES:
         figures.build(name, [a, b], out / "bmnist")
@@ -355,6 +362,13 @@ def test_measures_figure_carries_the_benchmark_table_into_the_report(built, tmp_
     assert tex.count(r"\\") == 1 + len(measures.MEASURES) and r"\toprule" in tex
     sweep_doc = json.loads((built / "output" / "bmnist_lr3" / "sweep.json").read_text())
     assert sweep_doc["sizes"] == [250, 500, 1000, 2000] and "below $1/3$" in sweep_doc["caption"]
+
+
+def test_privacy_figure_orders_by_epsilon_and_tabulates_the_budget(built):
+    doc = json.loads((built / "output" / "bmnist_lr3" / "privacy.json").read_text())
+    assert [r[0] for r in doc["table"]["rows"]] == ["none", "1"]
+    assert doc["rows"][1]["spent"] == 0.998 and doc["rows"][1]["sigma"] == 4.69
+    assert "fold" in doc["caption"] and "0.998" in doc["caption"]
 
 
 def test_report_has_a_table_and_the_figures(built):

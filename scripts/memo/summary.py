@@ -301,6 +301,9 @@ def summarize(paths: list[str | Path], progress: bool = True, n_boot: int = 1000
         "has_full_model": bool(full), "method": results.recorded_method(meta),
         "ess_threshold_fraction": uncertainty.ESS_THRESHOLD_FRACTION,
     }
+    privacy = _privacy(contents)
+    if privacy:
+        out_meta["privacy"] = privacy
 
     final = (in_lse[-1], in_count[-1], out_lse[-1], out_count[-1])
     seed = out_meta["seed"] or 0
@@ -388,6 +391,28 @@ def calibrate_summary(s: Summary, values, held_out, n_perm: int, fdr_q: float, n
         "needed_at_min_p": calibration.needed_at_minimum(c.min_p, n, fdr_q), "seed": seed,
         "interval": interval, "split_half_corrected_splits": splits,
     }
+
+
+def _privacy(contents: dict[Path, dict]) -> dict | None:
+    """The privacy of the models of a private experiment (memo/private.py), or None: the target,
+    the largest ε any model spent, and the noise multipliers (fold models and the full model
+    have different sample rates, hence different σ)."""
+    records = {c["meta"]["mode"] == "full": c["meta"]["privacy"] for c in contents.values()
+               if c["meta"].get("privacy")}
+    if not records:
+        return None
+    every = [c["meta"]["privacy"] for c in contents.values() if c["meta"].get("privacy")]
+    any_record = next(iter(records.values()))
+    out = {"epsilon": any_record["target_epsilon"], "delta": any_record["delta"],
+           "max_grad_norm": any_record["max_grad_norm"],
+           "epsilon_spent": max(r["epsilon_spent"] for r in every),
+           "noise_multiplier": max(r["noise_multiplier"] for r in every)}
+    if True in records:
+        out["epsilon_spent_full"] = records[True]["epsilon_spent"]
+        out["noise_multiplier_full"] = records[True]["noise_multiplier"]
+    if False in records:
+        out["noise_multiplier_folds"] = records[False]["noise_multiplier"]
+    return out
 
 
 def _spearman_brown(r_half: float) -> float:

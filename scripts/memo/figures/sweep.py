@@ -45,7 +45,7 @@ def figure(sw: dict) -> Figure:
         ax_a.plot(n, sw[f"{key}median_ratio"], color=color, ls=style, marker="o", ms=3,
                   label=f"{name}, median")
         ax_a.plot(n, sw[f"{key}low_ratio"], color=color, ls=style, marker="v", ms=3, lw=0.6,
-                  label=f"{name}, 1\,\% quantile")
+                  label=f"{name}, 1st percentile")
     ax_a.axhline(1 / 3, color="k", lw=0.6, ls=":", label="copy below 1/3")
     ax_a.set_ylim(0, 1)
     ax_a.set_xlabel("training images $n$")
