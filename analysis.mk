@@ -28,9 +28,13 @@ AN_SERIES := losses quantiles distribution     # one experiment, or a comparison
 
 # Comparison groups, drawn when every member has a summary; members then get no single
 # versions of the AN_SERIES figures. A group: AN_GROUPS += name, AN_GROUP_name := members.
-AN_GROUPS := bmnist
+# A group may add figures of its own: AN_GROUP_FIGURES_name.
+AN_GROUPS := bmnist privacy
 AN_GROUP_bmnist := bmnist_lr3 bmnist_lr4
-AN_BUILT_GROUPS := $(foreach g,$(AN_GROUPS),$(if $(filter-out $(AN_EXPS),$(AN_GROUP_$g)),,$g))
+# private training at several budgets (`make dp`; DP_SWEEP comes from the experiment table)
+AN_GROUP_privacy := $(DP_SWEEP)
+AN_GROUP_FIGURES_privacy := privacy
+AN_BUILT_GROUPS := $(foreach g,$(AN_GROUPS),$(if $(AN_GROUP_$g),$(if $(filter-out $(AN_EXPS),$(AN_GROUP_$g)),,$g)))
 AN_GROUPED := $(foreach g,$(AN_BUILT_GROUPS),$(AN_GROUP_$g))
 
 # The figures of one experiment (output/<exp>/<figure>) and of one group.
@@ -38,7 +42,7 @@ an_exp_stems = $(addprefix $(AN_OUT)/$1/,$(AN_SINGLE) \
                  $(if $(filter $1,$(AN_GROUPED)),,$(AN_SERIES)) \
                  $(if $(filter $1,$(AN_NN_EXPS)),neighbours) \
                  $(if $(filter $1,$(AN_MEASURES_EXPS)),measures))
-an_group_stems = $(addprefix $(AN_OUT)/$1/,$(AN_SERIES))
+an_group_stems = $(addprefix $(AN_OUT)/$1/,$(AN_SERIES) $(AN_GROUP_FIGURES_$1))
 an_files = $(foreach s,$1,$(addprefix $s.,$(AN_EXT)))
 AN_STEMS := $(foreach e,$(AN_EXPS),$(call an_exp_stems,$e)) \
             $(foreach g,$(AN_BUILT_GROUPS),$(call an_group_stems,$g))
@@ -65,7 +69,7 @@ define an_group_rule
 $(foreach x,$(AN_EXT),$(AN_OUT)/$1/$2.$x) &: $(patsubst %,$(AN_IN)/%.npz,$(AN_GROUP_$1)) $(AN_FIG)/$2.py $(AN_LIB)
 	$$(PY) scripts/analysis.py $2 $$(filter %.npz,$$^) --out $$(@D)
 endef
-$(foreach g,$(AN_BUILT_GROUPS),$(foreach f,$(AN_SERIES),$(eval $(call an_group_rule,$g,$f))))
+$(foreach g,$(AN_BUILT_GROUPS),$(foreach f,$(AN_SERIES) $(AN_GROUP_FIGURES_$g),$(eval $(call an_group_rule,$g,$f))))
 
 # figures-<exp>: its own figures and those of the groups it belongs to.
 define an_exp_target

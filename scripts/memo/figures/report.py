@@ -134,12 +134,14 @@ def figure_table_tex(doc: dict) -> str:
     """The table a figure carries in its .json ({"columns": [...], "rows": [[...]]}), set
     beside it with the figure's title."""
     t = doc["table"]
+    wide = len(t["columns"]) > 6   # scaled to the text width rather than past the margin
     out = [r"\begin{table}[htbp]", r"\centering\small",
            rf"\caption{{{tex_escape(doc.get('title', ''))}: the numbers}}",
+           *([r"\resizebox{\linewidth}{!}{%"] if wide else []),
            r"\begin{tabular}{l" + "r" * (len(t["columns"]) - 1) + "}", r"\toprule",
            " & ".join(t["columns"]) + r" \\", r"\midrule"]
     out += [" & ".join(row) + r" \\" for row in t["rows"]]
-    out += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    out += [r"\bottomrule", r"\end{tabular}", *(["}"] if wide else []), r"\end{table}"]
     return "\n".join(out)
 
 
