@@ -107,7 +107,9 @@ def make_fragment(table: dict[str, experiments.Experiment], group: int = 1) -> s
         full = str(full_files.result)
         # one pattern rule for the jobs: the file names differ only in the job tag
         prefix = full.removesuffix(experiments.FULL_JOB.tag + ".json.gz")
-        grouped, single = grouped_rules(exp, group) if group > 1 else ([], [f"$(RESULTS_{name})"])
+        # private training is one model per process (memo/private.py): GROUP leaves it alone
+        grouped, single = (grouped_rules(exp, group) if group > 1 and exp.dp is None
+                           else ([], [f"$(RESULTS_{name})"]))
         npz, csv = f"$(ANALYSIS)/{name}.npz", f"$(ANALYSIS)/{name}.csv"
         summarize = (f"$(PY) scripts/summarize.py --experiment {name} "
                      f"--result-files $(RESULTS_{name}) -o {npz} $(SUMMARIZE_ARGS)")

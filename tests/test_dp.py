@@ -243,8 +243,13 @@ def test_groups_refuse_dp_naming_the_fix(tiny_dp, tmp_path, capsys):
     with pytest.raises(ValueError, match="GROUP=1"):
         ensemble.run_group(exp, [Job(0, 0), Job(0, 1)], tmp_path)
     with pytest.raises(ValueError, match="GROUP=1"):
-        plan.make_fragment({"tiny": exp}, group=3)
-    assert "tiny" in plan.make_fragment({"tiny": exp}, group=1)
+        plan.grouped_rules(exp, 3)
+    # GROUP > 1 in make plans the other experiments in groups and a private one job by job
+    plain = dataclasses.replace(exp, name="plain", dp=None)
+    fragment = plan.make_fragment({"tiny": exp, "plain": plain}, group=3)
+    assert fragment == plan.make_fragment({"tiny": exp, "plain": plain}, group=3)
+    assert "--jobs" in fragment and "--experiment plain --jobs" in fragment
+    assert "--experiment tiny --jobs" not in fragment and "--experiment tiny --job $*" in fragment
     assert memorization.main(["--experiment", "tiny", "--jobs", "cv_repeat0_fold0",
                               "cv_repeat0_fold1", "--results-dir", str(tmp_path),
                               "--device", "cpu"]) == 1
