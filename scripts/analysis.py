@@ -52,50 +52,41 @@ def main(argv=None) -> int:
 
     from memo import summary
     from memo.figures import common
-    if args.figure in figures.STANDALONE:
-        from memo.figures import sweep
-        try:
-            data = sweep.load(args.summaries[0])
-            out = args.out or Path("output") / "size_sweep"
-            engine = None if args.no_latex else common.latex_engine()
-            for path in figures.build(args.figure, [], out, sweep=data, engine=engine):
-                if path.suffix == ".pdf":
-                    print(path)
-        except (summary.SummaryError, ValueError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        return 0
-    names = figures.PER_EXPERIMENT if args.figure == "all" else (args.figure,)
+    standalone = args.figure in figures.STANDALONE
+    names = ((args.figure,) if args.figure != "all" else figures.PER_EXPERIMENT)
     if len(args.summaries) > 1 and any(n not in figures.SERIES + figures.GROUP_ONLY for n in names):
         p.error("several summaries are compared only in "
                 f"{', '.join(figures.SERIES + figures.GROUP_ONLY)}")
     try:
-        summaries = [summary.load(s) for s in args.summaries]
-        out = args.out or default_out(args.summaries)
         engine = None if args.no_latex else common.latex_engine()
-        nn = images = None
+        inputs = {"nn": None, "images": None, "measures_set": None, "sweep": None}
+        if standalone:  # drawn from its own file, not from summaries
+            from memo.figures import sweep
+            summaries, out = [], args.out or Path("output") / "size_sweep"
+            inputs["sweep"] = sweep.load(args.summaries[0])
+        else:
+            summaries = [summary.load(s) for s in args.summaries]
+            out = args.out or default_out(args.summaries)
         if any(n in figures.NEEDS_NN for n in names):
             nn_path = args.nn or common.nn_path_for(args.summaries[0])
-            nn = common.load_nn(nn_path, summaries[0].n)
-            if nn is None and args.figure != "all":
+            inputs["nn"] = common.load_nn(nn_path, summaries[0].n)
+            if inputs["nn"] is None and args.figure != "all":
                 raise summary.SummaryError(f"no nearest-neighbour file {nn_path}")
         if any(n in figures.NEEDS_IMAGES for n in names):
-            images = common.load_images(summaries[0])
-        measures_set = None
+            inputs["images"] = common.load_images(summaries[0])
         if any(n in figures.NEEDS_MEASURES for n in names):
             from memo import measures
             path = args.measures or common.measures_path_for(args.summaries[0])
             if path.is_file():
-                measures_set = measures.load(path)
+                inputs["measures_set"] = measures.load(path)
             elif args.figure != "all":
                 raise summary.SummaryError(f"no measures file {path}")
         for name in names:
-            if (name in figures.NEEDS_NN and nn is None) or (
-                    name in figures.NEEDS_MEASURES and measures_set is None):
-                continue
-            for path in figures.build(name, summaries, out, nn=nn, images=images,
-                                      measures_set=measures_set,
-                                      seed=args.seed, engine=engine):
+            if (name in figures.NEEDS_NN and inputs["nn"] is None) or (
+                    name in figures.NEEDS_MEASURES and inputs["measures_set"] is None):
+                continue   # `all`: what has no input of its own is left out
+            for path in figures.build(name, summaries, out, seed=args.seed, engine=engine,
+                                      **inputs):
                 if path.suffix == ".pdf":
                     print(path)
     except (summary.SummaryError, ValueError) as e:

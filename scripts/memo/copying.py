@@ -24,6 +24,7 @@ import torch
 from scipy import stats
 
 from .influence import eval_mode
+from .neighbours import check_blocks
 
 
 def distinct_rows(x: torch.Tensor):
@@ -59,14 +60,8 @@ def nearest_two(queries: torch.Tensor, references: torch.Tensor, block_rows: int
     Work happens on the queries' device; results are float64 (d1, d2) and int64 (nearest), on
     the CPU.
     """
-    if queries.dim() != 2 or references.dim() != 2 or queries.shape[1] != references.shape[1]:
-        raise ValueError(f"queries (n, D) and references (u, D) must share D; got "
-                         f"{tuple(queries.shape)} and {tuple(references.shape)}")
+    check_blocks(queries, references, block_rows, block_cols)
     n, u = queries.shape[0], references.shape[0]
-    if u == 0:
-        raise ValueError("no reference vectors")
-    if block_rows < 1 or block_cols < 1:
-        raise ValueError("block sizes must be positive")
     inf = float("inf")
     d1 = torch.empty(n, dtype=torch.float64)
     d2 = torch.full((n,), inf, dtype=torch.float64)

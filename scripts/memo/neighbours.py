@@ -37,6 +37,18 @@ def downsample(images: torch.Tensor) -> torch.Tensor:
     return F.avg_pool2d(x, 2).flatten(1)
 
 
+def check_blocks(queries: torch.Tensor, references: torch.Tensor, block_rows: int,
+                 block_cols: int) -> None:
+    """ValueError unless queries (n, D) and references (m > 0, D) can be compared blockwise."""
+    if queries.dim() != 2 or references.dim() != 2 or queries.shape[1] != references.shape[1]:
+        raise ValueError(f"queries (n, D) and references (m, D) must share D; got "
+                         f"{tuple(queries.shape)} and {tuple(references.shape)}")
+    if references.shape[0] == 0:
+        raise ValueError("no reference vectors")
+    if block_rows < 1 or block_cols < 1:
+        raise ValueError("block sizes must be positive")
+
+
 def nearest_distances(queries: torch.Tensor, references: torch.Tensor, block_rows: int = 4096,
                       block_cols: int = 8192, device=None, dtype=torch.float64,
                       progress: bool = False, desc: str | None = None):
@@ -53,14 +65,8 @@ def nearest_distances(queries: torch.Tensor, references: torch.Tensor, block_row
     neighbour, so cancellation cannot bias it and an exact duplicate gives exactly 0.
     Ties go to the lowest reference index.
     """
-    if queries.dim() != 2 or references.dim() != 2 or queries.shape[1] != references.shape[1]:
-        raise ValueError(f"queries (n, D) and references (m, D) must share D; got "
-                         f"{tuple(queries.shape)} and {tuple(references.shape)}")
+    check_blocks(queries, references, block_rows, block_cols)
     n, m = queries.shape[0], references.shape[0]
-    if m == 0:
-        raise ValueError("no reference vectors")
-    if block_rows < 1 or block_cols < 1:
-        raise ValueError("block sizes must be positive")
     device = torch.device(device) if device is not None else queries.device
     best_d2 = torch.empty(n, dtype=dtype)
     best_idx = torch.empty(n, dtype=torch.int64)
