@@ -39,7 +39,9 @@ SUMMARIZE_DEPS := scripts/summarize.py scripts/memo/summary.py scripts/memo/resu
 NN_DEPS := scripts/nearest_neighbours.py scripts/memo/neighbours.py
 MEASURES_DEPS := scripts/measures.py scripts/memo/measures.py scripts/memo/copying.py \
                  scripts/memo/curvature.py scripts/memo/influence.py scripts/memo/rankstats.py \
-                 scripts/memo/planted.py
+                 scripts/memo/planted.py scripts/memo/data.py scripts/memo/models.py \
+                 scripts/memo/objectives.py scripts/memo/preprocess.py scripts/memo/checkpoints.py
+SWEEP := $(ANALYSIS)/fashion_sizes_sweep.npz
 
 # The experiment table becomes one file target per result file (scripts/plan.py) and also names
 # PAPER_EXPERIMENTS and DEMO. It is regenerated on every run (cheap) so that EXPERIMENTS_FILE
@@ -118,8 +120,7 @@ dp: $(SETUP) ## private training (DP-SGD) at ε = 100, 10, 1 and without, on the
 
 sweep: $(SETUP) ## training-set size sweep: 1/3-rule copies of full models on 250 ... 8,000 images (report)
 	$(MAKE) --no-print-directory -j $(JOBS) $(foreach e,$(SIZE_SWEEP),$(FULL_RESULT_$e))
-	$(PY) scripts/sweep.py --results-dir $(RESULTS) $(if $(DEVICE),--device $(DEVICE)) \
-	  --sizes $(SIZE_SWEEP) -o $(ANALYSIS)/fashion_sizes_sweep.npz
+	$(MAKE) --no-print-directory $(SWEEP)
 	$(MAKE) --no-print-directory report
 	@echo "size sweep: $(ANALYSIS)/fashion_sizes_sweep.npz; figure: output/size_sweep/; report: output/report.pdf"
 
@@ -197,6 +198,12 @@ nn-%:
 	$(call unknown_experiment,$*,$@)
 measures-%:
 	$(call unknown_experiment,$*,$@)
+
+# the size sweep from its full models (figures and the report use it as it is)
+$(SWEEP): $(if $(FIGURES_ONLY),,$(foreach e,$(SIZE_SWEEP),$(FULL_RESULT_$e)) scripts/sweep.py \
+	  scripts/memo/copying.py scripts/memo/measures.py)
+	$(if $(FIGURES_ONLY),$(error $@ is missing: make sweep first),$(PY) scripts/sweep.py \
+	  --results-dir $(RESULTS) $(if $(DEVICE),--device $(DEVICE)) --sizes $(SIZE_SWEEP) -o $@)
 $(ANALYSIS)/%_measures.npz:
 	$(call unknown_experiment,$*,$@)
 $(ANALYSIS)/%_nn.npz:

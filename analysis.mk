@@ -34,6 +34,7 @@ AN_GROUP_bmnist := bmnist_lr3 bmnist_lr4
 # private training at several budgets (`make dp`; DP_SWEEP comes from the experiment table)
 AN_GROUP_privacy := $(DP_SWEEP)
 AN_GROUP_FIGURES_privacy := privacy
+AN_DEPS_privacy := scripts/memo/planted.py scripts/memo/rankstats.py   # beyond its module
 AN_BUILT_GROUPS := $(foreach g,$(AN_GROUPS),$(if $(AN_GROUP_$g),$(if $(filter-out $(AN_EXPS),$(AN_GROUP_$g)),,$g)))
 AN_GROUPED := $(foreach g,$(AN_BUILT_GROUPS),$(AN_GROUP_$g))
 
@@ -66,7 +67,7 @@ $(call an_files,$(AN_OUT)/size_sweep/sweep) &: $(AN_IN)/fashion_sizes_sweep.npz 
 
 # One explicit rule per (group, figure): the summaries in the group's order.
 define an_group_rule
-$(foreach x,$(AN_EXT),$(AN_OUT)/$1/$2.$x) &: $(patsubst %,$(AN_IN)/%.npz,$(AN_GROUP_$1)) $(AN_FIG)/$2.py $(AN_LIB)
+$(foreach x,$(AN_EXT),$(AN_OUT)/$1/$2.$x) &: $(patsubst %,$(AN_IN)/%.npz,$(AN_GROUP_$1)) $(AN_FIG)/$2.py $(AN_LIB) $(AN_DEPS_$2)
 	$$(PY) scripts/analysis.py $2 $$(filter %.npz,$$^) --out $$(@D)
 endef
 $(foreach g,$(AN_BUILT_GROUPS),$(foreach f,$(AN_SERIES) $(AN_GROUP_FIGURES_$g),$(eval $(call an_group_rule,$g,$f))))
@@ -108,6 +109,6 @@ figures: $(AN_FIGURES) ## every figure of every summary in analysis/ (output/<ex
 report: $(AN_REPORT) ## output/report.pdf: every figure with its caption, a table of key numbers
 
 clean-analysis: ## remove the figures and the report (output/)
-	rm -rf $(addprefix $(AN_OUT)/,$(sort $(AN_EXPS) $(AN_GROUPS))) $(AN_OUT)/report.pdf $(AN_OUT)/report.tex
+	rm -rf $(addprefix $(AN_OUT)/,$(sort $(AN_EXPS) $(AN_GROUPS)) size_sweep) $(AN_OUT)/report.pdf $(AN_OUT)/report.tex
 
 .PHONY: analysis figures report clean-analysis

@@ -67,6 +67,8 @@ def settings_json(exp: experiments.Experiment, summarize_args: str = "") -> str:
     not re-run the summary), and the summary's own options (SUMMARIZE_ARGS)."""
     values = asdict(exp)
     stamp = {k: values[k] for k in results.RESULT_SETTINGS}
+    if stamp["dp"] is None:  # as result files record it: stamps from before dp stay valid
+        del stamp["dp"]
     stamp["summarize_args"] = " ".join(summarize_args.split())
     return json.dumps(stamp, sort_keys=True) + "\n"
 
@@ -137,12 +139,16 @@ def make_fragment(table: dict[str, experiments.Experiment], group: int = 1) -> s
             f"\t$(PY) scripts/nearest_neighbours.py --experiment {name} --results-dir $(RESULTS)"
             f" $(if $(DEVICE),--device $(DEVICE)) -o $@",
             f"nn-{name}: $(ANALYSIS)/{name}_nn.npz",
-            # the other memorization measures: the summary (M) and the full model's files
+            # the other memorization measures: the summary (M) and the full model's files;
+            # as the summary, used as they are by figures and the report (minutes to compute)
             f"$(ANALYSIS)/{name}_measures.npz $(ANALYSIS)/{name}_measures.csv "
-            f"$(ANALYSIS)/{name}_benchmark.csv &: {npz} "
-            f"$(if $(FIGURES_ONLY),,{full} $(MEASURES_DEPS))",
-            f"\t$(PY) scripts/measures.py --experiment {name} --results-dir $(RESULTS) "
-            f"--summary {npz} $(if $(DEVICE),--device $(DEVICE)) -o $(ANALYSIS)/{name}_measures.npz",
+            f"$(ANALYSIS)/{name}_benchmark.csv &: "
+            f"$(if $(FIGURES_ONLY),,{npz} {full} $(MEASURES_DEPS))",
+            f"\t$(if $(FIGURES_ONLY),$(error $(ANALYSIS)/{name}_measures.npz is missing: make "
+            f"measures-{name} first (figures and the report compute nothing)),"
+            f"$(PY) scripts/measures.py --experiment {name} --results-dir $(RESULTS) "
+            f"--summary {npz} $(if $(DEVICE),--device $(DEVICE)) "
+            f"-o $(ANALYSIS)/{name}_measures.npz)",
             f"measures-{name}: $(ANALYSIS)/{name}_measures.npz",
             # written beside the full model's result; published archives may lack it
             f"FULL_CHECKPOINT_{name} := {full_files.checkpoint}",

@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from memo import (checkpoints, copying, data, experiments, fileio, models, results, training)
+from memo import (checkpoints, copying, data, experiments, fileio, measures, models, results,
+                  training)
 from memo.experiments import FULL_JOB
 
 DEFAULT_OUT = Path("analysis") / "fashion_sizes_sweep.npz"
@@ -61,14 +62,15 @@ def one_size(exp, samples: int, root, data_root, device, log) -> dict:
     content = results.read_result(files.result)
     train = data.load(exp.data, "train", root=data_root).images[:exp.subset]
     test = data.load(exp.data, "test", root=data_root).images
-    model = models.build(exp.model, exp.latent_dim, train.shape[1]).to(device)
+    model = models.build(exp.model, exp.latent_dim, train.shape[1], exp.norm).to(device)
     state = checkpoints.load_state(files.checkpoint, "model weights",
                                    "delete it and its result file to train it again")
     models.load_weights(model, state, files.checkpoint)
     model.eval()
     pixels = (train.to(device, torch.float32) / 255).flatten(1)
-    gen = torch.Generator(device=device).manual_seed(exp.seed + 3_000_003)
-    found = copying.copying(copying.sample_images(model, samples, gen), pixels)
+    found = copying.copying(copying.sample_images(model, samples,
+                                                  measures.stream(exp, device, "samples")),
+                            pixels)
     control = copying.copying((test[:samples].to(device, torch.float32) / 255).flatten(1), pixels)
     losses = content["results"]["losses"]
     try:

@@ -171,3 +171,38 @@ def test_benchmark_rows_on_a_planted_layout_with_known_answers():
     assert rows["neg_log_px"]["spearman_M"] == pytest.approx(1.0)
     assert rows["neg_log_px"]["duplicate_percentile"] > rows["M"]["duplicate_percentile"] - 1
     assert rows["M"]["cpu_seconds"] == 2.0
+
+
+def test_measures_over_training_need_every_evaluation_epochs_weights(trained, tmp_path):
+    exp, summary_path = trained
+    files = results.job_files(exp, FULL_JOB, tmp_path / "res")
+    files.weights_at(exp.eval_epochs()[0]).unlink()       # as a full model from before
+    out = tmp_path / "analysis" / "tiny_measures.npz"
+    assert measures_cli.main(["--experiment", "tiny", "--summary", str(summary_path),
+                              "--results-dir", str(tmp_path / "res"), "--device", "cpu",
+                              "--samples", "50", "--vectors", "2", "-o", str(out)]) == 0
+    ms = measures.load(out)
+    assert np.isnan(ms.values["self_influence"]).all() and np.isnan(ms.values["curvature"]).all()
+    assert np.isfinite(ms.values["curvature_final"]).all() and ms.epochs == [exp.epochs]
+
+
+def test_a_truncated_measures_file_is_one_clear_error(tmp_path):
+    path = tmp_path / "x_measures.npz"
+    path.write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(measures.MeasuresError, match="delete it"):
+        measures.load(path)
+
+
+def test_a_resume_file_without_the_new_records_records_none_of_them(tiny_experiment, tmp_path):
+    exp = experiments.get("tiny")
+    files = results.job_files(exp, FULL_JOB, tmp_path / "res")
+    args = ["--experiment", "tiny", "--job", "full_repeat0", "--results-dir",
+            str(tmp_path / "res"), "--device", "cpu", "--threads", "1"]
+    assert memorization.main(args + ["--stop-after", "1"]) == 3
+    state = torch.load(files.resume, weights_only=True)      # as a file from before them
+    del state["history"]["loss_sum"], state["history"]["seconds"]
+    torch.save(state, files.resume)
+    assert memorization.main(args) == 0
+    content = results.read_result(files.result)
+    assert "train_loss_sum" not in content["results"]   # a sum missing epoch 1 is no sum
+    assert not files.cost.exists()                       # nor is a part of the seconds

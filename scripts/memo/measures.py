@@ -27,6 +27,7 @@ from __future__ import annotations
 import io
 import json
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,6 +100,15 @@ def _training_seconds(exp: Experiment, root) -> tuple[float, float]:
     return sum(cpu(j) for j in exp.jobs()), cpu(FULL_JOB)
 
 
+STREAMS = ("final_loss", "self_influence", "curvature", "samples")
+
+
+def stream(exp: Experiment, device, measure: str, epoch: int = 0) -> torch.Generator:
+    """The random stream of one measure (and epoch), apart from every other's."""
+    seed = np.random.SeedSequence([exp.seed, 0x4D45, STREAMS.index(measure), epoch])
+    return torch.Generator(device=device).manual_seed(int(seed.generate_state(1)[0]))
+
+
 def _weights(exp: Experiment, root, model: torch.nn.Module) -> tuple[list[int], list[dict]]:
     """The full model's weights at each evaluation epoch that has them (the last is required)."""
     files = results.job_files(exp, FULL_JOB, root)
@@ -138,7 +148,7 @@ def compute(exp: Experiment, summary, results_root="results", data_root=None, de
         raise MeasuresError(f"summary of {exp.name} names example {index.max()} but the data "
                             f"set has {len(train)}; rebuild the summary")
     images = train[torch.from_numpy(index)].to(device)
-    model = models.build(exp.model, exp.latent_dim, images.shape[1]).to(device)
+    model = models.build(exp.model, exp.latent_dim, images.shape[1], exp.norm).to(device)
     epochs, states = _weights(exp, results_root, model)
     model.load_state_dict(states[-1])
     model.eval()
@@ -162,42 +172,54 @@ def compute(exp: Experiment, summary, results_root="results", data_root=None, de
         values["loss_sum"] = np.full(len(index), np.nan)
     seconds["loss_sum"] = 0.0
 
-    # inputs with their fixed evaluation noise, and reparameterization noise of our own
+    # inputs with their fixed evaluation noise; each measure draws from a stream of its own
     x = preprocess.eval_inputs(images, torch.from_numpy(index).to(device), model.binary,
                                exp.seed, None)
-    gen = torch.Generator(device=device).manual_seed(exp.seed + 1_000_003)
-    eps = torch.randn((EPS_DRAWS, len(index), exp.latent_dim), generator=gen, device=device)
+    eps = torch.randn((EPS_DRAWS, len(index), exp.latent_dim), device=device,
+                      generator=stream(exp, device, "final_loss"))
 
     def final_loss():
         return torch.stack([influence.per_example_loss(model, x, e) for e in eps]).mean(0)
     v, seconds["final_loss"] = _cpu(final_loss)
     values["final_loss"] = v.double().cpu().numpy()
 
-    log(f"[{exp.name}] self-influence over the weights of epochs {epochs}")
-    v, seconds["self_influence"] = _cpu(lambda: influence.self_influence(
-        model, states, [exp.lr] * len(states), x, eps[0]))
-    values["self_influence"] = v.double().cpu().numpy()
+    # the measures over training need the weights of every evaluation epoch
+    every = epochs == exp.eval_epochs()
+    if not every:
+        log(f"[{exp.name}] the full model kept weights at epochs {epochs} only, not at every "
+            f"evaluation epoch {exp.eval_epochs()} (trained before they were kept, or "
+            "published without them): self_influence and curvature (mean over epochs) are "
+            "not available; retrain the full model to have them")
+    values["self_influence"], seconds["self_influence"] = np.full(len(index), np.nan), 0.0
+    if every:
+        log(f"[{exp.name}] self-influence over the weights of epochs {epochs}")
+        si_eps = torch.randn((len(index), exp.latent_dim), device=device,
+                             generator=stream(exp, device, "self_influence"))
+        v, seconds["self_influence"] = _cpu(lambda: influence.self_influence(
+            model, states, [exp.lr] * len(states), x, si_eps))
+        values["self_influence"] = v.double().cpu().numpy()
 
     log(f"[{exp.name}] input curvature ({n_vectors} vectors, h = {h:g}, float64)")
     per_epoch, total = [], 0.0
-    for state in states:
+    for epoch, state in zip(epochs, states):
+        if not every and epoch != epochs[-1]:
+            continue
         model.load_state_dict(state)
-        cgen = torch.Generator(device=device).manual_seed(exp.seed + 2_000_003)
+        cgen = stream(exp, device, "curvature", epoch)   # new vectors and eps at each epoch
         v, s = _cpu(lambda: curvature.vae_input_curvature(model, x, n_vectors, h, cgen))
         per_epoch.append(v.double().cpu().numpy())
         total += s
-    values["curvature"] = np.mean(per_epoch, axis=0)
+    values["curvature"] = np.mean(per_epoch, axis=0) if every else np.full(len(index), np.nan)
     values["curvature_final"] = per_epoch[-1]
     seconds["curvature"] = total
-    seconds["curvature_final"] = total / len(states)
+    seconds["curvature_final"] = total / len(per_epoch)
     model.load_state_dict(states[-1])
 
     log(f"[{exp.name}] 1/3 rule: {n_samples} samples against {len(index)} training images")
     pixels = (images.to(torch.float32) / 255).flatten(1)
 
     def copies():
-        samples = copying.sample_images(model, n_samples, torch.Generator(device=device)
-                                        .manual_seed(exp.seed + 3_000_003))
+        samples = copying.sample_images(model, n_samples, stream(exp, device, "samples"))
         return copying.copying(samples, pixels)
     found, seconds["copies"] = _cpu(copies)
     values["copies"] = found.copies_per_example.double().numpy()
@@ -312,7 +334,7 @@ def load(path) -> MeasureSet:
             index = z["index"].astype(np.int64)
             role = z["role"].astype(np.int64) if "role" in z.files else None
             group = z["group"].astype(np.int64) if "group" in z.files else None
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
         raise MeasuresError(f"cannot read measures file {path} ({e}); delete it and run make "
                             "again") from None
     return MeasureSet(meta["experiment"], index, values, meta["seconds"], meta["models"],

@@ -100,6 +100,7 @@ class PrivateModel(training.OneModel):
             m.optimizer, noise_multiplier=self.sigma, max_grad_norm=dp["max_grad_norm"],
             expected_batch_size=self.exp.batch_size, loss_reduction="mean",
             generator=self.noise_gen)
+        training.start_loss_sum(m, self.jd)
         self.accountant = RDPAccountant()
         self.optimizer.attach_step_hook(self.accountant.get_optimizer_hook_fn(self.sample_rate))
         if "accountant" in m.extra:  # resumed: the state of the epoch the file was written at
@@ -150,7 +151,10 @@ class PrivateModel(training.OneModel):
                                         self.exp.flip)
             eps = torch.randn((len(index), model.latent_dim), device=images.device,
                               generator=m.gen)
-            loss = self.clipped_sum(x, eps).sum()
+            losses = self.clipped_sum(x, eps)
+            loss = losses.sum()
+            if m.history.get(training.LOSS_SUM) is not None:
+                m.history[training.LOSS_SUM].index_add_(0, index, losses.double())
         else:  # an empty batch is still a step: noise alone, and the accountant counts it
             loss = torch.zeros((), device=images.device)
             for p in model.parameters():

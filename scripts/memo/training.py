@@ -145,6 +145,19 @@ def train_steps(model, optimizer, batch_loss, images: torch.Tensor, order: torch
 LOSS_SUM = "loss_sum"  # history key of the full model's per-example training loss, summed
 
 
+def start_loss_sum(m: Member, jd: JobData) -> None:
+    """The full model's per-example loss accumulator, on the device: zeros at epoch 1, the
+    saved one on resume. A resume file from before it was kept has none: the sum would miss
+    the epochs before it, so none is recorded (the measures then report it as missing)."""
+    if not m.job.full:
+        return
+    saved = m.history.get(LOSS_SUM)
+    if saved is None and m.history["losses"]["train"]:
+        return
+    m.history[LOSS_SUM] = (torch.zeros(len(jd.train), dtype=torch.float64)
+                           if saved is None else saved).to(jd.train.device)
+
+
 class OneModel:
     """The trainer of a single job: its model, Adam and generator are the training state.
     The full model also adds up each example's training loss over the epochs (a one-model
@@ -156,10 +169,7 @@ class OneModel:
     def begin(self) -> None:
         m = self.members[0]
         self.batch_loss = batch_loss_fn(m.model, self.speed, self.jd.train.device)
-        if m.job.full:
-            saved = m.history.get(LOSS_SUM)
-            m.history[LOSS_SUM] = (torch.zeros(len(self.jd.train), dtype=torch.float64)
-                                   if saved is None else saved).to(self.jd.train.device)
+        start_loss_sum(m, self.jd)
 
     def train_epoch(self) -> list[float]:
         m = self.members[0]
@@ -282,8 +292,9 @@ def fit(trainer: Trainer, exp: Experiment, jd: JobData, log=print,
     trainer.begin()
 
     eval_epochs = set(exp.eval_epochs())
-    for m in members:
-        m.history.setdefault("seconds", {"cpu": 0.0, "wall": 0.0})
+    for m in members:  # resumed from a file that kept no seconds: the cost stays unknown
+        if "seconds" not in m.history:
+            m.history["seconds"] = {"cpu": 0.0, "wall": 0.0} if start_epoch == 1 else None
     for epoch in tqdm(range(start_epoch, exp.epochs + 1), desc=name, initial=start_epoch - 1,
                       total=exp.epochs, disable=None, file=sys.stderr):
         t0, c0 = time.perf_counter(), time.process_time()
@@ -315,8 +326,9 @@ def fit(trainer: Trainer, exp: Experiment, jd: JobData, log=print,
                         checkpoints.save_weights(m.files.weights_at(epoch), m.model)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         for m in members:  # a group's time is shared equally among its models
-            m.history["seconds"]["cpu"] += cpu / len(members)
-            m.history["seconds"]["wall"] += wall / len(members)
+            if m.history["seconds"] is not None:
+                m.history["seconds"]["cpu"] += cpu / len(members)
+                m.history["seconds"]["wall"] += wall / len(members)
         models_ = "" if len(members) == 1 else f", {len(members)} models"
         log(line + f" ({wall:.1f} s{models_})")
         stopping = stop_after is not None and epoch >= stop_after and epoch < exp.epochs
@@ -350,7 +362,7 @@ def finish_job(exp: Experiment, member: Member, jd: JobData, speed: dict | None 
                                              h[LOSS_SUM][member.train_t].tolist()))
     # seconds vary from run to run: kept beside the result, so that it stays a function of
     # the settings alone
-    if "seconds" in h:
+    if h.get("seconds"):
         fileio.atomic_write_bytes(member.files.cost, json.dumps(
             {"cpu_seconds": h["seconds"]["cpu"], "wall_seconds": h["seconds"]["wall"],
              "device": str(jd.train.device)}, sort_keys=True).encode())

@@ -9,6 +9,7 @@ caption) is its memorization ratio; the same for held-out real images, which can
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,7 @@ def load(path) -> dict:
         with np.load(path, allow_pickle=False) as z:
             out = {k: np.asarray(z[k], dtype=float) for k in FIELDS}
             out["meta"] = json.loads(str(z["meta"]))
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
         raise SummaryError(f"{path} is not a size-sweep file ({e}); run `make sweep`") from None
     out["path"] = path
     return out
