@@ -92,7 +92,7 @@ help: ## list targets and variables
 	  /^[A-Z0-9_]+ \?=.*## / {split($$0, a, "## "); sub(/ \?=.*/, "", a[1]); \
 	  v = $$0; sub(/^[A-Z0-9_]+ \?= ?/, "", v); sub(/## .*/, "", v); \
 	  printf "  %-22s %s%s\n", a[1], a[2], ((v == "" || index(a[2], "(default")) ? "" : " (default: " v ")")}' $(MAKEFILE_LIST)
-	@echo; echo "Per experiment: memorization-EXP, summary-EXP, nn-EXP, figures-EXP" \
+	@echo; echo "Per experiment: memorization-EXP, summary-EXP, nn-EXP, measures-EXP, figures-EXP" \
 	  "(EXP: a name in scripts/memo/experiments.py or EXPERIMENTS_FILE)"
 
 setup: $(SETUP) ## create the virtualenv, install requirements (and Debian packages as root)
@@ -106,7 +106,7 @@ demo: $(SETUP) ## the offline default, end to end: Fashion-MNIST K-fold VAEs -> 
 	@echo "per-example memorization scores: $(ANALYSIS)/$(DEMO).csv, other measures:" \
 	  "$(ANALYSIS)/$(DEMO)_measures.csv; figures: output/$(DEMO)/, report: output/report.pdf"
 
-benchmark: $(SETUP) ## planted memorization: every measure against M (analysis/$(BENCHMARK)_benchmark.csv, report)
+benchmark: $(SETUP) ## planted memorization: every measure against M (analysis/fashion_planted_benchmark.csv, report)
 	$(MAKE) --no-print-directory -j $(JOBS) memorization-$(BENCHMARK)
 	$(MAKE) --no-print-directory summary-$(BENCHMARK) measures-$(BENCHMARK)
 	$(MAKE) --no-print-directory figures-$(BENCHMARK) report
