@@ -1,6 +1,7 @@
 """The Make chain end to end on a tiny npz data set: parallel folds, summary, resume; what
 Make says about unknown experiments and bad experiments files; every generated file rebuilt
 when missing."""
+import dataclasses
 import json
 import os
 import re
@@ -173,7 +174,10 @@ def test_settings_stamps_are_rewritten_only_when_the_settings_change(tiny_experi
     first = stamp.read_text(), stamp.stat().st_mtime_ns, out.stat().st_mtime_ns
     # what the summary compares (results.RESULT_SETTINGS), with the experiment's values
     settings, spec = json.loads(first[0]), json.loads(exp_file.read_text())["tiny"]
-    assert set(settings) == set(results.RESULT_SETTINGS) | {"summarize_args"}
+    # (dp only when set: stamps of non-private experiments stay as they were before it)
+    assert set(settings) == set(results.RESULT_SETTINGS) - {"dp"} | {"summarize_args"}
+    private = dataclasses.replace(experiments.get("tiny"), dp={"epsilon": 1})
+    assert json.loads(plan.settings_json(private))["dp"]["epsilon"] == 1.0
     assert all(settings[k] == v for k, v in spec.items() if k in settings)
     assert settings["summarize_args"] == ""
     assert plan.main(args) == 0
