@@ -86,6 +86,7 @@ figures-%: ## every figure of one experiment: make figures-EXP (needs analysis/E
 
 AN_JSON := $(filter %.json,$(AN_FIGURES))
 AN_NNS  := $(patsubst %,$(AN_IN)/%_nn.npz,$(AN_NN_EXPS))
+AN_MEASURES := $(patsubst %,$(AN_IN)/%_measures.npz,$(AN_MEASURES_EXPS))
 # The report reads each figure's .json and includes its .pdf (LaTeX) or .png (without LaTeX):
 # a missing one is rebuilt first.
 AN_REPORT_IN := $(filter %.json %.pdf %.png,$(AN_FIGURES))
@@ -94,9 +95,9 @@ AN_REPORT_IN := $(filter %.json %.pdf %.png,$(AN_FIGURES))
 AN_LATEX := $(if $(MEMO_NO_LATEX),,$(shell command -v pdflatex || command -v lualatex))
 AN_REPORT := $(AN_OUT)/report.pdf $(if $(AN_LATEX),$(AN_OUT)/report.tex)
 
-$(AN_REPORT) &: $(AN_REPORT_IN) $(AN_SUMMARIES) $(AN_NNS) scripts/report.py \
+$(AN_REPORT) &: $(AN_REPORT_IN) $(AN_SUMMARIES) $(AN_NNS) $(AN_MEASURES) scripts/report.py \
 		$(AN_FIG)/report.py $(AN_FIG)/__init__.py $(AN_FIG)/common.py $(AN_FIG)/uncertainty.py \
-		scripts/memo/uncertainty.py scripts/memo/summary.py
+		scripts/memo/uncertainty.py scripts/memo/summary.py scripts/memo/measures.py
 	$(PY) scripts/report.py --out $(AN_OUT)/report.pdf --summaries $(AN_SUMMARIES) --figures $(AN_JSON)
 
 analysis: ## summaries of every experiment whose result files are all present, then every figure and output/report.pdf

@@ -371,6 +371,19 @@ def test_privacy_figure_orders_by_epsilon_and_tabulates_the_budget(built):
     assert "fold" in doc["caption"] and "0.998" in doc["caption"]
 
 
+def test_key_numbers_name_the_measure_closest_to_m(built):
+    from memo import measures
+    s = summary.load(built / "analysis" / "bmnist_lr3.npz")
+    ms = measures.load(common.measures_path_for(s.path))
+    rows = dict(report.key_numbers(s, None, ms))
+    value = rows["Spearman of $M$ with the closest other measure"]
+    best = max((r for r in measures.benchmark(ms, n_boot=0)
+                if r["measure"] in measures.ONE_MODEL and np.isfinite(r["spearman_M"])),
+               key=lambda r: r["spearman_M"])
+    assert value.endswith(f"({measures.MEASURES[best['measure']]})")
+    assert dict(report.key_numbers(s))["Spearman of $M$ with the closest other measure"] == "--"
+
+
 def test_report_has_a_table_and_the_figures(built):
     out = built / "output" / "report.pdf"
     report.build(sorted((built / "analysis").glob("bmnist_lr?.npz")),

@@ -285,8 +285,9 @@ def benchmark(ms: MeasureSet, n_boot: int = 1000) -> list[dict]:
             pool = ok & (ms.role != planted.DUPLICATE)
             positive = ms.role[pool] == planted.SINGLETON
             row["auroc"] = rankstats.auroc(v[pool], positive)
-            row["auroc_low"], row["auroc_high"] = rankstats.auroc_interval(
-                v[pool], positive, n_boot=n_boot)
+            if n_boot:   # 0: no interval (nan)
+                row["auroc_low"], row["auroc_high"] = rankstats.auroc_interval(
+                    v[pool], positive, n_boot=n_boot)
             pct = rankstats.rank_percentile(np.where(ok, v, -np.inf))
             row["duplicate_percentile"] = float(pct[ms.role == planted.DUPLICATE].mean())
         rows.append(row)

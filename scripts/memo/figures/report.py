@@ -26,8 +26,9 @@ from .uncertainty import ess_summary
 TABLE_COLUMNS = 4   # experiments per table (a wider table would not fit the page)
 
 
-def key_numbers(s: Summary, nn=None) -> list[tuple[str, str]]:
-    """(row label, LaTeX value) for the table of one experiment."""
+def key_numbers(s: Summary, nn=None, ms=None) -> list[tuple[str, str]]:
+    """(row label, LaTeX value) for the table of one experiment (nn: its nearest-neighbour
+    file, ms: its other measures, when they exist)."""
     M, U = s.M_final, s.U_final
     m = finite(M)
     q = np.quantile(m, [0.5, 0.95, 0.99, 0.999]) if m.size else [np.nan] * 4
@@ -80,6 +81,7 @@ def key_numbers(s: Summary, nn=None) -> list[tuple[str, str]]:
         ("share with $M > 0$", pct(float((m > 0).mean())) if m.size else "--"),
         ("Spearman of $M$ with $U$", spearman(M, U)),
         ("Spearman of $M$ with $\\rho$", spearman(M, nn.rho) if nn is not None else "--"),
+        ("Spearman of $M$ with the closest other measure", closest_measure(ms)),
         (f"split-half Spearman of $M$ ({h[0]} vs {h[1]} repeats)", rel(s.split_half)),
         (f"Spearman--Brown reliability of $M$ ({L} repeats)", rel(s.reliability)),
         ("the same for $M_{\\mathrm{corrected}}$", f"{rel(s.split_half_corrected)} / "
@@ -87,6 +89,20 @@ def key_numbers(s: Summary, nn=None) -> list[tuple[str, str]]:
         ("median ESS, in / out", ess_median),
         ("ESS below the threshold, in / out", ess_low),
     ]
+
+
+def closest_measure(ms) -> str:
+    """The one-model measure whose ranking is closest to M's (memo.measures), with its
+    Spearman correlation over the regular examples: '0.21 (self-influence)'."""
+    if ms is None:
+        return "--"
+    from memo import measures
+    rows = [r for r in measures.benchmark(ms, n_boot=0) if r["measure"] in measures.ONE_MODEL
+            and np.isfinite(r["spearman_M"])]
+    if not rows:
+        return "--"
+    best = max(rows, key=lambda r: r["spearman_M"])
+    return f"{num(best['spearman_M'], 2)} ({measures.MEASURES[best['measure']]})"
 
 
 def calibration_lines(s: Summary) -> str:
@@ -114,10 +130,10 @@ def calibration_tex(summaries: list[Summary]) -> str:
     return "\n\n".join(calibration_lines(s) for s in summaries)
 
 
-def table_tex(summaries: list[Summary], nns: list) -> str:
+def table_tex(summaries: list[Summary], inputs: list) -> str:
     if not summaries:
         return "No summaries were given."
-    rows = [key_numbers(s, nn) for s, nn in zip(summaries, nns)]
+    rows = [key_numbers(s, *extra) for s, extra in zip(summaries, inputs)]
     out = []
     for start in range(0, len(summaries), TABLE_COLUMNS):
         cols = range(start, min(start + TABLE_COLUMNS, len(summaries)))
@@ -199,7 +215,7 @@ presence raises its probability, however small the effect; $M_{\mathrm{corrected
 """
 
 
-def document(summaries, nns, secs, rel) -> str:
+def document(summaries, inputs, secs, rel) -> str:
     lines = [REPRODUCIBLE, r"\documentclass[10pt]{article}",
              r"\usepackage[a4paper,margin=2.2cm]{geometry}", PREAMBLE,
              r"\usepackage{graphicx,booktabs,amsmath,amssymb,placeins}",
@@ -216,7 +232,7 @@ def document(summaries, nns, secs, rel) -> str:
              r"repeats and is the reliability of a score from half of them; the Spearman--Brown "
              r"value projects it to all $L$ repeats, the reliability of the score reported "
              r"(for $M_{\mathrm{corrected}}$: split-half / Spearman--Brown). A dash: not "
-             r"available.", r"\begin{center}\small", table_tex(summaries, nns),
+             r"available.", r"\begin{center}\small", table_tex(summaries, inputs),
              r"\end{center}"]
     for group, shown, skipped in secs:
         lines.append(rf"\section{{{tex_escape(group)}}}")
@@ -238,13 +254,21 @@ def document(summaries, nns, secs, rel) -> str:
     return "\n".join(lines)
 
 
+def load_measures(s: Summary):
+    """The summary's other measures (analysis/<exp>_measures.npz), or None."""
+    from memo import measures
+    from .common import measures_path_for
+    path = measures_path_for(s.path)
+    return measures.load(path) if path.is_file() else None
+
+
 def build(summary_paths, figure_jsons, out_pdf, engine: str | None = "auto") -> Path:
     """Write out_pdf (and the .tex beside it) from the summaries and the figures' .json files."""
     out_pdf = Path(out_pdf)
     out_dir = out_pdf.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     summaries = [summary.load(p) for p in summary_paths]
-    nns = [load_nn(nn_path_for(s.path), s.n) for s in summaries]
+    inputs = [(load_nn(nn_path_for(s.path), s.n), load_measures(s)) for s in summaries]
     docs = [(Path(p), json.loads(Path(p).read_text())) for p in figure_jsons]
     secs = sections(docs)
     if engine == "auto":
@@ -253,11 +277,11 @@ def build(summary_paths, figure_jsons, out_pdf, engine: str | None = "auto") -> 
     try:
         if engine is None:
             warn(f"no LaTeX found: {out_pdf} is put together by matplotlib")
-            _matplotlib_report(summaries, nns, secs, tmp / out_pdf.name)
+            _matplotlib_report(summaries, inputs, secs, tmp / out_pdf.name)
         else:
             rel = lambda p: os.path.relpath(p, out_dir).replace(os.sep, "/")
             tex = tmp / f"{out_pdf.stem}.tex"
-            tex.write_text(document(summaries, nns, secs, rel))
+            tex.write_text(document(summaries, inputs, secs, rel))
             latexmk = shutil.which("latexmk")
             if latexmk:
                 cmd = [latexmk, "-pdflua" if engine == "lualatex" else "-pdf", "-silent",
@@ -292,13 +316,13 @@ def plain(tex: str) -> str:
     return re.sub(r"[${}]", "", tex)
 
 
-def _matplotlib_report(summaries, nns, secs, path: Path) -> None:
+def _matplotlib_report(summaries, inputs, secs, path: Path) -> None:
     import matplotlib.image as mpimg
     from matplotlib.backends.backend_pdf import PdfPages
     from matplotlib.figure import Figure
 
     with PdfPages(path, metadata={"CreationDate": None}) as pdf:
-        rows = [key_numbers(s, nn) for s, nn in zip(summaries, nns)]
+        rows = [key_numbers(s, *extra) for s, extra in zip(summaries, inputs)]
         fig = Figure(figsize=(8.27, 11.69))
         fig.text(0.5, 0.95, "Memorization in variational autoencoders: key numbers",
                  ha="center", size=12)
