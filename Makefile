@@ -42,6 +42,7 @@ MEASURES_DEPS := scripts/measures.py scripts/memo/measures.py scripts/memo/copyi
                  scripts/memo/planted.py scripts/memo/data.py scripts/memo/models.py \
                  scripts/memo/objectives.py scripts/memo/preprocess.py scripts/memo/checkpoints.py
 SWEEP := $(ANALYSIS)/fashion_sizes_sweep.npz
+SWEEP_SUMMARIES := $(ANALYSIS)/sweep## the sweep's summaries, apart from the report's experiments
 
 # The experiment table becomes one file target per result file (scripts/plan.py) and also names
 # PAPER_EXPERIMENTS and DEMO. It is regenerated on every run (cheap) so that EXPERIMENTS_FILE
@@ -118,8 +119,9 @@ dp: $(SETUP) ## private training (DP-SGD) at ε = 100, 10, 1 and without, on the
 	$(MAKE) --no-print-directory report
 	@echo "private training: $(foreach e,$(DP_SWEEP),$(ANALYSIS)/$e.csv); figure: output/privacy/; report: output/report.pdf"
 
-sweep: $(SETUP) ## training-set size sweep: 1/3-rule copies of full models on 250 ... 8,000 images (report)
-	$(MAKE) --no-print-directory -j $(JOBS) $(foreach e,$(SIZE_SWEEP),$(FULL_RESULT_$e))
+sweep: $(SETUP) ## training-set size sweep: 1/3-rule copies and M on 250 ... 8,000 images (report)
+	$(MAKE) --no-print-directory -j $(JOBS) $(addprefix memorization-,$(SIZE_SWEEP))
+	$(MAKE) --no-print-directory ANALYSIS=$(SWEEP_SUMMARIES) $(addprefix summary-,$(SIZE_SWEEP))
 	$(MAKE) --no-print-directory $(SWEEP)
 	$(MAKE) --no-print-directory report
 	@echo "size sweep: $(ANALYSIS)/fashion_sizes_sweep.npz; figure: output/size_sweep/; report: output/report.pdf"
@@ -201,9 +203,10 @@ measures-%:
 
 # the size sweep from its full models (figures and the report use it as it is)
 $(SWEEP): $(if $(FIGURES_ONLY),,$(foreach e,$(SIZE_SWEEP),$(FULL_RESULT_$e)) scripts/sweep.py \
-	  scripts/memo/copying.py scripts/memo/measures.py)
+	  scripts/memo/copying.py scripts/memo/measures.py $(wildcard $(SWEEP_SUMMARIES)/*.npz))
 	$(if $(FIGURES_ONLY),$(error $@ is missing: make sweep first),$(PY) scripts/sweep.py \
-	  --results-dir $(RESULTS) $(if $(DEVICE),--device $(DEVICE)) --sizes $(SIZE_SWEEP) -o $@)
+	  --results-dir $(RESULTS) $(if $(DEVICE),--device $(DEVICE)) --sizes $(SIZE_SWEEP) \
+	  --summaries $(SWEEP_SUMMARIES) -o $@)
 $(ANALYSIS)/%_measures.npz:
 	$(call unknown_experiment,$*,$@)
 $(ANALYSIS)/%_nn.npz:

@@ -7,8 +7,9 @@ Trains (or resumes, or reuses) the full-data model of each experiment of the swe
 same number of steps), then writes analysis/fashion_sizes_sweep.npz with, per size: the
 memorization ratio of G samples and its Clopper-Pearson interval, the same statistic for
 held-out real images (the rule's false-alarm rate), the median and 1 % quantile of the ratio
-d1/d2 of both (how close they come to the rule's 1/3), and the full model's final training and
-test loss.
+d1/d2 of both (how close they come to the rule's 1/3), the full model's final training and
+test loss, and, given the folder of the sweep experiments' summaries (--summaries; `make sweep`
+trains their K-fold models too), quantiles of M and M_corrected.
 
     python scripts/sweep.py [--samples 10000] [--sizes fashion_n250 fashion_n1000 ...]
 """
@@ -24,13 +25,14 @@ import numpy as np
 import torch
 
 from memo import (checkpoints, copying, data, experiments, fileio, measures, models, results,
-                  training)
+                  summary, training)
 from memo.experiments import FULL_JOB
 
 DEFAULT_OUT = Path("analysis") / "fashion_sizes_sweep.npz"
 FIELDS = ("n", "epochs", "ratio", "low", "high", "control_ratio", "control_low", "control_high",
           "median_ratio", "low_ratio", "control_median_ratio", "control_low_ratio",
-          "train_loss", "test_loss", "cpu_seconds")
+          "train_loss", "test_loss", "cpu_seconds",
+          "M_median", "M_q95", "M_q999", "Mc_median", "Mc_q95")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -43,6 +45,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--results-dir", default="results", help="results root (default: results)")
     p.add_argument("--data-root", default=None, help="data directory (default: $DATA_ROOT)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--summaries", type=Path, default=None,
+                   help="folder of the sweep experiments' summaries (<exp>.npz), for the "
+                   "quantiles of M (default: none)")
     p.add_argument("-o", "--output", type=Path, default=DEFAULT_OUT,
                    help="output file (default: %(default)s)")
     return p.parse_args(argv)
@@ -55,7 +60,25 @@ def ratios(found, prefix: str) -> dict:
             f"{prefix}low_ratio": float(r.quantile(0.01))}
 
 
-def one_size(exp, samples: int, root, data_root, device, log) -> dict:
+def m_quantiles(exp, summaries) -> dict:
+    """Quantiles of M and M_corrected at the last epoch from the experiment's summary in the
+    folder `summaries` (nan when there is none: the K-fold models were not trained)."""
+    nan = {k: float("nan") for k in ("M_median", "M_q95", "M_q999", "Mc_median", "Mc_q95")}
+    path = Path(summaries) / f"{exp.name}.npz" if summaries else None
+    if path is None or not path.is_file():
+        return nan
+    s = summary.load(path)
+    m, mc = s.M_final[np.isfinite(s.M_final)], s.M_corrected[np.isfinite(s.M_corrected)]
+    out = dict(nan)
+    if m.size:
+        out.update(M_median=float(np.median(m)), M_q95=float(np.quantile(m, 0.95)),
+                   M_q999=float(np.quantile(m, 0.999)))
+    if mc.size:
+        out.update(Mc_median=float(np.median(mc)), Mc_q95=float(np.quantile(mc, 0.95)))
+    return out
+
+
+def one_size(exp, samples: int, root, data_root, device, log, summaries=None) -> dict:
     files = results.job_files(exp, FULL_JOB, root)
     if not files.result.is_file():
         training.run_job(exp, FULL_JOB, root, device, data_root, log=log)
@@ -84,7 +107,7 @@ def one_size(exp, samples: int, root, data_root, device, log) -> dict:
             **ratios(found, ""), **ratios(control, "control_"),
             "train_loss": float(losses["train"][-1]),
             "test_loss": float(losses["test"][-1]) if losses["test"] else float("nan"),
-            "cpu_seconds": cpu}
+            "cpu_seconds": cpu, **m_quantiles(exp, summaries)}
 
 
 def main(argv=None) -> int:
@@ -103,13 +126,14 @@ def main(argv=None) -> int:
         rows = []
         for exp in sorted(exps, key=lambda e: e.subset):
             log(f"[sweep] n = {exp.subset}: {exp.name}")
-            rows.append(one_size(exp, args.samples, args.results_dir, args.data_root, device, log))
+            rows.append(one_size(exp, args.samples, args.results_dir, args.data_root, device, log,
+                                 args.summaries))
             r = rows[-1]
             log(f"[sweep] n = {r['n']}: {100 * r['ratio']:.2f} % of {args.samples} samples copy a "
                 f"training image (held-out images: {100 * r['control_ratio']:.2f} %)")
     except (experiments.UnknownExperimentError, experiments.SettingsError, ValueError,
             data.DataMissingError, results.ResultFileError, checkpoints.CheckpointError,
-            training.TrainingDivergedError) as e:
+            training.TrainingDivergedError, summary.SummaryError) as e:
         print(f"sweep.py: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -122,12 +146,14 @@ def main(argv=None) -> int:
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     fileio.atomic_write_bytes(args.output, buf.getvalue())
-    print(f"{'n':>6} {'epochs':>6} {'copies %':>18} {'held-out %':>18} {'train':>8} {'test':>8}")
+    print(f"{'n':>6} {'epochs':>6} {'copies %':>18} {'held-out %':>18} {'train':>8} {'test':>8} "
+          f"{'M median/95%/99.9%':>20}")
     for r in rows:
         print(f"{r['n']:>6d} {r['epochs']:>6d} {100 * r['ratio']:>7.2f} "
               f"[{100 * r['low']:.2f}, {100 * r['high']:.2f}] {100 * r['control_ratio']:>7.2f} "
               f"[{100 * r['control_low']:.2f}, {100 * r['control_high']:.2f}] "
-              f"{r['train_loss']:>8.2f} {r['test_loss']:>8.2f}")
+              f"{r['train_loss']:>8.2f} {r['test_loss']:>8.2f} "
+              f"{r['M_median']:6.2f}/{r['M_q95']:5.2f}/{r['M_q999']:5.2f}")
     print(args.output)
     return 0
 

@@ -206,3 +206,30 @@ def test_a_resume_file_without_the_new_records_records_none_of_them(tiny_experim
     content = results.read_result(files.result)
     assert "train_loss_sum" not in content["results"]   # a sum missing epoch 1 is no sum
     assert not files.cost.exists()                       # nor is a part of the seconds
+
+
+def test_size_sweep_reports_copies_losses_and_m_per_size(tiny_experiment, tmp_path):
+    import sweep
+    exp_file, _ = tiny_experiment
+    spec = json.loads(exp_file.read_text())["tiny"]
+    exp_file.write_text(json.dumps({"tiny": dict(spec, subset=40),
+                                    "tiny20": dict(spec, subset=20)}))
+    exp = experiments.get("tiny")
+    for job in exp.jobs():
+        _train(tmp_path, job.tag)
+    files = [str(results.job_files(exp, j, tmp_path / "res").result) for j in exp.jobs()]
+    assert summarize.main(["--experiment", "tiny", "--result-files", *files, "-o",
+                           str(tmp_path / "sums" / "tiny.npz"), "--n-boot", "20",
+                           "--n-perm", "20"]) == 0
+    out = tmp_path / "sweep.npz"
+    # tiny20's full model is trained by the sweep itself; it has no summary
+    assert sweep.main(["--sizes", "tiny20", "tiny", "--samples", "30", "--results-dir",
+                       str(tmp_path / "res"), "--device", "cpu", "--summaries",
+                       str(tmp_path / "sums"), "-o", str(out)]) == 0
+    with np.load(out) as z:
+        assert z["n"].tolist() == [20, 40]
+        assert ((z["ratio"] >= 0) & (z["ratio"] <= 1)).all() and (z["high"] >= z["ratio"]).all()
+        assert (z["median_ratio"] <= 1).all() and (z["low_ratio"] <= z["median_ratio"]).all()
+        assert np.isnan(z["M_median"][0]) and np.isfinite(z["M_median"][1])
+        assert z["M_q999"][1] >= z["M_q95"][1] >= z["M_median"][1]
+        assert (z["train_loss"] > 0).all()

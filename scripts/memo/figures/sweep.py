@@ -21,7 +21,8 @@ from .common import SERIES_COLORS, TEXTWIDTH, Result, count, num, placeholder
 
 FIELDS = ("n", "epochs", "ratio", "low", "high", "control_ratio", "control_low", "control_high",
           "median_ratio", "low_ratio", "control_median_ratio", "control_low_ratio",
-          "train_loss", "test_loss", "cpu_seconds")
+          "train_loss", "test_loss", "cpu_seconds",
+          "M_median", "M_q95", "M_q999", "Mc_median", "Mc_q95")
 
 
 def load(path) -> dict:
@@ -38,8 +39,10 @@ def load(path) -> dict:
 
 
 def figure(sw: dict) -> Figure:
+    have_m = bool(np.isfinite(sw["M_median"]).any())
     fig = Figure(figsize=(TEXTWIDTH, 2.3), layout="constrained")
-    ax_a, ax_b = fig.subplots(1, 2)
+    axes = fig.subplots(1, 3 if have_m else 2)
+    ax_a, ax_b = axes[:2]
     n = sw["n"]
     for key, name, color, style in (("", "model samples", SERIES_COLORS[0], "-"),
                                     ("control_", "held-out real images", SERIES_COLORS[1], "--")):
@@ -56,7 +59,19 @@ def figure(sw: dict) -> Figure:
     ax_b.plot(n, sw["train_loss"], marker="o", ms=3, color=SERIES_COLORS[0], label="training")
     ax_b.plot(n, sw["test_loss"], marker="o", ms=3, color=SERIES_COLORS[1], ls="--",
               label="test")
-    for ax in (ax_a, ax_b):   # one tick per size, plain numbers
+    if have_m:
+        ax_c = axes[2]
+        for key, label, color, style in (("M_median", "median $M$", SERIES_COLORS[0], "-"),
+                                         ("M_q95", "0.95-quantile", SERIES_COLORS[1], "-"),
+                                         ("M_q999", "0.999-quantile", SERIES_COLORS[2], "-"),
+                                         ("Mc_median", "median $M_{\\mathrm{corrected}}$",
+                                          SERIES_COLORS[3], "--")):
+            ax_c.plot(n, sw[key], marker="o", ms=3, color=color, ls=style, label=label)
+        ax_c.set_xlabel("training images $n$")
+        ax_c.set_ylabel("$M$ (nats)")
+        ax_c.set_title("(c) memorization score", loc="left")
+        ax_c.legend(fontsize=5)
+    for ax in axes:   # one tick per size, plain numbers
         ax.set_xscale("log")
         ax.set_xticks(n, [f"{int(k):,}" for k in n])
         ax.minorticks_off()
@@ -81,6 +96,11 @@ def caption(sw: dict) -> str:
             "copies with 95\\,\\% Clopper--Pearson intervals: " + "; ".join(parts) + ". The "
             "dashed lines apply the same rule to held-out real images, which cannot be copies. "
             "(b) Final training and test loss of each model. ")
+    if np.isfinite(sw["M_median"]).any():
+        text += ("(c) Quantiles of $M$ and the median of $M_{\\mathrm{corrected}}$ at the last "
+                 "epoch, from the $K$-fold models of each size: median " + ", ".join(
+                     f"{num(v, 2)}" for v in sw["M_median"]) + "; 0.999-quantile " + ", ".join(
+                     f"{num(v, 3)}" for v in sw["M_q999"]) + " nats. ")
     if float(np.max(sw["ratio"])) <= float(np.max(sw["control_high"])):
         text += ("At no size does the copy rate exceed the held-out images' rate: these VAEs' "
                  "decoder means are too smooth to reproduce a training image closely, so "
