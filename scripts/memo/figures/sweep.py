@@ -54,7 +54,7 @@ def figure(sw: dict) -> Figure:
     ax_a.set_ylim(0, 1)
     ax_a.set_xlabel("training images $n$")
     ax_a.set_ylabel("$d_1 / d_2$")
-    ax_a.set_title("(a) nearest / second-nearest distance", loc="left")
+    ax_a.set_title("(a) $d_1/d_2$ of samples", loc="left")
     ax_a.legend(fontsize=5)
     ax_b.plot(n, sw["train_loss"], marker="o", ms=3, color=SERIES_COLORS[0], label="training")
     ax_b.plot(n, sw["test_loss"], marker="o", ms=3, color=SERIES_COLORS[1], ls="--",
@@ -73,11 +73,11 @@ def figure(sw: dict) -> Figure:
         ax_c.legend(fontsize=5)
     for ax in axes:   # one tick per size, plain numbers
         ax.set_xscale("log")
-        ax.set_xticks(n, [f"{int(k):,}" for k in n])
+        ax.set_xticks(n, [f"{int(k) // 1000}k" if k >= 1000 else str(int(k)) for k in n])
         ax.minorticks_off()
     ax_b.set_xlabel("training images $n$")
     ax_b.set_ylabel("negative ELBO (nats)")
-    ax_b.set_title("(b) final losses of the full model", loc="left")
+    ax_b.set_title("(b) full model's losses", loc="left")
     ax_b.legend()
     return fig
 
