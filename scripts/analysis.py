@@ -75,11 +75,9 @@ def main(argv=None) -> int:
         if any(n in figures.NEEDS_IMAGES for n in names):
             inputs["images"] = common.load_images(summaries[0])
         if any(n in figures.NEEDS_MEASURES for n in names):
-            from memo import measures
             path = args.measures or common.measures_path_for(args.summaries[0])
-            if path.is_file():
-                inputs["measures_set"] = measures.load(path)
-            elif args.figure != "all":
+            inputs["measures_set"] = common.load_measures(path)
+            if inputs["measures_set"] is None and args.figure != "all":
                 raise summary.SummaryError(f"no measures file {path}")
         for name in names:
             if (name in figures.NEEDS_NN and inputs["nn"] is None) or (

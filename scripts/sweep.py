@@ -27,12 +27,9 @@ import torch
 from memo import (checkpoints, copying, data, experiments, fileio, measures, models, results,
                   summary, training)
 from memo.experiments import FULL_JOB
+from memo.figures.sweep import FIELDS   # the sweep file's arrays
 
 DEFAULT_OUT = Path("analysis") / "fashion_sizes_sweep.npz"
-FIELDS = ("n", "epochs", "ratio", "low", "high", "control_ratio", "control_low", "control_high",
-          "median_ratio", "low_ratio", "control_median_ratio", "control_low_ratio",
-          "train_loss", "test_loss", "cpu_seconds",
-          "M_median", "M_q95", "M_q999", "Mc_median", "Mc_q95")
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -131,7 +131,7 @@ def _weights(exp: Experiment, root, model: torch.nn.Module) -> tuple[list[int], 
 def layout_of(exp: Experiment, data_root=None) -> planted.Layout | None:
     if exp.data != "planted":
         return None
-    return planted.layout(data.load("fashion", "train", root=data_root).labels.numpy())
+    return planted.layout_from_data(data_root)
 
 
 def compute(exp: Experiment, summary, results_root="results", data_root=None, device="cpu",
@@ -201,9 +201,8 @@ def compute(exp: Experiment, summary, results_root="results", data_root=None, de
 
     log(f"[{exp.name}] input curvature ({n_vectors} vectors, h = {h:g}, float64)")
     per_epoch, total = [], 0.0
-    for epoch, state in zip(epochs, states):
-        if not every and epoch != epochs[-1]:
-            continue
+    used = list(zip(epochs, states)) if every else [(epochs[-1], states[-1])]
+    for epoch, state in used:
         model.load_state_dict(state)
         cgen = stream(exp, device, "curvature", epoch)   # new vectors and eps at each epoch
         v, s = _cpu(lambda: curvature.vae_input_curvature(model, x, n_vectors, h, cgen))
@@ -262,6 +261,21 @@ def _by_index(index: np.ndarray, idx: np.ndarray, v: np.ndarray) -> np.ndarray:
 # the benchmark table
 
 
+def singleton_auroc(scores: np.ndarray, role: np.ndarray,
+                    n_boot: int = 1000) -> tuple[float, float, float]:
+    """(AUROC, low, high) of the planted singletons against the regular examples under
+    `scores` (duplicates and non-finite scores left out); the 95 % bootstrap interval is nan
+    for n_boot = 0, everything nan when one of the two groups is empty."""
+    pool = np.isfinite(scores) & (role != planted.DUPLICATE)
+    positive = role[pool] == planted.SINGLETON
+    if positive.all() or not positive.any():
+        return (np.nan,) * 3
+    a = rankstats.auroc(scores[pool], positive)
+    if not n_boot:
+        return a, np.nan, np.nan
+    return (a, *rankstats.auroc_interval(scores[pool], positive, n_boot=n_boot))
+
+
 def benchmark(ms: MeasureSet, n_boot: int = 1000) -> list[dict]:
     """Per measure: AUROC of singletons vs regular examples (with its bootstrap interval), the
     mean rank percentile of duplicates, Spearman with M over regular examples, and cost. Without
@@ -282,12 +296,8 @@ def benchmark(ms: MeasureSet, n_boot: int = 1000) -> list[dict]:
             both = ok & regular & np.isfinite(ms.values["M"])
             row["spearman_M"] = rankstats.spearman(v[both], ms.values["M"][both])
         if ms.role is not None:
-            pool = ok & (ms.role != planted.DUPLICATE)
-            positive = ms.role[pool] == planted.SINGLETON
-            row["auroc"] = rankstats.auroc(v[pool], positive)
-            if n_boot:   # 0: no interval (nan)
-                row["auroc_low"], row["auroc_high"] = rankstats.auroc_interval(
-                    v[pool], positive, n_boot=n_boot)
+            row["auroc"], row["auroc_low"], row["auroc_high"] = singleton_auroc(v, ms.role,
+                                                                                n_boot)
             pct = rankstats.rank_percentile(np.where(ok, v, -np.inf))
             row["duplicate_percentile"] = float(pct[ms.role == planted.DUPLICATE].mean())
         rows.append(row)

@@ -66,6 +66,12 @@ def layout(labels: np.ndarray) -> Layout:
                   group[order].astype(np.int64))
 
 
+def layout_from_data(root=None) -> Layout:
+    """The layout, from the Fashion-MNIST training labels under `root` (memo.data's default)."""
+    from . import data   # data builds the set through this module: imported when used
+    return layout(data.load("fashion", "train", root=root).labels.numpy())
+
+
 def build(images: torch.Tensor, labels: torch.Tensor, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(images, labels) of the planted set's split, from Fashion-MNIST's split of that name."""
     y = labels.numpy()

@@ -75,6 +75,13 @@ def measures_path_for(summary_path: str | os.PathLike) -> Path:
     return p.with_name(p.stem + "_measures.npz")
 
 
+def load_measures(path: str | os.PathLike):
+    """The other measures (memo.measures), or None when the file does not exist."""
+    from memo import measures   # imports torch: only when measures are wanted
+    path = Path(path)
+    return measures.load(path) if path.is_file() else None
+
+
 def load_nn(path: str | os.PathLike, n: int | None = None) -> Neighbours | None:
     """The nearest-neighbour arrays, or None when the file does not exist."""
     path = Path(path)

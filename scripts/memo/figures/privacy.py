@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-from memo import planted, rankstats
+from memo import measures, planted
 
 from .common import SERIES_COLORS, TEXTWIDTH, Result, finite, num, placeholder, tex_escape, warn
 
@@ -32,23 +32,10 @@ def roles(s) -> np.ndarray | None:
         return None
     from memo import data   # imports torch: only here
     try:
-        labels = data.load("fashion", "train").labels.numpy()
+        return planted.layout_from_data().role[s.index]
     except data.DataMissingError as e:
         warn(f"no planted roles for {s.name} ({str(e).splitlines()[0]}); AUROC left out")
         return None
-    return planted.layout(labels).role[s.index]
-
-
-def auroc(s, role) -> tuple[float, float, float]:
-    if role is None:
-        return (np.nan,) * 3
-    pool = np.isfinite(s.M_final) & (role != planted.DUPLICATE)
-    positive = role[pool] == planted.SINGLETON
-    if positive.all() or not positive.any():
-        return (np.nan,) * 3
-    a = rankstats.auroc(s.M_final[pool], positive)
-    lo, hi = rankstats.auroc_interval(s.M_final[pool], positive, n_boot=1000)
-    return a, lo, hi
 
 
 def rows(summaries) -> list[dict]:
@@ -57,7 +44,8 @@ def rows(summaries) -> list[dict]:
         m, mc = finite(s.M_final), finite(s.M_corrected)
         q = np.quantile(m, [0.5, 0.95, 0.999]) if m.size else [np.nan] * 3
         p = s.meta.get("privacy") or {}
-        a = auroc(s, roles(s))
+        role = roles(s)
+        a = (np.nan,) * 3 if role is None else measures.singleton_auroc(s.M_final, role)
         out.append({"name": s.name, "epsilon": epsilon(s), "spent": spent(s),
                     "sigma": float(p.get("noise_multiplier", np.nan)) if p else np.nan,
                     "median": q[0], "q95": q[1], "q999": q[2],

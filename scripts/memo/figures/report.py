@@ -19,7 +19,8 @@ from memo.summary import Summary
 
 from . import FIGURES
 from .common import (HIGH_Q, PREAMBLE, REPRODUCIBLE, count, finite, flag_info, flag_text,
-                     highly_memorized, latex_engine, load_nn, lr_label, nn_path_for, num, pct,
+                     highly_memorized, latex_engine, load_measures, load_nn, lr_label,
+                     measures_path_for, nn_path_for, num, pct,
                      run_latex, sci, short, tex_escape, warn)
 from .uncertainty import ess_summary
 
@@ -254,21 +255,14 @@ def document(summaries, inputs, secs, rel) -> str:
     return "\n".join(lines)
 
 
-def load_measures(s: Summary):
-    """The summary's other measures (analysis/<exp>_measures.npz), or None."""
-    from memo import measures
-    from .common import measures_path_for
-    path = measures_path_for(s.path)
-    return measures.load(path) if path.is_file() else None
-
-
 def build(summary_paths, figure_jsons, out_pdf, engine: str | None = "auto") -> Path:
     """Write out_pdf (and the .tex beside it) from the summaries and the figures' .json files."""
     out_pdf = Path(out_pdf)
     out_dir = out_pdf.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     summaries = [summary.load(p) for p in summary_paths]
-    inputs = [(load_nn(nn_path_for(s.path), s.n), load_measures(s)) for s in summaries]
+    inputs = [(load_nn(nn_path_for(s.path), s.n), load_measures(measures_path_for(s.path)))
+              for s in summaries]
     docs = [(Path(p), json.loads(Path(p).read_text())) for p in figure_jsons]
     secs = sections(docs)
     if engine == "auto":
