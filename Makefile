@@ -34,13 +34,13 @@ PY := $(VENV)/bin/python
 SETUP := $(VENV)/.installed
 TRAIN = $(PY) scripts/memorization.py --results-dir $(RESULTS) $(if $(DEVICE),--device $(DEVICE)) \
         $(if $(filter 1,$(TF32)),--tf32) $(if $(COMPILE),--compile $(COMPILE))
-SUMMARIZE_DEPS := scripts/summarize.py scripts/memo/summary.py scripts/memo/results.py \
-                  scripts/memo/uncertainty.py scripts/memo/calibration.py
-NN_DEPS := scripts/nearest_neighbours.py scripts/memo/neighbours.py
-MEASURES_DEPS := scripts/measures.py scripts/memo/measures.py scripts/memo/copying.py \
-                 scripts/memo/curvature.py scripts/memo/influence.py scripts/memo/rankstats.py \
-                 scripts/memo/planted.py scripts/memo/data.py scripts/memo/models.py \
-                 scripts/memo/objectives.py scripts/memo/preprocess.py scripts/memo/checkpoints.py
+SUMMARIZE_DEPS := scripts/summarize.py scripts/memo/score/summary.py scripts/memo/files/results.py \
+                  scripts/memo/score/uncertainty.py scripts/memo/score/calibration.py
+NN_DEPS := scripts/nearest_neighbours.py scripts/memo/measures/neighbours.py
+MEASURES_DEPS := scripts/measures.py scripts/memo/measures/measures.py scripts/memo/measures/copying.py \
+                 scripts/memo/measures/curvature.py scripts/memo/measures/influence.py scripts/memo/score/rankstats.py \
+                 scripts/memo/data/planted.py scripts/memo/data/__init__.py scripts/memo/models/__init__.py \
+                 scripts/memo/models/objectives.py scripts/memo/data/preprocess.py scripts/memo/train/checkpoints.py
 SWEEP := $(ANALYSIS)/fashion_sizes_sweep.npz
 SWEEP_SUMMARIES := $(ANALYSIS)/sweep## the sweep's summaries, apart from the report's experiments
 
@@ -94,7 +94,7 @@ help: ## list targets and variables
 	  v = $$0; sub(/^[A-Z0-9_]+ \?= ?/, "", v); sub(/## .*/, "", v); \
 	  printf "  %-22s %s%s\n", a[1], a[2], ((v == "" || index(a[2], "(default")) ? "" : " (default: " v ")")}' $(MAKEFILE_LIST)
 	@echo; echo "Per experiment: memorization-EXP, summary-EXP, nn-EXP, measures-EXP, figures-EXP" \
-	  "(EXP: a name in scripts/memo/experiments.py or EXPERIMENTS_FILE)"
+	  "(EXP: a name in scripts/memo/config/experiments.py or EXPERIMENTS_FILE)"
 
 setup: $(SETUP) ## create the virtualenv, install requirements (and Debian packages as root)
 $(SETUP): requirements.txt scripts/setup.sh
@@ -203,7 +203,7 @@ measures-%:
 
 # the size sweep from its full models (figures and the report use it as it is)
 $(SWEEP): $(if $(FIGURES_ONLY),,$(foreach e,$(SIZE_SWEEP),$(FULL_RESULT_$e)) scripts/sweep.py \
-	  scripts/memo/copying.py scripts/memo/measures.py $(wildcard $(SWEEP_SUMMARIES)/*.npz))
+	  scripts/memo/measures/copying.py scripts/memo/measures/measures.py $(wildcard $(SWEEP_SUMMARIES)/*.npz))
 	$(if $(FIGURES_ONLY),$(error $@ is missing: make sweep first),$(PY) scripts/sweep.py \
 	  --results-dir $(RESULTS) $(if $(DEVICE),--device $(DEVICE)) --sizes $(SIZE_SWEEP) \
 	  --summaries $(SWEEP_SUMMARIES) -o $@)

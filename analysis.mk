@@ -14,7 +14,7 @@ AN_IN  := $(or $(ANALYSIS),analysis)
 AN_OUT := output
 AN_FIG := scripts/memo/figures
 AN_EXT := pdf png pgf tex json
-AN_LIB := scripts/analysis.py $(AN_FIG)/__init__.py $(AN_FIG)/common.py scripts/memo/summary.py
+AN_LIB := scripts/analysis.py $(AN_FIG)/__init__.py $(AN_FIG)/common.py scripts/memo/score/summary.py
 
 # the other files beside the summaries: nearest neighbours, other measures, size sweeps
 AN_AUX := %_nn.npz %_measures.npz %_sweep.npz
@@ -34,7 +34,7 @@ AN_GROUP_bmnist := bmnist_lr3 bmnist_lr4
 # private training at several budgets (`make dp`; DP_SWEEP comes from the experiment table)
 AN_GROUP_privacy := $(DP_SWEEP)
 AN_GROUP_FIGURES_privacy := privacy
-AN_DEPS_privacy := scripts/memo/planted.py scripts/memo/rankstats.py   # beyond its module
+AN_DEPS_privacy := scripts/memo/data/planted.py scripts/memo/score/rankstats.py   # beyond its module
 AN_BUILT_GROUPS := $(foreach g,$(AN_GROUPS),$(if $(AN_GROUP_$g),$(if $(filter-out $(AN_EXPS),$(AN_GROUP_$g)),,$g)))
 AN_GROUPED := $(foreach g,$(AN_BUILT_GROUPS),$(AN_GROUP_$g))
 
@@ -59,8 +59,8 @@ $(foreach x,$(AN_EXT),$(AN_OUT)/%/$1.$x) &: $(AN_IN)/%.npz $2 $(AN_FIG)/$1.py $(
 endef
 $(foreach f,calibration qualitative logprob $(AN_SERIES),$(eval $(call an_rule,$f)))
 $(eval $(call an_rule,neighbours,$(AN_IN)/%_nn.npz))
-$(eval $(call an_rule,measures,$(AN_IN)/%_measures.npz scripts/memo/measures.py))
-$(eval $(call an_rule,uncertainty,scripts/memo/uncertainty.py))   # its ESS threshold rule
+$(eval $(call an_rule,measures,$(AN_IN)/%_measures.npz scripts/memo/measures/measures.py))
+$(eval $(call an_rule,uncertainty,scripts/memo/score/uncertainty.py))   # its ESS threshold rule
 
 $(call an_files,$(AN_OUT)/size_sweep/sweep) &: $(AN_IN)/fashion_sizes_sweep.npz $(AN_FIG)/sweep.py $(AN_LIB)
 	$(PY) scripts/analysis.py sweep $< --out $(@D)
@@ -97,7 +97,7 @@ AN_REPORT := $(AN_OUT)/report.pdf $(if $(AN_LATEX),$(AN_OUT)/report.tex)
 
 $(AN_REPORT) &: $(AN_REPORT_IN) $(AN_SUMMARIES) $(AN_NNS) $(AN_MEASURES) scripts/report.py \
 		$(AN_FIG)/report.py $(AN_FIG)/__init__.py $(AN_FIG)/common.py $(AN_FIG)/uncertainty.py \
-		scripts/memo/uncertainty.py scripts/memo/summary.py scripts/memo/measures.py
+		scripts/memo/score/uncertainty.py scripts/memo/score/summary.py scripts/memo/measures/measures.py
 	$(PY) scripts/report.py --out $(AN_OUT)/report.pdf --summaries $(AN_SUMMARIES) --figures $(AN_JSON)
 
 analysis: ## summaries of every experiment whose result files are all present, then every figure and output/report.pdf

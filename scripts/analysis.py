@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     if not args.summaries:
         p.error("give at least one summary file")
 
-    from memo import summary
+    from memo.score import summary
     from memo.figures import common
     standalone = args.figure in figures.STANDALONE
     names = ((args.figure,) if args.figure != "all" else figures.PER_EXPERIMENT)

@@ -28,7 +28,7 @@ image (forward only).
   python scripts/bench.py --device cpu cuda
   python scripts/bench.py --tf32 --compile # also training with TF32 / torch.compile / both
 
-The speed options (memo/accel.py) change only training, so they add training rates (and
+The speed options (memo/train/accel.py) change only training, so they add training rates (and
 projections that use them); importance sampling always runs in IEEE float32.
 """
 from __future__ import annotations
@@ -44,10 +44,13 @@ from pathlib import Path
 
 import torch
 
-from memo import accel, ensemble, evaluation, fileio, objectives, preprocess, training
-from memo.estimator import logmeanexp
+from memo.train import accel, ensemble, evaluation, training
+from memo import fileio
+from memo.models import objectives
+from memo.data import preprocess
+from memo.models.estimator import logmeanexp
 from memo.data import FACTS
-from memo.experiments import EXPERIMENTS, PAPER_EXPERIMENTS, Experiment, eval_epochs
+from memo.config.experiments import EXPERIMENTS, PAPER_EXPERIMENTS, Experiment, eval_epochs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,7 +73,7 @@ def parse_args(argv=None):
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--tf32", action="store_true",
-                   help="also measure training with TF32 (CUDA; see memo/accel.py)")
+                   help="also measure training with TF32 (CUDA; see memo/train/accel.py)")
     p.add_argument("--compile", nargs="?", const="auto", default=None, metavar="MODE",
                    help="also measure training with torch.compile (auto: CUDA graphs on CUDA)")
     p.add_argument("--out", default=str(ROOT / "output" / "bench.json"), help="JSON report")

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The other memorization measures of one experiment beside M (memo/measures.py).
+"""The other memorization measures of one experiment beside M (memo/measures/measures.py).
 
 Reads the experiment's summary (M), the full model's result file and its weights at the
 evaluation epochs, and the training images; writes analysis/<exp>_measures.npz, its CSV
@@ -16,7 +16,12 @@ from pathlib import Path
 
 import torch
 
-from memo import checkpoints, data, experiments, fileio, measures, results, summary
+from memo.train import checkpoints
+from memo import data, fileio
+from memo.config import experiments
+from memo.measures import measures
+from memo.files import results
+from memo.score import summary
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -17,7 +17,7 @@ import re
 import sys
 from pathlib import Path
 
-import memo.experiments as experiments
+import memo.config.experiments as experiments
 
 # (flag, Experiment field, type, help): every setting can override the experiment's value
 SETTINGS = [
@@ -40,7 +40,7 @@ SETTINGS = [
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--experiment", help="name in the experiment table (memo/experiments.py or "
+    p.add_argument("--experiment", help="name in the experiment table (memo/config/experiments.py or "
                    "EXPERIMENTS_FILE); its settings are the defaults for the flags below")
     p.add_argument("--name", help="experiment name for a run defined by flags alone "
                    "(results go to RESULTS_DIR/NAME)")
@@ -56,14 +56,14 @@ def parse_args(argv=None):
     job.add_argument("--job", help="job tag instead of the three above: cv_repeat<R>_fold<K> "
                      "or full_repeat0")
     job.add_argument("--jobs", nargs="+", metavar="TAG", help="several job tags, trained "
-                     "together as one vectorized group (memo/ensemble.py; pays on a GPU)")
+                     "together as one vectorized group (memo/train/ensemble.py; pays on a GPU)")
     p.add_argument("--results-dir", default="results", help="root of the result tree")
     p.add_argument("--output", nargs="+", help="expected result file path(s) (the Makefile "
                    "passes its targets; a mismatch is an error)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--data-root", default=None, help="data directory (default: $DATA_ROOT or ./data)")
     p.add_argument("--download", action="store_true", help="download the data set if missing")
-    speed = p.add_argument_group("speed (memo/accel.py; evaluation always runs in IEEE float32)")
+    speed = p.add_argument_group("speed (memo/train/accel.py; evaluation always runs in IEEE float32)")
     speed.add_argument("--tf32", action="store_true", help="TF32 tensor cores in training "
                        "matmuls and convolutions (CUDA, Ampere or later)")
     speed.add_argument("--compile", nargs="?", const="auto", default=None, metavar="MODE",
@@ -106,8 +106,10 @@ def make_job_threads() -> int:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from memo import accel, data, models, results, training  # heavy imports after --help
-    from memo.experiments import FULL_JOB, Job
+    from memo.train import accel, training  # heavy imports after --help
+    from memo import data, models
+    from memo.files import results
+    from memo.config.experiments import FULL_JOB, Job
 
     try:
         exp = resolve(args)
@@ -157,7 +159,7 @@ def main(argv=None) -> int:
         jd = data.load_job_data(exp, torch_device, any(j.full for j in jobs),
                                 args.data_root, args.download)
         if len(jobs) > 1:
-            from memo import ensemble
+            from memo.train import ensemble
             done = ensemble.run_group(exp, jobs, args.results_dir, device, jd=jd,
                                       stop_after=args.stop_after, speed=speed)
         else:

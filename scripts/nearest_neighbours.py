@@ -23,7 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from memo import accel, checkpoints, data, experiments, fileio, models, neighbours, results
+from memo.train import accel, checkpoints
+from memo import data, fileio, models
+from memo.config import experiments
+from memo.measures import neighbours
+from memo.files import results
 
 
 class CLIError(Exception):

@@ -2,7 +2,7 @@
 """Turn the experiment table into Make rules: one file target per result file.
 
 The Makefile includes the output (build/experiments.mk), so every experiment is defined once,
-in memo/experiments.py (or EXPERIMENTS_FILE), and Make only knows what this prints.
+in memo/config/experiments.py (or EXPERIMENTS_FILE), and Make only knows what this prints.
 
   python scripts/plan.py make            # the Make fragment
   python scripts/plan.py make --group 10 # the same, the folds of a repeat trained together
@@ -18,7 +18,9 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from memo import experiments, fileio, results
+from memo.config import experiments
+from memo import fileio
+from memo.files import results
 
 
 def result_file(exp: experiments.Experiment, job: experiments.Job, root: str = "$(RESULTS)") -> str:
@@ -45,7 +47,7 @@ def grouped_rules(exp: experiments.Experiment, size: int) -> tuple[list[str], li
     and writes all of the group's files.
     """
     if exp.dp is not None:
-        from memo.ensemble import refuse_private  # private training: one model per process
+        from memo.train.ensemble import refuse_private  # private training: one model per process
         refuse_private(exp)
     lines, single = [], []
     for i, jobs in enumerate(groups(exp, size)):
@@ -109,7 +111,7 @@ def make_fragment(table: dict[str, experiments.Experiment], group: int = 1) -> s
         full = str(full_files.result)
         # one pattern rule for the jobs: the file names differ only in the job tag
         prefix = full.removesuffix(experiments.FULL_JOB.tag + ".json.gz")
-        # private training is one model per process (memo/private.py): GROUP leaves it alone
+        # private training is one model per process (memo/train/private.py): GROUP leaves it alone
         grouped, single = (grouped_rules(exp, group) if group > 1 and exp.dp is None
                            else ([], [f"$(RESULTS_{name})"]))
         npz, csv = f"$(ANALYSIS)/{name}.npz", f"$(ANALYSIS)/{name}.csv"

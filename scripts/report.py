@@ -21,7 +21,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-latex", action="store_true", help="put the pages together with matplotlib")
     args = p.parse_args(argv)
 
-    from memo import summary
+    from memo.score import summary
     from memo.figures import report
     summaries = args.summaries
     if summaries is None:

@@ -57,7 +57,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import numpy as np
     import pandas as pd
-    from memo import experiments, fileio, results, summary
+    from memo.config import experiments
+    from memo import fileio
+    from memo.files import results
+    from memo.score import summary
 
     try:
         exp = experiments.get(args.experiment) if args.experiment else None
@@ -116,7 +119,7 @@ def main(argv=None) -> int:
               f"{c['min_p']:.3g}")
         print(f"  reliability of M_corrected: split-half Spearman {s.split_half_corrected:.3f}"
               f"; Spearman-Brown {s.reliability_corrected:.3f}")
-        from memo import calibration
+        from memo.score import calibration
         note = calibration.design_note(s.meta["folds"], L, c["n_perm"], n, c["fdr_q"])
         if note:
             print(f"summarize.py: warning: {note}", file=sys.stderr)

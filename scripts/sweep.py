@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Training-set size sweep: how often the full model's samples copy a training image (the 1/3
-rule, memo/copying.py) as the training set grows, over nested subsets of Fashion-MNIST.
+rule, memo/measures/copying.py) as the training set grows, over nested subsets of Fashion-MNIST.
 
 Trains (or resumes, or reuses) the full-data model of each experiment of the sweep
 (memo.experiments.SIZE_SWEEP: the first n images, n = 250 ... 8000, each trained for about the
@@ -24,9 +24,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from memo import (checkpoints, copying, data, experiments, fileio, measures, models, results,
-                  summary, training)
-from memo.experiments import FULL_JOB
+from memo.train import checkpoints, training
+from memo.measures import copying, measures
+from memo import data, fileio, models
+from memo.config import experiments
+from memo.files import results
+from memo.score import summary
+from memo.config.experiments import FULL_JOB
 from memo.figures.sweep import FIELDS   # the sweep file's arrays
 
 DEFAULT_OUT = Path("analysis") / "fashion_sizes_sweep.npz"

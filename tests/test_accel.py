@@ -1,4 +1,4 @@
-"""Speed options (memo/accel.py) and the GPU fast path's rules, checked on the CPU.
+"""Speed options (memo/train/accel.py) and the GPU fast path's rules, checked on the CPU.
 
 * TF32 is confined to training: every evaluation runs with TF32 off, whatever was set before.
 * torch.compile of the training loss gives the eager numbers up to float32 rounding: the
@@ -18,7 +18,9 @@ import pytest
 import torch
 
 import memorization
-from memo import accel, ensemble, evaluation, experiments, results, training
+from memo.train import accel, ensemble, evaluation, training
+from memo.config import experiments
+from memo.files import results
 from test_ensemble import _assert_same_result, _experiment, _quiet, _read
 
 MEMO = str(Path(__file__).resolve().parents[1] / "scripts" / "memo")

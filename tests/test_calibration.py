@@ -10,9 +10,10 @@ from scipy import stats
 from scipy.special import logsumexp
 
 import summarize as summarize_cli
-from memo import calibration as cal
-from memo import figures, summary
-from memo import uncertainty as unc
+from memo.score import calibration as cal
+from memo import figures
+from memo.score import summary
+from memo.score import uncertainty as unc
 from test_results_summary import make_experiment
 
 
@@ -233,7 +234,7 @@ def test_spearman_brown_predicts_the_reliability_of_all_repeats():
 
 
 def test_summary_keeps_every_models_value_and_the_observed_m_is_the_summarys(tmp_path):
-    from memo import splits
+    from memo.config import splits
     n, folds, repeats = 13, 3, 2
     paths, full = make_experiment(tmp_path, n, folds, repeats)
     s = summary.summarize(paths + [full], progress=False, n_boot=50)

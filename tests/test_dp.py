@@ -1,4 +1,4 @@
-"""Differentially private training (memo/private.py): the ε spent, the clipping bound, the
+"""Differentially private training (memo/train/private.py): the ε spent, the clipping bound, the
 update, resume, file names and metadata, GroupNorm DCVAEs, and the refusals. Real models, real
 Opacus, on the tiny npz data set of conftest.py."""
 import dataclasses
@@ -11,9 +11,13 @@ import torch.nn as nn
 
 import memorization
 import plan
-from memo import (accel, data, ensemble, experiments, models, objectives, private, results,
-                  summary, training)
-from memo.experiments import Experiment, Job, SettingsError
+from memo.train import accel, ensemble, private, training
+from memo import data, models
+from memo.config import experiments
+from memo.models import objectives
+from memo.files import results
+from memo.score import summary
+from memo.config.experiments import Experiment, Job, SettingsError
 
 # tiny runs have few steps, for which the accountant's largest order is the best one
 pytestmark = [pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha"),

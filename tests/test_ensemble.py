@@ -24,7 +24,12 @@ import pytest
 import torch
 
 from conftest import write_tiny_npz
-from memo import ensemble, experiments, models, objectives, preprocess, results, training
+from memo.train import ensemble, training
+from memo.config import experiments
+from memo import models
+from memo.models import objectives
+from memo.data import preprocess
+from memo.files import results
 
 
 def _experiment(tmp_path, monkeypatch, n, **overrides):
@@ -251,7 +256,7 @@ def test_a_group_killed_between_its_members_resume_files_resumes_from_the_older(
                                                                                  monkeypatch):
     """Members' resume files are written one after another: a kill in between leaves some at
     epoch E and others at the epoch before; the group goes back to that one for all."""
-    from memo import checkpoints
+    from memo.train import checkpoints
     exp = _experiment(tmp_path, monkeypatch, n=61, epochs=3, eval_every=1)
     jobs = [experiments.Job(0, 0), experiments.Job(0, 1)]
     whole = ensemble.run_group(exp, jobs, tmp_path / "whole", log=_quiet)

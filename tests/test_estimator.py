@@ -5,7 +5,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from memo import estimator, models, preprocess
+from memo.models import estimator
+from memo import models
+from memo.data import preprocess
 
 
 def pytest_approx(v):
@@ -159,8 +161,8 @@ def test_out_of_memory_with_single_samples_is_raised(small_device_memory):
 
 
 def test_grouped_importance_sampling_also_shrinks_its_chunks(small_device_memory):
-    from memo import ensemble, training
-    from memo.experiments import Experiment
+    from memo.train import ensemble, training
+    from memo.config.experiments import Experiment
     exp = Experiment(name="t", data="npz:x", model="BernoulliMLPVAE", latent_dim=4, lr=1e-3,
                      epochs=1, eval_every=1, n_is=40)
     stack = ensemble.StackedVAEs([training.init_model(exp, g, 1, "cpu") for g in range(2)], 1e-3)

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY, write_tiny_npz
-from memo import experiments, results
+from memo.config import experiments
+from memo.files import results
 
 ROOT = Path(__file__).resolve().parents[1]
 FAULTS = ROOT / "tests" / "faults"

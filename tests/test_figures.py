@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from memo import figures, summary
+from memo import figures
+from memo.score import summary
 from memo.figures import common, logprob, neighbours, qualitative, report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,7 +96,8 @@ def write_nn(summary_path: Path, seed: int = 1) -> Path:
 def fake_measures(summary_path: Path, seed: int = 3, planted_roles: bool = True):
     """A measures set of the summary's examples (memo.measures), saved beside it, with planted
     roles: singletons scored high by M, duplicates low."""
-    from memo import measures, planted
+    from memo.measures import measures
+    from memo.data import planted
     s = summary.load(summary_path)
     rng = np.random.default_rng(seed)
     n = s.n
@@ -354,7 +356,7 @@ def test_cli_loads_images_through_the_data_module(tmp_path, monkeypatch):
 def test_measures_figure_carries_the_benchmark_table_into_the_report(built, tmp_path,
                                                                     monkeypatch):
     doc = json.loads((built / "output" / "bmnist_lr3" / "measures.json").read_text())
-    from memo import measures
+    from memo.measures import measures
     assert doc["table"]["columns"][1].startswith("AUROC")
     assert len(doc["table"]["rows"]) == len(measures.MEASURES)
     m_row = doc["benchmark"][0]
@@ -374,7 +376,7 @@ def test_privacy_figure_orders_by_epsilon_and_tabulates_the_budget(built):
 
 
 def test_key_numbers_name_the_measure_closest_to_m(built):
-    from memo import measures
+    from memo.measures import measures
     s = summary.load(built / "analysis" / "bmnist_lr3.npz")
     ms = measures.load(common.measures_path_for(s.path))
     rows = dict(report.key_numbers(s, None, ms))
@@ -464,7 +466,7 @@ def test_make_rebuilds_only_the_figures_of_a_changed_summary(tree):
 
 
 def test_ess_threshold_is_the_summarys_or_the_projects_flagging_rule():
-    from memo import uncertainty as unc
+    from memo.score import uncertainty as unc
     from memo.figures.uncertainty import ess_threshold
     assert ess_threshold({"ess_threshold": 10.0, "n_is": 256}) == 10.0
     assert ess_threshold({"n_is": 256}) == pytest.approx(float(unc.ess_threshold(256)))

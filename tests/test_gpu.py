@@ -6,7 +6,12 @@ import pytest
 import torch
 
 import memorization
-from memo import accel, ensemble, estimator, experiments, models, preprocess, results, training
+from memo.train import accel, ensemble, training
+from memo.models import estimator
+from memo.config import experiments
+from memo import models
+from memo.data import preprocess
+from memo.files import results
 from test_ensemble import _assert_same_result, _experiment, _quiet, _read
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

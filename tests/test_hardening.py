@@ -9,7 +9,10 @@ import torch
 import memorization
 import nearest_neighbours
 import summarize
-from memo import checkpoints, experiments, fileio, results, training
+from memo.train import checkpoints, training
+from memo.config import experiments
+from memo import fileio
+from memo.files import results
 
 
 def _args(tmp_path, *extra, job="cv_repeat0_fold1"):

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 import plan
-from memo import experiments, results, summary
+from memo.config import experiments
+from memo.files import results
+from memo.score import summary
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from memo import copying, curvature, influence, models, rankstats
-from memo.objectives import neg_elbo
+from memo.measures import copying, curvature, influence
+from memo import models
+from memo.score import rankstats
+from memo.models.objectives import neg_elbo
 
 
 def _tiny_dcvae(latent=4):

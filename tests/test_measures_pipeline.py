@@ -9,8 +9,11 @@ import torch
 import measures as measures_cli
 import memorization
 import summarize
-from memo import experiments, measures, planted, results
-from memo.experiments import FULL_JOB
+from memo.config import experiments
+from memo.measures import measures
+from memo.data import planted
+from memo.files import results
+from memo.config.experiments import FULL_JOB
 
 
 # ----------------------------------------------------------------------------------------------

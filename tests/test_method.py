@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from memo import experiments, preprocess, results, splits, summary
+from memo.config import experiments, splits
+from memo.data import preprocess
+from memo.files import results
+from memo.score import summary
 from test_ensemble import _compare_group_with_jobs, _experiment, _quiet, _read
 
 FIXTURES = Path(__file__).parent / "fixtures" / "authors"
@@ -81,7 +84,7 @@ def test_grouped_training_equals_one_at_a_time_with_the_authors_method(tmp_path,
 
 
 def test_fresh_and_fixed_noise_give_other_values_from_the_same_training(tmp_path, monkeypatch):
-    from memo import training
+    from memo.train import training
     fixed = _experiment(tmp_path, monkeypatch, n=40, epochs=1, eval_every=1)
     import dataclasses
     fresh = dataclasses.replace(fixed, eval_noise="fresh")
@@ -93,7 +96,7 @@ def test_fresh_and_fixed_noise_give_other_values_from_the_same_training(tmp_path
 
 
 def test_a_summary_refuses_to_mix_methods(tmp_path, monkeypatch):
-    from memo import training
+    from memo.train import training
     exp = _experiment(tmp_path, monkeypatch, n=30, epochs=1, eval_every=1, folds=2)
     import dataclasses
     other = dataclasses.replace(exp, eval_noise="fresh")

@@ -11,7 +11,11 @@ import pytest
 import torch
 
 import nearest_neighbours
-from memo import checkpoints, experiments, models, preprocess, results
+from memo.train import checkpoints
+from memo.config import experiments
+from memo import models
+from memo.data import preprocess
+from memo.files import results
 
 FIXTURES = Path(__file__).parent / "fixtures" / "authors"
 NAMES = ["BernoulliMLPVAE_512-256-4", "DiagonalGaussianDCVAE_NF4-L6",

@@ -4,7 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from memo import data, experiments, models, neighbours, results
+from memo import data, models
+from memo.config import experiments
+from memo.measures import neighbours
+from memo.files import results
 
 
 def _brute(q, r):

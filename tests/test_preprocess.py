@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from memo import preprocess
+from memo.data import preprocess
 
 
 def test_binarization_is_bernoulli_of_the_grey_level():

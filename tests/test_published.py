@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from memo import experiments, results, splits, summary
+from memo.config import experiments, splits
+from memo.files import results
+from memo.score import summary
 from test_make import run_make
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 import summarize as summarize_cli
-from memo import experiments, results, splits, summary
+from memo.config import experiments, splits
+from memo.files import results
+from memo.score import summary
 
 PREFIX = "BinarizedMNIST_BernoulliMLPVAE_512-256-16"
 

@@ -11,7 +11,7 @@ import pytest
 
 import plan
 import slurm_cluster
-from memo import experiments
+from memo.config import experiments
 
 ROOT = Path(__file__).resolve().parents[1]
 MAKE_TIMEOUT = 600  # seconds per make run; the tiny experiment takes ~20 s on 2 cores

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from memo import splits
+from memo.config import splits
 
 
 @pytest.mark.parametrize("n,k", [(60000, 10), (103, 10), (17, 3), (5, 5)])

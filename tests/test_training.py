@@ -4,7 +4,9 @@ import pytest
 import torch
 
 import memorization
-from memo import experiments, preprocess, results
+from memo.config import experiments
+from memo.data import preprocess
+from memo.files import results
 
 
 def _args(tmp_path, job="cv_repeat0_fold1", *extra):

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from scipy.special import logsumexp
 
-from memo import uncertainty as unc
+from memo.score import uncertainty as unc
 
 
 def _raw(rng, r=4, n=30, k=5, scale=40.0):

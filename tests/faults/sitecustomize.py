@@ -102,7 +102,7 @@ def _install(kind: str = "", *args: str):
         atexit.register(_die)
     elif kind == "mid_epoch":
         epoch = int(args[0]) if args else 2
-        _patch_on_import("memo.training", lambda m: _patch_training(m, epoch))
+        _patch_on_import("memo.train.training", lambda m: _patch_training(m, epoch))
     elif kind in ("before_rename", "after_rename"):
         _patch_replace(kind, *args)
     elif kind:

@@ -20,7 +20,7 @@ import numpy as np
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 
-from memo.summary import Summary, SummaryError
+from memo.score.summary import Summary, SummaryError
 
 HIGH_Q = 0.95          # "highly memorized" = top 5 % of final-epoch M by percentile (PAPER.md §6)
 TEXTWIDTH = 6.3        # inches; figures are drawn at the size they are printed
@@ -77,7 +77,7 @@ def measures_path_for(summary_path: str | os.PathLike) -> Path:
 
 def load_measures(path: str | os.PathLike):
     """The other measures (memo.measures), or None when the file does not exist."""
-    from memo import measures   # imports torch: only when measures are wanted
+    from memo.measures import measures   # imports torch: only when measures are wanted
     path = Path(path)
     return measures.load(path) if path.is_file() else None
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-from memo import measures, planted, rankstats
+from memo.measures import measures
+from memo.data import planted
+from memo.score import rankstats
 
 from .common import COLORS, TEXTWIDTH, Result, count, num, placeholder, tex_escape
 

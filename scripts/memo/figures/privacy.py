@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-from memo import measures, planted
+from memo.measures import measures
+from memo.data import planted
 
 from .common import SERIES_COLORS, TEXTWIDTH, Result, finite, num, placeholder, tex_escape, warn
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from memo import summary
-from memo.summary import Summary
+from memo.score import summary
+from memo.score.summary import Summary
 
 from . import FIGURES
 from .common import (HIGH_Q, PREAMBLE, REPRODUCIBLE, count, finite, flag_info, flag_text,
@@ -97,7 +97,7 @@ def closest_measure(ms) -> str:
     Spearman correlation over the regular examples: '0.21 (self-influence)'."""
     if ms is None:
         return "--"
-    from memo import measures
+    from memo.measures import measures
     rows = [r for r in measures.benchmark(ms, n_boot=0) if r["measure"] in measures.ONE_MODEL
             and np.isfinite(r["spearman_M"])]
     if not rows:
@@ -163,7 +163,7 @@ def figure_table_tex(doc: dict) -> str:
 
 
 def _order(key: str, experiments: list[str]) -> tuple:
-    from memo.experiments import PAPER_EXPERIMENTS
+    from memo.config.experiments import PAPER_EXPERIMENTS
     first = experiments[0] if experiments else key
     rank = PAPER_EXPERIMENTS.index(first) if first in PAPER_EXPERIMENTS else len(PAPER_EXPERIMENTS)
     return (len(experiments) < 2, rank, key)   # comparisons first, then the paper's order

@@ -20,7 +20,7 @@ def ess_threshold(meta: dict) -> float | None:
         return float(meta["ess_threshold"])
     if not meta.get("n_is"):
         return None
-    from memo import uncertainty
+    from memo.score import uncertainty
     fraction = meta.get("ess_threshold_fraction", uncertainty.ESS_THRESHOLD_FRACTION)
     return float(uncertainty.ess_threshold(meta["n_is"], fraction))
 

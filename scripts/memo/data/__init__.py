@@ -13,7 +13,7 @@ Specs accepted by ``load``:
 * ``celeba``  - the standard ``<root>/celeba/`` layout (``list_eval_partition.txt`` and
   ``img_align_celeba/*.jpg``), cropped to the box (15, 40, 163, 188) and resized to 32x32 with
   antialiased bilinear interpolation. The result is cached in ``<root>/celeba/cache_<split>_32x32.pt``.
-* ``planted`` - the planted-memorization benchmark built from Fashion-MNIST (memo/planted.py):
+* ``planted`` - the planted-memorization benchmark built from Fashion-MNIST (memo/data/planted.py):
   ordinary images with singletons of a withheld class and groups of exact duplicates planted.
 * ``npz:PATH`` - a NumPy archive with uint8 ``x`` (N x H x W or N x H x W x C, C in {1, 3}), optional
   ``y``, and optional ``x_test``/``y_test`` for ``split="test"``.
@@ -39,7 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .fileio import one_line, torch_refusal
+from memo.fileio import one_line, torch_refusal
 
 DATA_ROOT_DEFAULT = "./data"
 FASHION_DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
@@ -157,7 +157,7 @@ def load(spec: str, split: str = "train", root=None, download: bool = False) -> 
     if kind == "celeba":
         return _load_celeba(root, split, download)
     if kind == "planted":
-        from . import planted
+        from memo.data import planted
         fashion = _load_mnist_like("FashionMNIST", "fashion", root, split, download)
         images, labels = planted.build(fashion.images, fashion.labels, split)
         return ImageData(DATASET_NAMES[kind], images, labels, hflip=False)

@@ -10,14 +10,14 @@ sense its authors use it:
   final_loss      negative ELBO of x under the final full model (eval mode, fixed input noise,
                   mean over EPS_DRAWS reparameterization draws)
   loss_sum        x's training loss added up over every epoch of the full model's training
-                  (recorded by the training loop itself, memo/training.py)
+                  (recorded by the training loop itself, memo/train/training.py)
   self_influence  TracIn self-influence, Σ_c lr·‖∇θ ℓ(x; θ_c)‖² over the full model's weights
-                  at its evaluation epochs (memo/influence.py)
+                  at its evaluation epochs (memo/measures/influence.py)
   curvature       input-loss curvature, Hutchinson estimate of tr(HᵀH) of ℓ at x (memo/
                   curvature.py), mean over the evaluation epochs' weights
   curvature_final the same at the final weights alone
   copies          the number of the full model's samples that copy x by the 1/3 rule
-                  (memo/copying.py)
+                  (memo/measures/copying.py)
 
 All one-model measures use the full model (trained on all of D) and its weights kept at each
 evaluation epoch (memo/results.JobFiles.weights_at).
@@ -34,10 +34,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import checkpoints, copying, curvature, data, influence, models, planted, preprocess
-from . import rankstats, results
-from .experiments import FULL_JOB, Experiment
-from .fileio import atomic_write_bytes
+from memo.train import checkpoints
+from memo.measures import copying, curvature, influence
+from memo import data, models
+from memo.data import planted, preprocess
+from memo.score import rankstats
+from memo.files import results
+from memo.config.experiments import FULL_JOB, Experiment
+from memo.fileio import atomic_write_bytes
 
 EPS_DRAWS = 8                  # reparameterization draws averaged in final_loss
 N_SAMPLES = 10_000             # model samples for the 1/3 rule

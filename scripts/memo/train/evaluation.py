@@ -13,7 +13,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import accel, estimator, objectives, preprocess
+from memo.train import accel
+from memo.models import estimator, objectives
+from memo.data import preprocess
 
 EVAL_BATCH = 256   # examples per importance-sampling batch (its noise layout depends on it)
 LOSS_BATCH = 1024  # examples per held-out loss batch

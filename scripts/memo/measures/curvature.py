@@ -23,7 +23,7 @@ import copy
 
 import torch
 
-from .objectives import neg_elbo
+from memo.models.objectives import neg_elbo
 
 
 def _input_gradient(loss_fn, x: torch.Tensor) -> torch.Tensor:

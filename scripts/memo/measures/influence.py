@@ -22,8 +22,8 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call, grad, vmap
 
-from . import models
-from .objectives import neg_elbo
+from memo import models
+from memo.models.objectives import neg_elbo
 
 
 @contextlib.contextmanager

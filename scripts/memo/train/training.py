@@ -20,10 +20,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import (accel, checkpoints, evaluation, fileio, models, objectives, preprocess, results,
-               splits)
-from .data import JobData, load_job_data
-from .experiments import Experiment, Job
+from memo.train import accel, checkpoints, evaluation
+from memo import fileio, models
+from memo.models import objectives
+from memo.data import preprocess
+from memo.files import results
+from memo.config import splits
+from memo.data import JobData, load_job_data
+from memo.config.experiments import Experiment, Job
 
 
 class TrainingDivergedError(RuntimeError):
@@ -67,7 +71,7 @@ class Member:
     optimizer: torch.optim.Adam = None
     gen: torch.Generator = None      # its training stream: data order, input noise, eps
     history: dict = field(default_factory=new_history)
-    extra: dict = field(default_factory=dict)  # the trainer's own resume state (memo/private.py)
+    extra: dict = field(default_factory=dict)  # the trainer's own resume state (memo/train/private.py)
 
     @classmethod
     def of(cls, exp: Experiment, job: Job, n: int, results_root, device) -> "Member":
@@ -161,7 +165,7 @@ def start_loss_sum(m: Member, jd: JobData) -> None:
 class OneModel:
     """The trainer of a single job: its model, Adam and generator are the training state.
     The full model also adds up each example's training loss over the epochs (a one-model
-    memorization measure, memo/measures.py)."""
+    memorization measure, memo/measures/measures.py)."""
 
     def __init__(self, exp: Experiment, member: Member, jd: JobData, speed: accel.Speed):
         self.exp, self.members, self.jd, self.speed = exp, [member], jd, speed
@@ -367,7 +371,7 @@ def finish_job(exp: Experiment, member: Member, jd: JobData, speed: dict | None 
             {"cpu_seconds": h["seconds"]["cpu"], "wall_seconds": h["seconds"]["wall"],
              "device": str(jd.train.device)}, sort_keys=True).encode())
     meta = results.meta_for(exp, member.job, tuple(jd.train.shape), jd.dataset, jd.hflip, speed)
-    if "privacy" in member.extra:  # private training's record (memo/private.py)
+    if "privacy" in member.extra:  # private training's record (memo/train/private.py)
         meta["privacy"] = member.extra["privacy"]
     results.write_result(member.files.result, meta, content)
     return content
@@ -380,14 +384,14 @@ def run_job(exp: Experiment, job: Job, results_root="results", device="cpu",
     """Train one model and write its result file. Returns the result dict.
 
     stop_after=E: checkpoint after epoch E and return None without a result file.
-    speed: TF32 and torch.compile for the training steps (memo/accel.py).
+    speed: TF32 and torch.compile for the training steps (memo/train/accel.py).
     """
     device = torch.device(device)
     jd = jd or load_job_data(exp, device, job.full, data_root, download)
     member = Member.of(exp, job, jd.train.shape[0], results_root, device)
     trainer = OneModel
     if exp.dp is not None:  # differentially private training (docs/privacy.md)
-        from .private import PrivateModel
+        from memo.train.private import PrivateModel
         trainer = PrivateModel
     done = fit(trainer(exp, member, jd, speed), exp, jd, log, stop_after, speed.describe(device))
     return None if done is None else done[0]

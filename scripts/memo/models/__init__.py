@@ -9,7 +9,7 @@ Every model exposes the same small interface, used by the objectives and the est
   description: str                   the authors' file-name tag, e.g. "512-256-16", "NF32-L64"
   latent_dim: int                    L
 
-Differentially private training (memo/private.py, docs/privacy.md) needs each example's own
+Differentially private training (memo/train/private.py, docs/privacy.md) needs each example's own
 gradient, which BatchNorm does not have (it mixes the examples of a batch). For it the DCVAEs
 are built with norm="group": every BatchNorm2d becomes a GroupNorm (`group_norm`), their
 file-name tag gains "-GN", and the constant-variance decoder holds log γ in a module of its own
@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import preprocess
+from memo.data import preprocess
 
 _LOG_2PI = math.log(2 * math.pi)
 

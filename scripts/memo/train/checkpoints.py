@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from .experiments import Experiment
-from .results import RESULT_SETTINGS
-from .fileio import atomic_write_bytes, one_line, torch_refusal
+from memo.config.experiments import Experiment
+from memo.files.results import RESULT_SETTINGS
+from memo.fileio import atomic_write_bytes, one_line, torch_refusal
 
 
 def _save(path: str | Path, obj) -> None:

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from . import preprocess
+from memo.data import preprocess
 
 _LOG_2PI = math.log(2 * math.pi)
 

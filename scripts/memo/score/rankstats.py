@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
-from .uncertainty import rank_correlation
+from memo.score.uncertainty import rank_correlation
 
 
 def _scores_and_labels(scores, positive):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import fileio
+from memo import fileio
 
 # meta keys that must agree between all files of one summary
 IDENTITY_KEYS = ("dataset", "model", "seed", "latent_dim", "learning_rate", "epochs",
@@ -134,7 +134,7 @@ REQUIRED = ("meta", "epochs", "U", "V", "M")
 
 
 def _check_identity(contents: dict[Path, dict]) -> dict:
-    from . import results
+    from memo.files import results
     ref_path, ref = next(iter(contents.items()))
     ref_meta = ref["meta"]
     ref_method = results.recorded_method(ref_meta)
@@ -162,7 +162,7 @@ def _check_identity(contents: dict[Path, dict]) -> dict:
 
 def _check_settings(contents: dict[Path, dict], exp) -> None:
     """Refuse result files made under other settings than the experiment has now."""
-    from . import results
+    from memo.files import results
     for path, c in contents.items():
         for field, recorded, now in results.settings_mismatches(c["meta"], exp):
             raise SummaryError(
@@ -175,7 +175,7 @@ def _compact(content: dict, path: Path) -> dict:
     """A result file with its {"<idx>": value} objects as (int32 index, float64 value) arrays:
     a tenth of the memory of the parsed JSON (a paper-sized MNIST file: ~90 MB parsed). The
     full model's log p is not summarized and is dropped."""
-    from . import results
+    from memo.files import results
 
     def arrays(values: dict):
         idx, val = results.as_arrays(values, path)
@@ -201,7 +201,8 @@ def summarize(paths: list[str | Path], progress: bool = True, n_boot: int = 1000
     # imported here: they pull in torch and scipy, which reading a summary does not need
     from tqdm import tqdm
 
-    from . import results, uncertainty
+    from memo.files import results
+    from memo.score import uncertainty
 
     paths = [Path(p) for p in paths]
     if not paths:
@@ -324,7 +325,7 @@ def summarize(paths: list[str | Path], progress: bool = True, n_boot: int = 1000
         M_se=se, M_ci_low=lo, M_ci_high=hi, split_half=float(reliability), low_ess=low_ess,
         reliability=float(uncertainty.spearman_brown(reliability)))
     out_meta["split_half_repeats"] = [R // 2, R - R // 2]
-    from . import calibration
+    from memo.score import calibration
     n_perm = calibration.DEFAULT_PERMUTATIONS if n_perm is None else int(n_perm)
     fdr_q = calibration.DEFAULT_FDR_Q if fdr_q is None else float(fdr_q)
     if n_perm > 0:
@@ -351,7 +352,7 @@ def calibrate_summary(s: Summary, values, held_out, n_perm: int, fdr_q: float, n
     seed when not given). Work is timed in s.timings."""
     import time
 
-    from . import calibration, uncertainty
+    from memo.score import calibration, uncertainty
 
     t0 = time.perf_counter()
     R, K, n = values.shape
@@ -394,7 +395,7 @@ def calibrate_summary(s: Summary, values, held_out, n_perm: int, fdr_q: float, n
 
 
 def _privacy(contents: dict[Path, dict]) -> dict | None:
-    """The privacy of the models of a private experiment (memo/private.py), or None: the target,
+    """The privacy of the models of a private experiment (memo/train/private.py), or None: the target,
     the largest ε any model spent, and the noise multipliers (fold models and the full model
     have different sample rates, hence different σ)."""
     records = {c["meta"]["mode"] == "full": c["meta"]["privacy"] for c in contents.values()
@@ -421,7 +422,7 @@ def _spearman_brown(r_half: float) -> float:
 
 
 def _spec_from_dataset(dataset: str) -> str:
-    from .data import DATASET_NAMES
+    from memo.data import DATASET_NAMES
     return {name: spec for spec, name in DATASET_NAMES.items()}.get(dataset, dataset)
 
 

@@ -30,7 +30,7 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-# Differentially private training (memo/private.py, docs/privacy.md): the `dp` setting's keys
+# Differentially private training (memo/train/private.py, docs/privacy.md): the `dp` setting's keys
 # and the defaults filled in for those not given; epsilon must be given.
 DP_DEFAULTS = {"delta": 1e-5, "max_grad_norm": 1.0}
 DP_KEYS = ("epsilon", "delta", "max_grad_norm")
@@ -179,7 +179,7 @@ class Experiment:
 
     @property
     def norm(self) -> str:
-        """The DCVAEs' normalization layers (memo/models.py): GroupNorm for private training."""
+        """The DCVAEs' normalization layers (memo/models/__init__.py): GroupNorm for private training."""
         return "group" if self.dp else "batch"
 
     @property
@@ -221,7 +221,7 @@ _TABLE = [
     Experiment(name="fashion_demo", data="fashion", model="BernoulliMLPVAE", latent_dim=16,
                lr=1e-3, epochs=40, eval_every=10, n_is=128, folds=5, repeats=2, subset=2000,
                checkpoint_every=10),
-    # the planted-memorization benchmark (memo/planted.py): the demo's settings on 2000
+    # the planted-memorization benchmark (memo/data/planted.py): the demo's settings on 2000
     # Fashion-MNIST images with singletons and duplicate groups planted
     _PLANTED := Experiment(name="fashion_planted", data="planted", model="BernoulliMLPVAE",
                            latent_dim=16, lr=1e-3, epochs=40, eval_every=10, n_is=128, folds=5,

@@ -68,7 +68,7 @@ def layout(labels: np.ndarray) -> Layout:
 
 def layout_from_data(root=None) -> Layout:
     """The layout, from the Fashion-MNIST training labels under `root` (memo.data's default)."""
-    from . import data   # data builds the set through this module: imported when used
+    from memo import data   # data builds the set through this module: imported when used
     return layout(data.load("fashion", "train", root=root).labels.numpy())
 
 

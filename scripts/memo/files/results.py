@@ -7,7 +7,7 @@ results/<exp>/checkpoints/<stem>_resume.pt                (resume state while a 
 results/<exp>/checkpoints/<stem>_cost.json                (ours: CPU and wall seconds of training)
 
 The full model also keeps its weights at every evaluation epoch (<stem>_epoch<E>.params): the
-one-model memorization measures (memo/measures.py) average over them.
+one-model memorization measures (memo/measures/measures.py) average over them.
 
 Content: {"meta": {...}, "results": {"logpxs": {"<epoch>": {"train": {"<idx>": lp}, "test": ...}},
 "losses": {"train": [...], "test": [...]}, "ess": (ours, same shape as logpxs)}}.
@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data, models
-from .experiments import AUTHORS_METHOD, METHOD_CHOICES, Experiment, Job
-from .fileio import atomic_write_bytes
+from memo import data, models
+from memo.config.experiments import AUTHORS_METHOD, METHOD_CHOICES, Experiment, Job
+from memo.fileio import atomic_write_bytes
 
 AUTHOR_META_KEYS = ("batch_size", "dataset", "epochs", "fold_idx", "img_dim", "latent_dim",
                     "learning_rate", "mode", "model", "num_feature", "num_iw_samples", "run",

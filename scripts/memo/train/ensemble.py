@@ -41,9 +41,11 @@ import torch.nn as nn
 from torch.func import functional_call, vmap
 from tqdm import tqdm
 
-from . import accel, estimator, evaluation, objectives, preprocess, training
-from .data import JobData, load_job_data
-from .experiments import Experiment, Job
+from memo.train import accel, evaluation, training
+from memo.models import estimator, objectives
+from memo.data import preprocess
+from memo.data import JobData, load_job_data
+from memo.config.experiments import Experiment, Job
 
 # Decoder rows alive at once in importance sampling, over the whole group (CPU: measured
 # best for the grouped DCVAE; GPU: a guess, to be tuned with `make bench`).
@@ -344,7 +346,7 @@ def group_test_loss(stack: StackedVAEs, sources: list, gens: list[torch.Generato
 #----------------------------------------------------------------------------
 
 def refuse_private(exp: Experiment) -> None:
-    """Private training (memo/private.py) is one model per process; a group refuses it."""
+    """Private training (memo/train/private.py) is one model per process; a group refuses it."""
     if exp.dp is not None:
         raise ValueError(f"experiment {exp.name} trains with differential privacy (dp), one "
                          f"model per process, and cannot be trained as a group: use GROUP=1 "

@@ -37,8 +37,11 @@ from opacus.accountants.utils import get_noise_multiplier
 from opacus.grad_sample import GradSampleModuleFastGradientClipping
 from opacus.optimizers import DPOptimizerFastGradientClipping
 
-from . import models, objectives, preprocess, training
-from .experiments import Experiment
+from memo import models
+from memo.models import objectives
+from memo.data import preprocess
+from memo.train import training
+from memo.config.experiments import Experiment
 
 ACCOUNTANT = "rdp"
 _NOISE_STREAM = 0x4450  # key of the DP noise generator's seed, beside the model's seed

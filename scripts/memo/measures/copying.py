@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from scipy import stats
 
-from .influence import eval_mode
-from .neighbours import check_blocks
+from memo.measures.influence import eval_mode
+from memo.measures.neighbours import check_blocks
 
 
 def distinct_rows(x: torch.Tensor):
