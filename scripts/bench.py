@@ -41,18 +41,18 @@ import platform
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from memo.train import accel, ensemble, evaluation, training
 from memo import fileio
-from memo.models import objectives
-from memo.data import preprocess
-from memo.models.estimator import logmeanexp
-from memo.data import FACTS
+from memo.config.naming import FACTS
 from memo.config.experiments import EXPERIMENTS, PAPER_EXPERIMENTS, Experiment, eval_epochs
 
+if TYPE_CHECKING:
+    from memo.train import accel
+
 ROOT = Path(__file__).resolve().parents[1]
+# torch and the trainers are imported by the functions that measure, after the command line is
+# read: --help and the projection arithmetic need none of them
 
 # Each model of the paper at the settings of its (first) paper experiment
 MODELS: dict[str, Experiment] = {}
@@ -84,6 +84,7 @@ def parse_args(argv=None):
 # Timing
 
 def _sync(device):
+    import torch
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -121,8 +122,11 @@ def _settings(name: str) -> tuple[Experiment, int, bool]:
     return exp, facts.channels, facts.hflip
 
 
-def bench_ours(name, data, device, seconds, group, sizes, speed: accel.Speed = accel.Speed(),
+def bench_ours(name, data, device, seconds, group, sizes, speed: accel.Speed | None = None,
                train_only: bool = False) -> dict:
+    import torch
+    from memo.train import accel, ensemble, evaluation, training
+    speed = speed or accel.Speed()
     exp, c, hflip = _settings(name)
     n, batch, n_is = len(data), exp.batch_size, exp.n_is
     rate = functools.partial(measure, device=device, seconds=seconds, rounds=sizes["rounds"])
@@ -193,7 +197,9 @@ class PerItemDataset:
         return len(self.images)
 
     def __getitem__(self, i):
+        import torch
         from PIL import Image
+        from memo.data import preprocess
         x = self.transform(Image.fromarray(self.images[i]))  # float in [0, 1]
         if self.binary:
             return torch.bernoulli(x)
@@ -202,6 +208,11 @@ class PerItemDataset:
 
 
 def bench_baseline(name, data, device, seconds, sizes) -> dict:
+    import torch
+    from memo.data import preprocess
+    from memo.models import objectives
+    from memo.models.estimator import logmeanexp
+    from memo.train import training
     exp, c, hflip = _settings(name)
     n_is = exp.n_is
     model = training.init_model(exp, 0, c, device)
@@ -292,6 +303,7 @@ def _fmt_hours(h: float) -> str:
 def speed_variants(args, device) -> dict[str, accel.Speed]:
     """The training speed options to measure beside plain float32 eager training (TF32 only
     on CUDA: elsewhere it changes nothing)."""
+    from memo.train import accel
     out = {}
     tf32 = args.tf32 and device.type == "cuda"
     if tf32:
@@ -304,6 +316,7 @@ def speed_variants(args, device) -> dict[str, accel.Speed]:
 
 
 def run_device(device_name: str, args, log) -> dict:
+    import torch
     device = torch.device(device_name)
     cpu = device.type == "cpu"
     seconds = args.seconds if args.seconds is not None else (0.3 if args.quick else 2.0)
@@ -378,6 +391,7 @@ def table(report: dict, group: int) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    import torch
     if args.threads:
         torch.set_num_threads(args.threads)
     devices = args.device or ["cuda" if torch.cuda.is_available() else "cpu"]

@@ -14,14 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
-from memo.train import checkpoints
-from memo import data, fileio
 from memo.config import experiments
-from memo.measures import measures
-from memo.files import results
-from memo.score import summary
+from memo.measures import H, N_SAMPLES, N_VECTORS
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -32,13 +26,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--results-dir", default="results", help="results root (default: results)")
     p.add_argument("--data-root", default=None,
                    help="data directory (default: $DATA_ROOT, else ./data)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+    p.add_argument("--device", default=None,
                    help="torch device (default: cuda when available)")
-    p.add_argument("--samples", type=int, default=measures.N_SAMPLES,
+    p.add_argument("--samples", type=int, default=N_SAMPLES,
                    help="model samples for the 1/3 rule (default: %(default)s)")
-    p.add_argument("--vectors", type=int, default=measures.N_VECTORS,
+    p.add_argument("--vectors", type=int, default=N_VECTORS,
                    help="Rademacher vectors of the curvature estimate (default: %(default)s)")
-    p.add_argument("--h", type=float, default=measures.H,
+    p.add_argument("--h", type=float, default=H,
                    help="finite-difference step of the curvature estimate (default: %(default)s)")
     p.add_argument("-o", "--output", type=Path,
                    help="output file (default: analysis/<exp>_measures.npz)")
@@ -55,9 +49,15 @@ def main(argv=None) -> int:
     if not args.h > 0:
         print(f"measures.py: error: --h {args.h} is not allowed (a number > 0)", file=sys.stderr)
         return 2
+    import torch   # after the command line is read: --help needs none of it
+    from memo import data, fileio
+    from memo.files import results
+    from memo.measures import measures
+    from memo.score import summary
+    from memo.train import checkpoints
     try:
         exp = experiments.get(args.experiment)
-        device = data.check_device(args.device)
+        device = data.check_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         s = summary.load(args.summary or Path("analysis") / f"{exp.name}.npz")
         if s.name != exp.name:
             raise measures.MeasuresError(f"{s.path} is the summary of {s.name}, not {exp.name}")

@@ -107,15 +107,16 @@ def make_job_threads() -> int:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from memo.train import accel, training  # heavy imports after --help
-    from memo import data, models
+    from memo import data
+    from memo.config import naming
     from memo.files import results
     from memo.config.experiments import FULL_JOB, Job
 
     try:
         exp = resolve(args)
         speed = accel.Speed(tf32=args.tf32, compile=args.compile)
-        models.build(exp.model, 2, 1)  # validates the model name
-        data.dataset_name(exp.data)    # validates the data spec
+        naming.check_model(exp.model)  # validates the model name
+        naming.dataset_name(exp.data)  # validates the data spec
         if args.jobs:
             jobs = [Job.parse(tag) for tag in args.jobs]
         elif args.job:

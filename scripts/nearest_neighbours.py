@@ -19,15 +19,16 @@ import io
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from memo.train import accel, checkpoints
-from memo import data, fileio, models
-from memo.config import experiments
-from memo.measures import neighbours
+from memo import fileio
+from memo.config import experiments, naming
 from memo.files import results
+
+if TYPE_CHECKING:
+    import torch
 
 
 class CLIError(Exception):
@@ -41,7 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--results-dir", default="results", help="results root (default: results)")
     p.add_argument("--data-root", default=None,
                    help="data directory (default: $DATA_ROOT, else ./data)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+    p.add_argument("--device", default=None,
                    help="torch device, e.g. cpu or cuda (default: cuda when available)")
     p.add_argument("-o", "--output", default=None, help="output file (default: analysis/<exp>_nn.npz)")
     p.add_argument("--block-rows", type=int, default=4096, help="query rows per distance block")
@@ -56,6 +57,8 @@ def reference_split(dataset: str) -> str:
 
 
 def load_model(exp, in_channels: int, results_dir, device) -> tuple[torch.nn.Module, Path]:
+    from memo import models
+    from memo.train import checkpoints
     model = models.build(exp.model, exp.latent_dim, in_channels=in_channels, norm=exp.norm)
     files = results.job_files(exp, experiments.FULL_JOB, results_dir)
     path = files.checkpoint
@@ -81,13 +84,15 @@ def load_model(exp, in_channels: int, results_dir, device) -> tuple[torch.nn.Mod
     return model.to(device).eval(), path
 
 
-@torch.no_grad()
 def model_samples(model, n: int, latent_dim: int, seed: int, device, batch: int) -> torch.Tensor:
     """(n, D) pooled decoder means for z ~ N(0, I); z drawn on the CPU and decoded in IEEE
     float32 (no TF32) so devices agree."""
+    import torch
+    from memo.measures import neighbours
+    from memo.train import accel
     gen = torch.Generator().manual_seed(seed)
     z = torch.randn((n, latent_dim), generator=gen)
-    with accel.exact_float32():
+    with torch.no_grad(), accel.exact_float32():
         out = [neighbours.downsample(model.pixel_mean(z[s:s + batch].to(device))).cpu()
                for s in range(0, n, batch)]
     return torch.cat(out) if out else torch.empty((0, 0))
@@ -100,13 +105,16 @@ def save_npz(path: Path, arrays: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> Path:
+    import torch   # after the command line is read: --help needs none of it
+    from memo import data
+    from memo.measures import neighbours
     try:  # an unknown experiment, a bad setting of it, an unusable device: one line each
         exp = experiments.get(args.experiment)
-        device = data.check_device(args.device)
+        device = data.check_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     except ValueError as e:
         raise CLIError(str(e)) from None
     try:
-        dataset = data.dataset_name(exp.data)
+        dataset = naming.dataset_name(exp.data)
         split = reference_split(dataset)
         train = data.load(exp.data, "train", root=args.data_root).images
         valid = data.load(exp.data, split, root=args.data_root).images

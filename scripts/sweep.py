@@ -22,11 +22,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from memo.train import checkpoints, training
-from memo.measures import copying, measures
-from memo import data, fileio, models
+from memo import fileio
 from memo.config import experiments
 from memo.files import results
 from memo.score import summary
@@ -45,7 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="model samples per size (default: %(default)s)")
     p.add_argument("--results-dir", default="results", help="results root (default: results)")
     p.add_argument("--data-root", default=None, help="data directory (default: $DATA_ROOT)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default=None, help="torch device (default: cuda when available)")
     p.add_argument("--summaries", type=Path, default=None,
                    help="folder of the sweep experiments' summaries (<exp>.npz), for the "
                    "quantiles of M (default: none)")
@@ -80,6 +77,10 @@ def m_quantiles(exp, summaries) -> dict:
 
 
 def one_size(exp, samples: int, root, data_root, device, log, summaries=None) -> dict:
+    import torch
+    from memo import data, models
+    from memo.measures import copying, measures
+    from memo.train import checkpoints, training
     files = results.job_files(exp, FULL_JOB, root)
     if not files.result.is_file():
         training.run_job(exp, FULL_JOB, root, device, data_root, log=log)
@@ -118,8 +119,11 @@ def main(argv=None) -> int:
         print(f"sweep.py: error: --samples {args.samples} is not allowed (an integer >= 1)",
               file=sys.stderr)
         return 2
+    import torch   # after the command line is read: --help needs none of it
+    from memo import data
+    from memo.train import checkpoints, training
     try:
-        device = data.check_device(args.device)
+        device = data.check_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         exps = [experiments.get(name) for name in args.sizes]
         bad = [e.name for e in exps if not e.subset]
         if bad:

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from memo import data
+from memo.config import naming
 
 IDX_NAMES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -97,14 +98,14 @@ def write_celeba(root, parts):
 
 
 def test_dataset_name_and_unknown_spec():
-    assert data.dataset_name("bmnist") == "BinarizedMNIST"
-    assert data.dataset_name("fashion") == "FashionMNIST"
-    assert data.dataset_name("cifar10") == "CIFAR10"
-    assert data.dataset_name("celeba") == "CelebA"
-    assert data.dataset_name("npz:/x/y.npz") == "npz"
+    assert naming.dataset_name("bmnist") == "BinarizedMNIST"
+    assert naming.dataset_name("fashion") == "FashionMNIST"
+    assert naming.dataset_name("cifar10") == "CIFAR10"
+    assert naming.dataset_name("celeba") == "CelebA"
+    assert naming.dataset_name("npz:/x/y.npz") == "npz"
     for bad in ("mnist", "npz:", "CIFAR10"):
         with pytest.raises(ValueError) as e:
-            data.dataset_name(bad)
+            naming.dataset_name(bad)
         if bad != "npz:":
             for choice in ("bmnist", "fashion", "cifar10", "celeba", "npz:PATH"):
                 assert choice in str(e.value)
@@ -129,7 +130,7 @@ def test_mnist_like_idx(tmp_path, monkeypatch, spec, cls):
     write_idx_dir(tmp_path / cls / "raw", {"train": (xtr, ytr), "test": (xte, yte)})
     for split, x, y in (("train", xtr, ytr), ("test", xte, yte)):
         d = data.load(spec, split=split, root=tmp_path)
-        assert d.name == data.DATASET_NAMES[spec]
+        assert d.name == naming.DATASET_NAMES[spec]
         assert d.images.shape == (len(x), 1, 32, 32) and d.images.dtype == torch.uint8
         assert d.images.is_contiguous() and d.images.device.type == "cpu"
         assert d.n == len(x) and d.hflip is False

@@ -12,8 +12,8 @@ import torch.nn as nn
 import memorization
 import plan
 from memo.train import accel, ensemble, private, training
-from memo import data, models
-from memo.config import experiments
+from memo import data
+from memo.config import experiments, naming
 from memo.models import objectives
 from memo.files import results
 from memo.score import summary
@@ -109,7 +109,7 @@ def test_private_run_spends_the_target_epsilon_and_records_it(tiny_dp, tmp_path)
     assert memorization.main(_args(tmp_path)) == 0
     path = next((tmp_path / "res" / "tiny" / "results").glob("*.json.gz"))
     assert path.name == "npz_BernoulliMLPVAE_512-256-4-dp-eps10_seed42_cv_repeat0_fold1.json.gz"
-    assert results.parse_stem(path.name)[0] == "npz_BernoulliMLPVAE_512-256-4-dp-eps10"
+    assert naming.parse_stem(path.name)[0] == "npz_BernoulliMLPVAE_512-256-4-dp-eps10"
     meta = results.read_result(path)["meta"]
     p = meta["privacy"]
     assert p["accountant"] == "rdp" and p["norm"] is None and p["sampling"] == "poisson"
@@ -195,15 +195,15 @@ def test_dcvaes_in_dp_mode_have_groupnorm_and_train_a_step(tiny_dp):
         assert nn.GroupNorm in kinds and not any(issubclass(k, nn.modules.batchnorm._BatchNorm)
                                                  for k in kinds)
         assert model.description == "NF32-L8-GN"
-        assert results.file_stem(exp, Job(0, 1)) == f"npz_{name}_NF32-L8-GN-dp-eps1_seed42_cv_repeat0_fold1"
+        assert naming.file_stem(exp, Job(0, 1)) == f"npz_{name}_NF32-L8-GN-dp-eps1_seed42_cv_repeat0_fold1"
         before = {k: v.clone() for k, v in model.state_dict().items()}
         loss = trainer.step(trainer.members[0].train_t[:6])
         assert math.isfinite(float(loss))
         # every parameter was updated by the clipped, noised step, log γ too
         after = model.state_dict()
         assert all(not torch.equal(before[k], after[k]) for k in before)
-    assert models.description("DiagonalGaussianDCVAE", 8) == "NF32-L8"  # the paper's, unchanged
-    assert models.description("BernoulliMLPVAE", 8, "group") == "512-256-8"
+    assert naming.model_description("DiagonalGaussianDCVAE", 8) == "NF32-L8"  # the paper's, unchanged
+    assert naming.model_description("BernoulliMLPVAE", 8, "group") == "512-256-8"
 
 
 # ----------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import summarize as summarize_cli
-from memo.config import experiments, splits
+from memo.config import experiments, naming, splits
 from memo.files import results
 from memo.score import summary
 
@@ -63,9 +63,9 @@ def test_result_file_round_trip_is_atomic_and_exact(tmp_path):
 
 def test_names_parse_back():
     job = experiments.Job(3, 7)
-    s = results.file_stem(experiments.get("bmnist_lr3"), job)
+    s = naming.file_stem(experiments.get("bmnist_lr3"), job)
     assert s == f"{PREFIX}_seed42_cv_repeat3_fold7"
-    assert results.parse_stem(s + ".json.gz") == (PREFIX, 42, job)
+    assert naming.parse_stem(s + ".json.gz") == (PREFIX, 42, job)
     assert experiments.Job.parse("full_repeat0").full
 
 

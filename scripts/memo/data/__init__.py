@@ -39,36 +39,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from memo.config import naming
 from memo.fileio import one_line, torch_refusal
 
 DATA_ROOT_DEFAULT = "./data"
 FASHION_DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
-
-DATASET_NAMES = {
-    "bmnist": "BinarizedMNIST",
-    "fashion": "FashionMNIST",
-    "cifar10": "CIFAR10",
-    "celeba": "CelebA",
-    "planted": "PlantedFashionMNIST",
-}
-_VALID_SPECS = "bmnist, fashion, cifar10, celeba, planted, npz:PATH"
-
-
-@dataclass(frozen=True)
-class Facts:
-    channels: int
-    hflip: bool       # random horizontal flips in training by default (PAPER.md §3)
-    n_train: int      # images in the official training split (CelebA: its "train" partition)
-    n_test: int
-
-
-FACTS = {
-    "bmnist": Facts(channels=1, hflip=False, n_train=60000, n_test=10000),
-    "fashion": Facts(channels=1, hflip=False, n_train=60000, n_test=10000),
-    "cifar10": Facts(channels=3, hflip=True, n_train=50000, n_test=10000),
-    "celeba": Facts(channels=3, hflip=True, n_train=162770, n_test=19962),
-    "planted": Facts(channels=1, hflip=False, n_train=2000, n_test=9000),
-}
 
 SIZE = 32
 # IDX files as torchvision's MNIST-style classes expect them in <root>/<Class>/raw/.
@@ -111,26 +86,6 @@ class DataMissingError(Exception):
 # spec handling
 
 
-def _parse_spec(spec: str) -> tuple[str, str | None]:
-    """(kind, npz path or None); ValueError for anything that is not a known spec."""
-    if not isinstance(spec, str):
-        raise ValueError(f"data set spec must be a string, got {spec!r}; valid choices: {_VALID_SPECS}")
-    if spec.startswith("npz:"):
-        path = spec[len("npz:"):]
-        if not path:
-            raise ValueError(f"npz spec needs a path, e.g. npz:/data/mine.npz (got {spec!r})")
-        return "npz", path
-    if spec in DATASET_NAMES:
-        return spec, None
-    raise ValueError(f"unknown data set {spec!r}; valid choices: {_VALID_SPECS}")
-
-
-def dataset_name(spec: str) -> str:
-    """Display name used in result file names: "bmnist" -> "BinarizedMNIST", "npz:PATH" -> "npz"."""
-    kind, _ = _parse_spec(spec)
-    return "npz" if kind == "npz" else DATASET_NAMES[kind]
-
-
 def _root(root) -> Path:
     if root is None:
         root = os.environ.get("DATA_ROOT") or DATA_ROOT_DEFAULT
@@ -145,7 +100,7 @@ def _check_split(kind: str, split: str) -> None:
 
 def load(spec: str, split: str = "train", root=None, download: bool = False) -> ImageData:
     """Load one split of a data set into memory as uint8 (N, C, 32, 32)."""
-    kind, npz_path = _parse_spec(spec)
+    kind, npz_path = naming.parse_spec(spec)
     _check_split(kind, split)
     root = _root(root)
     if kind == "bmnist":
@@ -160,7 +115,7 @@ def load(spec: str, split: str = "train", root=None, download: bool = False) -> 
         from memo.data import planted
         fashion = _load_mnist_like("FashionMNIST", "fashion", root, split, download)
         images, labels = planted.build(fashion.images, fashion.labels, split)
-        return ImageData(DATASET_NAMES[kind], images, labels, hflip=False)
+        return ImageData(naming.DATASET_NAMES[kind], images, labels, hflip=False)
     return _load_npz(Path(npz_path).expanduser(), split)
 
 
@@ -179,7 +134,7 @@ def check_device(name: str) -> torch.device:
 
 def download(spec: str, root=None) -> None:
     """Fetch a data set into root with torchvision's downloaders (network access)."""
-    kind, _ = _parse_spec(spec)
+    kind, _ = naming.parse_spec(spec)
     if kind == "npz":
         raise ValueError(f"{spec!r} is a local file; there is nothing to download")
     _fetch(kind, _root(root))
@@ -209,7 +164,7 @@ def load_job_data(exp, device: torch.device, full: bool, root=None,
                 raise
             # npz data without x_test: the full model reports no test loss
     hflip = train.hflip if exp.hflip is None else exp.hflip
-    return JobData(images.to(device), test, hflip, dataset_name(exp.data))
+    return JobData(images.to(device), test, hflip, naming.dataset_name(exp.data))
 
 
 def _fetch(kind: str, root: Path) -> None:
@@ -342,7 +297,7 @@ def _load_mnist_like(cls_name: str, spec: str, root: Path, split: str, download:
                else f"To get the real files into {raw}: delete them and {how}")
         raise ValueError(f"{where}: not {cls_name} data in the standard format ({why}). "
                          f"{fix}.") from None
-    return ImageData(DATASET_NAMES[spec], images, labels, hflip=FACTS[spec].hflip)
+    return ImageData(naming.DATASET_NAMES[spec], images, labels, hflip=naming.FACTS[spec].hflip)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -475,7 +430,7 @@ def _load_cifar10(root: Path, split: str, download: bool) -> ImageData:
     x = np.concatenate(data) if len(data) > 1 else data[0]
     images = torch.from_numpy(np.ascontiguousarray(x)).reshape(-1, 3, SIZE, SIZE)
     return ImageData("CIFAR10", images, torch.from_numpy(np.concatenate(labels)),
-                     hflip=FACTS["cifar10"].hflip)
+                     hflip=naming.FACTS["cifar10"].hflip)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -529,7 +484,7 @@ def _load_celeba(root: Path, split: str, download: bool) -> ImageData:
         names = _read_partition(part, split)
         images = _decode_celeba(imgdir, names, split)
         _write_celeba_cache(cache, stamp, images)
-    return ImageData("CelebA", images, None, hflip=FACTS["celeba"].hflip)
+    return ImageData("CelebA", images, None, hflip=naming.FACTS["celeba"].hflip)
 
 
 def _read_celeba_cache(cache: Path, stamp: dict) -> torch.Tensor | None:

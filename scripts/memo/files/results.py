@@ -16,21 +16,19 @@ from __future__ import annotations
 
 import gzip
 import json
-import re
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from memo import data, models
+from memo.config import naming
 from memo.config.experiments import AUTHORS_METHOD, METHOD_CHOICES, Experiment, Job
 from memo.fileio import atomic_write_bytes
 
 AUTHOR_META_KEYS = ("batch_size", "dataset", "epochs", "fold_idx", "img_dim", "latent_dim",
                     "learning_rate", "mode", "model", "num_feature", "num_iw_samples", "run",
                     "seed", "trainer_params")
-_STEM = re.compile(r"^(?P<prefix>.+)_seed(?P<seed>\d+)_(?P<job>cv_repeat\d+_fold\d+|full_repeat\d+)$")
 
 
 class ResultFileError(ValueError):
@@ -52,22 +50,9 @@ class JobFiles:
         return self.checkpoint.with_name(f"{stem}_epoch{epoch}.params")
 
 
-def description(exp: Experiment) -> str:
-    """The <desc> of a file name: the model's tag, then the privacy tag of a private run
-    ("512-256-16-dp-eps10", "NF32-L64-GN-dp-eps1"), so private files never mix with others."""
-    desc = models.description(exp.model, exp.latent_dim, exp.norm)
-    return desc if exp.dp is None else f"{desc}-dp-eps{exp.dp['epsilon']:g}"
-
-
-def file_stem(exp: Experiment, job: Job) -> str:
-    """'<Dataset>_<Model>_<desc>_seed<S>_<job tag>', the authors' name of a job's files."""
-    desc = description(exp)
-    return f"{data.dataset_name(exp.data)}_{exp.model}_{desc}_seed{exp.seed}_{job.tag}"
-
-
 def job_files(exp: Experiment, job: Job, root: str | Path = "results") -> JobFiles:
     """The one place that names a job's files."""
-    stem = file_stem(exp, job)
+    stem = naming.file_stem(exp, job)
     base = Path(root) / exp.directory
     return JobFiles(result=base / "results" / f"{stem}.json.gz",
                     resume=base / "checkpoints" / f"{stem}_resume.pt",
@@ -76,22 +61,13 @@ def job_files(exp: Experiment, job: Job, root: str | Path = "results") -> JobFil
                     cost=base / "checkpoints" / f"{stem}_cost.json")
 
 
-def parse_stem(name: str) -> tuple[str, int, Job]:
-    """(prefix '<Dataset>_<Model>_<desc>', seed, job) from a result file name or stem."""
-    base = Path(name).name.removesuffix(".json.gz")
-    m = _STEM.match(base)
-    if not m:
-        raise ValueError(f"not a result file name: {name}")
-    return m["prefix"], int(m["seed"]), Job.parse(m["job"])
-
-
 def meta_for(exp: Experiment, job: Job, images_shape: tuple, dataset: str, hflip: bool,
              speed: dict | None = None) -> dict:
     """A result file's meta: the authors' keys with their values' conventions (PAPER.md §7),
     then ours (experiment, folds, repeats, data spec, method, every setting).
     images_shape: (n, C, H, W) of the training set D."""
     n, channels, size = int(images_shape[0]), int(images_shape[1]), int(images_shape[-1])
-    desc = description(exp)
+    desc = naming.description(exp)
     settings = asdict(exp)
     if exp.dp is None:  # the files of non-private runs stay as they were before dp existed
         del settings["dp"]
@@ -99,7 +75,7 @@ def meta_for(exp: Experiment, job: Job, images_shape: tuple, dataset: str, hflip
         "batch_size": exp.batch_size, "dataset": dataset, "epochs": exp.epochs,
         "fold_idx": job.fold, "img_dim": size, "latent_dim": exp.latent_dim,
         "learning_rate": exp.lr, "mode": job.mode, "model": f"{exp.model}_{desc}",
-        "num_feature": models.num_feature(exp.model), "num_iw_samples": exp.n_is,
+        "num_feature": naming.num_feature(exp.model), "num_iw_samples": exp.n_is,
         "run": job.repeat, "seed": exp.seed,
         "trainer_params": {"hflip": True} if hflip else {},
         # ours
@@ -138,8 +114,8 @@ def settings_mismatches(meta: dict, exp: Experiment) -> list[tuple[str, object, 
     else:  # the authors' code
         recorded = {**recorded_method(meta),
                     **{f: meta[k] for f, k in AUTHOR_SETTING_KEYS.items() if k in meta}}
-        if "dataset" in meta and meta["dataset"] != data.dataset_name(exp.data):
-            return [("dataset", meta["dataset"], data.dataset_name(exp.data))]
+        if "dataset" in meta and meta["dataset"] != naming.dataset_name(exp.data):
+            return [("dataset", meta["dataset"], naming.dataset_name(exp.data))]
     recorded.setdefault("dp", None)  # files of non-private runs do not record dp
     return [(f, v, getattr(exp, f)) for f, v in recorded.items() if v != getattr(exp, f)]
 

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from memo.train import checkpoints
-from memo.measures import copying, curvature, influence
+from memo.measures import EPS_DRAWS, H, N_SAMPLES, N_VECTORS, copying, curvature, influence
 from memo import data, models
 from memo.data import planted, preprocess
 from memo.score import rankstats
@@ -43,9 +43,6 @@ from memo.files import results
 from memo.config.experiments import FULL_JOB, Experiment
 from memo.fileio import atomic_write_bytes
 
-EPS_DRAWS = 8                  # reparameterization draws averaged in final_loss
-N_SAMPLES = 10_000             # model samples for the 1/3 rule
-N_VECTORS, H = 10, 1e-3        # curvature: Rademacher vectors and step
 MEASURES = {                   # name: label for tables and figures
     "M": "$M$ ($K$-fold)",
     "M_corrected": r"$M_{\mathrm{corrected}}$",

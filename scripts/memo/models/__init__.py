@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from memo.config import naming
 from memo.data import preprocess
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -65,7 +66,7 @@ class BernoulliMLPVAE(_VAE):
 
     @staticmethod
     def describe(latent_dim: int) -> str:
-        return f"512-256-{latent_dim}"
+        return naming.model_description("BernoulliMLPVAE", latent_dim)
 
     def decode(self, z):
         # stop before the Sigmoid: the log-likelihood is computed from logits, which stays
@@ -93,7 +94,6 @@ class BernoulliMLPVAE(_VAE):
         return self._decoder(z.reshape(-1, z.shape[-1]))  # the whole decoder: (B, C, H, W)
 
 
-NORMS = ("batch", "group")
 GROUPS = 32  # GroupNorm groups (Wu & He's default); the DCVAEs' widths are multiples of 32
 
 
@@ -140,8 +140,8 @@ class _DCVAE(_VAE):
         self.description = self.describe(latent_dim, nf, norm)
 
     @staticmethod
-    def describe(latent_dim: int, nf: int = 32, norm: str = "batch") -> str:
-        return f"NF{nf}-L{latent_dim}" + ("-GN" if norm == "group" else "")
+    def describe(latent_dim: int, nf: int = naming.PAPER_NF, norm: str = "batch") -> str:
+        return naming.model_description("DiagonalGaussianDCVAE", latent_dim, norm, nf)
 
     def _decode_images(self, z):
         lead = z.shape[:-1]
@@ -211,45 +211,24 @@ class ConstantGaussianDCVAE(_DCVAE):
         return _gaussian_log_likelihood(x, mean, loggamma.expand_as(mean))
 
 
+# the classes of naming.MODEL_NAMES, in its order
 MODELS = {m.__name__: m for m in (BernoulliMLPVAE, DiagonalGaussianDCVAE, ConstantGaussianDCVAE)}
-
-
-def _check(name: str, norm: str = "batch") -> None:
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; valid choices: {', '.join(MODELS)}")
-    if norm not in NORMS:
-        raise ValueError(f"unknown norm {norm!r}; valid choices: {', '.join(NORMS)}")
 
 
 def build(name: str, latent_dim: int, in_channels: int, norm: str = "batch") -> nn.Module:
     """norm: the DCVAEs' normalization layers, "batch" or "group" (private training)."""
-    _check(name, norm)
+    naming.check_model(name, norm)
     if name == "BernoulliMLPVAE":  # no normalization layer
         return MODELS[name](latent_dim=latent_dim, in_channels=in_channels)
     return MODELS[name](latent_dim=latent_dim, in_channels=in_channels, norm=norm)
 
 
-def description(name: str, latent_dim: int, norm: str = "batch") -> str:
-    """The file-name tag of a model at the paper's width, without building it."""
-    _check(name, norm)
-    if name == "BernoulliMLPVAE":
-        return MODELS[name].describe(latent_dim)
-    return MODELS[name].describe(latent_dim, norm=norm)
-
-
 def norm_layer_name(name: str, norm: str = "batch") -> str | None:
     """The class name of a model's normalization layers (None: it has none), for metadata."""
-    _check(name, norm)
+    naming.check_model(name, norm)
     if name == "BernoulliMLPVAE":
         return None
     return "BatchNorm2d" if norm == "batch" else "GroupNorm"
-
-
-def num_feature(name: str) -> int | None:
-    """The authors' `num_feature` of a model at the paper's width: F for the DCVAEs, None for
-    the MLP (as their result files record it)."""
-    _check(name)
-    return None if name == "BernoulliMLPVAE" else 32
 
 
 def _layout(keys) -> str:

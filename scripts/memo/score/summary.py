@@ -422,7 +422,7 @@ def _spearman_brown(r_half: float) -> float:
 
 
 def _spec_from_dataset(dataset: str) -> str:
-    from memo.data import DATASET_NAMES
+    from memo.config.naming import DATASET_NAMES
     return {name: spec for spec, name in DATASET_NAMES.items()}.get(dataset, dataset)
 
 

@@ -1,0 +1,121 @@
+"""Names and facts that need no data and no model: the data sets' display names and sizes, the
+models' file-name tags, and the stem of a job's files (PAPER.md §7).
+
+Make's plan, the result files and the summaries name things through this module; it imports
+neither torch nor the loaders, so that naming a file never loads a framework.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from memo.config.experiments import Experiment, Job
+
+# ----------------------------------------------------------------------------------------------
+# data sets
+
+DATASET_NAMES = {
+    "bmnist": "BinarizedMNIST",
+    "fashion": "FashionMNIST",
+    "cifar10": "CIFAR10",
+    "celeba": "CelebA",
+    "planted": "PlantedFashionMNIST",
+}
+VALID_SPECS = "bmnist, fashion, cifar10, celeba, planted, npz:PATH"
+
+
+@dataclass(frozen=True)
+class Facts:
+    channels: int
+    hflip: bool       # random horizontal flips in training by default (PAPER.md §3)
+    n_train: int      # images in the official training split (CelebA: its "train" partition)
+    n_test: int
+
+
+FACTS = {
+    "bmnist": Facts(channels=1, hflip=False, n_train=60000, n_test=10000),
+    "fashion": Facts(channels=1, hflip=False, n_train=60000, n_test=10000),
+    "cifar10": Facts(channels=3, hflip=True, n_train=50000, n_test=10000),
+    "celeba": Facts(channels=3, hflip=True, n_train=162770, n_test=19962),
+    "planted": Facts(channels=1, hflip=False, n_train=2000, n_test=9000),
+}
+
+
+def parse_spec(spec: str) -> tuple[str, str | None]:
+    """(kind, npz path or None); ValueError for anything that is not a known spec."""
+    if not isinstance(spec, str):
+        raise ValueError(f"data set spec must be a string, got {spec!r}; valid choices: {VALID_SPECS}")
+    if spec.startswith("npz:"):
+        path = spec[len("npz:"):]
+        if not path:
+            raise ValueError(f"npz spec needs a path, e.g. npz:/data/mine.npz (got {spec!r})")
+        return "npz", path
+    if spec in DATASET_NAMES:
+        return spec, None
+    raise ValueError(f"unknown data set {spec!r}; valid choices: {VALID_SPECS}")
+
+
+def dataset_name(spec: str) -> str:
+    """Display name used in result file names: "bmnist" -> "BinarizedMNIST", "npz:PATH" -> "npz"."""
+    kind, _ = parse_spec(spec)
+    return "npz" if kind == "npz" else DATASET_NAMES[kind]
+
+
+# ----------------------------------------------------------------------------------------------
+# models (memo/models: the classes of these names)
+
+MODEL_NAMES = ("BernoulliMLPVAE", "DiagonalGaussianDCVAE", "ConstantGaussianDCVAE")
+NORMS = ("batch", "group")
+PAPER_NF = 32   # the DCVAEs' width F at the paper's size (the authors' num_feature)
+
+
+def check_model(name: str, norm: str = "batch") -> None:
+    """ValueError (one line, with the valid choices) for an unknown model or norm."""
+    if name not in MODEL_NAMES:
+        raise ValueError(f"unknown model {name!r}; valid choices: {', '.join(MODEL_NAMES)}")
+    if norm not in NORMS:
+        raise ValueError(f"unknown norm {norm!r}; valid choices: {', '.join(NORMS)}")
+
+
+def model_description(name: str, latent_dim: int, norm: str = "batch", nf: int = PAPER_NF) -> str:
+    """The authors' file-name tag of a model: "512-256-16" (MLP), "NF32-L64" (DCVAEs, "-GN"
+    with GroupNorm); the MLP has no normalization layer and the same tag under either norm."""
+    check_model(name, norm)
+    if name == "BernoulliMLPVAE":
+        return f"512-256-{latent_dim}"
+    return f"NF{nf}-L{latent_dim}" + ("-GN" if norm == "group" else "")
+
+
+def num_feature(name: str) -> int | None:
+    """The authors' `num_feature` of a model at the paper's width: F for the DCVAEs, None for
+    the MLP (as their result files record it)."""
+    check_model(name)
+    return None if name == "BernoulliMLPVAE" else PAPER_NF
+
+
+# ----------------------------------------------------------------------------------------------
+# a job's files
+
+_STEM = re.compile(r"^(?P<prefix>.+)_seed(?P<seed>\d+)_(?P<job>cv_repeat\d+_fold\d+|full_repeat\d+)$")
+
+
+def description(exp: Experiment) -> str:
+    """The <desc> of a file name: the model's tag, then the privacy tag of a private run
+    ("512-256-16-dp-eps10", "NF32-L64-GN-dp-eps1"), so private files never mix with others."""
+    desc = model_description(exp.model, exp.latent_dim, exp.norm)
+    return desc if exp.dp is None else f"{desc}-dp-eps{exp.dp['epsilon']:g}"
+
+
+def file_stem(exp: Experiment, job: Job) -> str:
+    """'<Dataset>_<Model>_<desc>_seed<S>_<job tag>', the authors' name of a job's files."""
+    return f"{dataset_name(exp.data)}_{exp.model}_{description(exp)}_seed{exp.seed}_{job.tag}"
+
+
+def parse_stem(name: str) -> tuple[str, int, Job]:
+    """(prefix '<Dataset>_<Model>_<desc>', seed, job) from a result file name or stem."""
+    base = Path(name).name.removesuffix(".json.gz")
+    m = _STEM.match(base)
+    if not m:
+        raise ValueError(f"not a result file name: {name}")
+    return m["prefix"], int(m["seed"]), Job.parse(m["job"])
