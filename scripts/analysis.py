@@ -16,6 +16,7 @@ import os
 import sys
 from pathlib import Path
 
+import cli
 from memo import figures  # light: no matplotlib until a figure is drawn
 
 
@@ -30,7 +31,7 @@ def default_out(summaries: list[Path]) -> Path:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = cli.parser(__file__, __doc__.split("\n\n")[0])
     p.add_argument("figure", choices=figures.FIGURES + ("all", "list"),
                    help="figure to draw; 'all': every figure of one experiment")
     p.add_argument("summaries", nargs="*", type=Path,
@@ -49,48 +50,46 @@ def main(argv=None) -> int:
         return 0
     if not args.summaries:
         p.error("give at least one summary file")
-
-    from memo.score import summary
-    from memo.figures import common
-    standalone = args.figure in figures.STANDALONE
-    names = ((args.figure,) if args.figure != "all" else figures.PER_EXPERIMENT)
+    names = (args.figure,) if args.figure != "all" else figures.PER_EXPERIMENT
     if len(args.summaries) > 1 and any(n not in figures.SERIES + figures.GROUP_ONLY for n in names):
         p.error("several summaries are compared only in "
                 f"{', '.join(figures.SERIES + figures.GROUP_ONLY)}")
-    try:
-        engine = None if args.no_latex else common.latex_engine()
-        inputs = {"nn": None, "images": None, "measures_set": None, "sweep": None}
-        if standalone:  # drawn from its own file, not from summaries
-            from memo.figures import sweep
-            summaries, out = [], args.out or Path("output") / "size_sweep"
-            inputs["sweep"] = sweep.load(args.summaries[0])
-        else:
-            summaries = [summary.load(s) for s in args.summaries]
-            out = args.out or default_out(args.summaries)
-        if any(n in figures.NEEDS_NN for n in names):
-            nn_path = args.nn or common.nn_path_for(args.summaries[0])
-            inputs["nn"] = common.load_nn(nn_path, summaries[0].n)
-            if inputs["nn"] is None and args.figure != "all":
-                raise summary.SummaryError(f"no nearest-neighbour file {nn_path}")
-        if any(n in figures.NEEDS_IMAGES for n in names):
-            inputs["images"] = common.load_images(summaries[0])
-        if any(n in figures.NEEDS_MEASURES for n in names):
-            path = args.measures or common.measures_path_for(args.summaries[0])
-            inputs["measures_set"] = common.load_measures(path)
-            if inputs["measures_set"] is None and args.figure != "all":
-                raise summary.SummaryError(f"no measures file {path}")
-        for name in names:
-            if (name in figures.NEEDS_NN and inputs["nn"] is None) or (
-                    name in figures.NEEDS_MEASURES and inputs["measures_set"] is None):
-                continue   # `all`: what has no input of its own is left out
-            for path in figures.build(name, summaries, out, seed=args.seed, engine=engine,
-                                      **inputs):
-                if path.suffix == ".pdf":
-                    print(path)
-    except (summary.SummaryError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return cli.run(__file__, draw, args, names)
+
+
+def draw(args: argparse.Namespace, names: tuple[str, ...]) -> None:
+    """Every figure of `names` from the inputs named by args; a missing input file that a
+    figure needs is an error, except for `all`, which leaves that figure out."""
+    from memo.score import summary
+    from memo.figures import common
+    engine = None if args.no_latex else common.latex_engine()
+    inputs = {"nn": None, "images": None, "measures_set": None, "sweep": None}
+    if args.figure in figures.STANDALONE:  # drawn from its own file, not from summaries
+        from memo.figures import sweep
+        summaries, out = [], args.out or Path("output") / "size_sweep"
+        inputs["sweep"] = sweep.load(args.summaries[0])
+    else:
+        summaries = [summary.load(s) for s in args.summaries]
+        out = args.out or default_out(args.summaries)
+    if any(n in figures.NEEDS_NN for n in names):
+        nn_path = args.nn or common.nn_path_for(args.summaries[0])
+        inputs["nn"] = common.load_nn(nn_path, summaries[0].n)
+        if inputs["nn"] is None and args.figure != "all":
+            raise summary.SummaryError(f"no nearest-neighbour file {nn_path}")
+    if any(n in figures.NEEDS_IMAGES for n in names):
+        inputs["images"] = common.load_images(summaries[0])
+    if any(n in figures.NEEDS_MEASURES for n in names):
+        path = args.measures or common.measures_path_for(args.summaries[0])
+        inputs["measures_set"] = common.load_measures(path)
+        if inputs["measures_set"] is None and args.figure != "all":
+            raise summary.SummaryError(f"no measures file {path}")
+    for name in names:
+        if (name in figures.NEEDS_NN and inputs["nn"] is None) or (
+                name in figures.NEEDS_MEASURES and inputs["measures_set"] is None):
+            continue   # `all`: what has no input of its own is left out
+        for path in figures.build(name, summaries, out, seed=args.seed, engine=engine, **inputs):
+            if path.suffix == ".pdf":
+                print(path)
 
 
 if __name__ == "__main__":

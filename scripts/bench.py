@@ -43,6 +43,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import cli
 from memo import fileio
 from memo.config.naming import FACTS
 from memo.config.experiments import EXPERIMENTS, PAPER_EXPERIMENTS, Experiment, eval_epochs
@@ -62,8 +63,8 @@ RATES = ("train_one", "train_group", "train_base", "is_one", "is_group", "is_bas
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.parser(__file__, __doc__.splitlines()[0],
+                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--device", nargs="+", default=None,
                    help="devices to measure (default: cuda when available, else cpu)")
     p.add_argument("--quick", action="store_true", help="a ~20 s version: shorter timings")
@@ -390,15 +391,17 @@ def table(report: dict, group: int) -> str:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    return cli.run(__file__, run, parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> None:
     import torch
     if args.threads:
         torch.set_num_threads(args.threads)
-    devices = args.device or ["cuda" if torch.cuda.is_available() else "cpu"]
+    devices = args.device or [cli.device_name(None)]
     for d in devices:
         if d.startswith("cuda") and not torch.cuda.is_available():
-            print(f"bench.py: error: device {d} is not available here", file=sys.stderr)
-            return 2
+            raise cli.UsageError(f"device {d} is not available here")
     report = {"torch": torch.__version__, "python": platform.python_version(),
               "host": platform.node(), "group": args.group, "quick": args.quick,
               "data": "random uint8 images, resident on the device (speed does not depend "
@@ -419,7 +422,6 @@ def main(argv=None) -> int:
     print(table(report, args.group))
     fileio.atomic_write_bytes(args.out, (json.dumps(report, indent=1) + "\n").encode())
     print(f"\nwrote {args.out} ({report['seconds']:.0f} s)")
-    return 0
 
 
 if __name__ == "__main__":

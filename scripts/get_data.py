@@ -2,24 +2,28 @@
 """Download a data set into DATA_ROOT (the only command that touches the network)."""
 from __future__ import annotations
 
-import argparse
 import sys
+
+import cli
+from memo.config import naming
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = cli.parser(__file__, __doc__)
     p.add_argument("data", help="bmnist, fashion, cifar10 or celeba")
-    p.add_argument("--data-root", default=None, help="default: $DATA_ROOT or ./data")
+    cli.add_data_root(p)
     args = p.parse_args(argv)
+    return cli.run(__file__, fetch, args, failures=(RuntimeError,))  # a failed download
+
+
+def fetch(args) -> None:
     from memo import data
-    try:
-        data.download(args.data, root=args.data_root)
-        d = data.load(args.data, "train", root=args.data_root)
-    except (ValueError, data.DataMissingError, OSError, RuntimeError) as e:
-        print(f"get_data.py: error: {e}", file=sys.stderr)
-        return 1
+    with cli.usage():
+        if naming.parse_spec(args.data)[0] == "npz":
+            raise cli.UsageError(f"{args.data!r} is a local file; there is nothing to download")
+    data.download(args.data, root=args.data_root)
+    d = data.load(args.data, "train", root=args.data_root)
     print(f"{d.name}: {d.n} training images ready")
-    return 0
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import re
 import sys
 from pathlib import Path
 
+import cli
 import memo.config.experiments as experiments
 
 # (flag, Experiment field, type, help): every setting can override the experiment's value
@@ -34,12 +35,14 @@ SETTINGS = [
     ("--repeats", "repeats", int, "L, the number of repeated K-fold splits"),
     ("--subset", "subset", int, "use only the first SUBSET training images (0: all)"),
     ("--checkpoint-every", "checkpoint_every", int, "epochs between resume checkpoints"),
+    ("--controls", "controls", int, "control images from the test split that no model trains "
+     "on, scored like training examples (0: none)"),
 ]
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.parser(__file__, __doc__.splitlines()[0],
+                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--experiment", help="name in the experiment table (memo/config/experiments.py or "
                    "EXPERIMENTS_FILE); its settings are the defaults for the flags below")
     p.add_argument("--name", help="experiment name for a run defined by flags alone "
@@ -57,11 +60,11 @@ def parse_args(argv=None):
                      "or full_repeat0")
     job.add_argument("--jobs", nargs="+", metavar="TAG", help="several job tags, trained "
                      "together as one vectorized group (memo/train/ensemble.py; pays on a GPU)")
-    p.add_argument("--results-dir", default="results", help="root of the result tree")
+    cli.add_results_dir(p)
     p.add_argument("--output", nargs="+", help="expected result file path(s) (the Makefile "
                    "passes its targets; a mismatch is an error)")
-    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    p.add_argument("--data-root", default=None, help="data directory (default: $DATA_ROOT or ./data)")
+    cli.add_device(p)
+    cli.add_data_root(p)
     p.add_argument("--download", action="store_true", help="download the data set if missing")
     speed = p.add_argument_group("speed (memo/train/accel.py; evaluation always runs in IEEE float32)")
     speed.add_argument("--tf32", action="store_true", help="TF32 tensor cores in training "
@@ -105,14 +108,17 @@ def make_job_threads() -> int:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    return cli.run(__file__, run, parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
     from memo.train import accel, training  # heavy imports after --help
     from memo import data
     from memo.config import naming
     from memo.files import results
     from memo.config.experiments import FULL_JOB, Job
 
-    try:
+    with cli.usage():
         exp = resolve(args)
         speed = accel.Speed(tf32=args.tf32, compile=args.compile)
         naming.check_model(exp.model)  # validates the model name
@@ -132,20 +138,13 @@ def main(argv=None) -> int:
                              f"to epochs = {exp.epochs})")
         if args.threads is not None and args.threads < 1:
             raise ValueError(f"--threads {args.threads} is not allowed (an integer >= 1)")
-    except ValueError as e:
-        print(f"memorization.py: error: {e}", file=sys.stderr)
-        return 2
 
     import torch
     threads = args.threads or int(os.environ.get("TORCH_THREADS", "0") or 0) or make_job_threads()
     if threads:
         torch.set_num_threads(threads)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        torch_device = data.check_device(device)
-    except ValueError as e:
-        print(f"memorization.py: error: {e}", file=sys.stderr)
-        return 2
+    device = cli.device_name(args.device)
+    torch_device = cli.device(device)
     if args.dry_run:
         print(f"experiment: {dataclasses.asdict(exp)}\njob: {' '.join(j.tag for j in jobs)}"
               f"\ndevice: {device}\nspeed: {speed.describe(device)}")
@@ -166,17 +165,10 @@ def main(argv=None) -> int:
         else:
             done = training.run_job(exp, jobs[0], args.results_dir, device, jd=jd,
                                     stop_after=args.stop_after, speed=speed)
-    except (data.DataMissingError, training.TrainingDivergedError, accel.CompileError,
-            ValueError) as e:
-        print(f"memorization.py: error: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:  # a full disk, a results directory that cannot be written, ...
-        print(f"memorization.py: error: {e.strerror or e}: {e.filename or ''}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
-        print(f"memorization.py: interrupted; the last resume checkpoint (every "
-              f"{exp.checkpoint_every} epochs) is kept: run again to resume", file=sys.stderr)
-        return 130
+        cli.say(__file__, f"interrupted; the last resume checkpoint (every "
+                f"{exp.checkpoint_every} epochs) is kept: run again to resume")
+        return cli.INTERRUPTED
     if done is None:
         print("stopped before the last epoch; run again to resume")
         return 3

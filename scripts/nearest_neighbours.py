@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+import cli
 from memo import fileio
 from memo.config import experiments, naming
 from memo.files import results
@@ -31,20 +32,14 @@ if TYPE_CHECKING:
     import torch
 
 
-class CLIError(Exception):
-    """A problem the user can fix; printed without a traceback."""
-
-
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.parser(__file__, __doc__.split("\n\n")[0],
+                   formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--experiment", required=True, help="experiment name (memo.experiments)")
-    p.add_argument("--results-dir", default="results", help="results root (default: results)")
-    p.add_argument("--data-root", default=None,
-                   help="data directory (default: $DATA_ROOT, else ./data)")
-    p.add_argument("--device", default=None,
-                   help="torch device, e.g. cpu or cuda (default: cuda when available)")
-    p.add_argument("-o", "--output", default=None, help="output file (default: analysis/<exp>_nn.npz)")
+    cli.add_results_dir(p)
+    cli.add_data_root(p)
+    cli.add_device(p)
+    cli.add_output(p, "the distance ratios (.npz)", "analysis/<exp>_nn.npz")
     p.add_argument("--block-rows", type=int, default=4096, help="query rows per distance block")
     p.add_argument("--block-cols", type=int, default=8192, help="reference columns per block")
     p.add_argument("--sample-batch", type=int, default=1024, help="latents decoded per batch")
@@ -68,7 +63,7 @@ def load_model(exp, in_channels: int, results_dir, device) -> tuple[torch.nn.Mod
         var = "" if Path(results_dir) == Path("results") else f" RESULTS={results_dir}"
         again = (f" ({target} exists without its checkpoint: delete it so make retrains)"
                  if target.is_file() else "")
-        raise CLIError(
+        raise checkpoints.CheckpointError(
             f"checkpoint of the full-data model not found: {path}\n"
             f"Train that model first: `make{var} {target}`{again}, "
             f"or the whole experiment: `make{var} memorization-{exp.name}`.")
@@ -76,10 +71,8 @@ def load_model(exp, in_channels: int, results_dir, device) -> tuple[torch.nn.Mod
            f"{files.result}` retrains the full model")
     try:
         models.load_weights(model, checkpoints.load_state(path, "checkpoint", fix), path)
-    except ValueError as e:  # CheckpointError, or load_weights naming the keys that differ
-        raise CLIError(str(e)) from None
     except (RuntimeError, TypeError, AttributeError) as e:  # what load_weights does not foresee
-        raise CLIError(f"checkpoint {path} does not fit {exp.model} (latent_dim "
+        raise checkpoints.CheckpointError(f"checkpoint {path} does not fit {exp.model} (latent_dim "
                        f"{exp.latent_dim}, {in_channels} channels): {fileio.one_line(e)}") from None
     return model.to(device).eval(), path
 
@@ -105,21 +98,18 @@ def save_npz(path: Path, arrays: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> Path:
-    import torch   # after the command line is read: --help needs none of it
+    with cli.usage():  # an unknown experiment, a bad setting of it: one line each
+        exp = experiments.get(args.experiment)
+    device = cli.device(args.device)   # imports torch: after the command line is read
     from memo import data
     from memo.measures import neighbours
-    try:  # an unknown experiment, a bad setting of it, an unusable device: one line each
-        exp = experiments.get(args.experiment)
-        device = data.check_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    except ValueError as e:
-        raise CLIError(str(e)) from None
     try:
         dataset = naming.dataset_name(exp.data)
         split = reference_split(dataset)
         train = data.load(exp.data, "train", root=args.data_root).images
         valid = data.load(exp.data, split, root=args.data_root).images
     except (data.DataMissingError, ValueError) as e:  # missing files, bad spec or file contents
-        raise CLIError(f"experiment {exp.name!r}: {e}") from None
+        raise type(e)(f"experiment {exp.name!r}: {e}") from None
     if exp.subset:
         train = train[:exp.subset]
     model, ckpt = load_model(exp, train.shape[1], args.results_dir, device)
@@ -165,16 +155,7 @@ def run(args: argparse.Namespace) -> Path:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        run(args)
-    except CLIError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("nearest_neighbours.py: interrupted; nothing written", file=sys.stderr)
-        return 130
-    return 0
+    return cli.run(__file__, run, parse_args(argv))
 
 
 if __name__ == "__main__":

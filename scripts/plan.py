@@ -18,6 +18,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+import cli
 from memo.config import experiments
 from memo import fileio
 from memo.files import results
@@ -69,8 +70,9 @@ def settings_json(exp: experiments.Experiment, summarize_args: str = "") -> str:
     not re-run the summary), and the summary's own options (SUMMARIZE_ARGS)."""
     values = asdict(exp)
     stamp = {k: values[k] for k in results.RESULT_SETTINGS}
-    if stamp["dp"] is None:  # as result files record it: stamps from before dp stay valid
-        del stamp["dp"]
+    for key, default in results.UNRECORDED.items():  # as result files record them: stamps
+        if stamp[key] == default:                     # from before these settings stay valid
+            del stamp[key]
     stamp["summarize_args"] = " ".join(summarize_args.split())
     return json.dumps(stamp, sort_keys=True) + "\n"
 
@@ -162,7 +164,7 @@ def make_fragment(table: dict[str, experiments.Experiment], group: int = 1) -> s
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = cli.parser(__file__, __doc__.splitlines()[0])
     p.add_argument("what", choices=["make", "files", "groups"])
     p.add_argument("experiment", nargs="?")
     p.add_argument("--root", default="results")
@@ -175,27 +177,28 @@ def main(argv=None) -> int:
     p.add_argument("--summarize-args", default="", help="make: the summaries' options "
                    "(SUMMARIZE_ARGS), part of each settings stamp")
     args = p.parse_args(argv)
-    try:
+    return cli.run(__file__, run, args)
+
+
+def run(args: argparse.Namespace) -> None:
+    with cli.usage():  # the experiment table is this command's input: its errors are usage
         table = experiments.all_experiments()
         if args.what == "make":
             # everything is computed before anything is written: an error leaves no file behind
             fragment = make_fragment(table, args.group or 1)
-            if args.settings_dir:
-                write_settings(table, args.settings_dir, args.summarize_args)
-            if args.output:
-                write_if_changed(args.output, fragment)
-            else:
-                sys.stdout.write(fragment)
-            return 0
-        exp = experiments.get(args.experiment or "")
-        if args.what == "files":
-            print("\n".join(result_files(exp, args.root)))
         else:
-            print("\n".join(" ".join(j.tag for j in g) for g in groups(exp, args.group or 10)))
-    except ValueError as e:
-        print(f"plan.py: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+            exp = experiments.get(args.experiment or "")
+    if args.what == "make":
+        if args.settings_dir:
+            write_settings(table, args.settings_dir, args.summarize_args)
+        if args.output:
+            write_if_changed(args.output, fragment)
+        else:
+            sys.stdout.write(fragment)
+    elif args.what == "files":
+        print("\n".join(result_files(exp, args.root)))
+    else:
+        print("\n".join(" ".join(j.tag for j in g) for g in groups(exp, args.group or 10)))
 
 
 if __name__ == "__main__":

@@ -5,13 +5,14 @@
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
+import cli
+
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = cli.parser(__file__, __doc__.split("\n\n")[0])
     p.add_argument("--summaries", nargs="*", type=Path,
                    help="summary files (default: analysis/*.npz without the *_nn, *_measures and "
                    "*_sweep files)")
@@ -21,7 +22,6 @@ def main(argv=None) -> int:
     p.add_argument("--no-latex", action="store_true", help="put the pages together with matplotlib")
     args = p.parse_args(argv)
 
-    from memo.score import summary
     from memo.figures import report
     summaries = args.summaries
     if summaries is None:
@@ -30,13 +30,12 @@ def main(argv=None) -> int:
     jsons = args.figures
     if jsons is None:
         jsons = sorted(args.out.parent.glob("*/*.json"))
-    try:
-        report.build(summaries, jsons, args.out, engine=None if args.no_latex else "auto")
-    except (summary.SummaryError, ValueError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(args.out)
-    return 0
+    # RuntimeError: LaTeX failed (its log's last lines are in the message)
+    rc = cli.run(__file__, report.build, summaries, jsons, args.out,
+                 None if args.no_latex else "auto", failures=(RuntimeError,))
+    if rc == 0:
+        print(args.out)
+    return rc
 
 
 if __name__ == "__main__":

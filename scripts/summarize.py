@@ -14,14 +14,15 @@ import io
 import sys
 from pathlib import Path
 
+import cli
+
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.parser(__file__, __doc__.splitlines()[0],
+                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--result-files", nargs="+", required=True, help="result files (.json.gz) "
                    "of one experiment: all cv folds of all repeats, optionally the full model")
-    p.add_argument("-o", "--output", required=True, help="summary file (.npz); the CSV is "
-                   "written beside it with the same stem")
+    cli.add_output(p, "the summary (.npz; its CSV beside it, of the same stem)", required=True)
     p.add_argument("--experiment", default=None, help="experiment name: refuse result files "
                    "made under other settings than it has now")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates over repeats")
@@ -30,8 +31,13 @@ def parse_args(argv=None):
                    "there are no more); 0: no calibration")
     p.add_argument("--fdr-q", type=float, default=0.05, help="false discovery rate of the "
                    "'memorized' flag (Benjamini-Hochberg over the examples)")
-    p.add_argument("--data-root", default=None, help="data directory, to add labels "
-                   "(default: $DATA_ROOT or ./data); without data, labels are -1")
+    p.add_argument("--test", choices=("moderated-t", "t", "permutation"), default="moderated-t",
+                   help="the per-example test behind the flag: moderated-t, the repeat-paired "
+                   "t-test of in- against held-out log p with variances moderated across "
+                   "examples (can flag at 11-21 models); t, the same without moderation; "
+                   "permutation, the exact permutation null of M (smallest p 1/K^L) "
+                   "(docs/calibration.md)")
+    cli.add_data_root(p)   # for the labels; without the data they are -1
     args = p.parse_args(argv)
     if args.n_perm < 0:
         p.error("--n-perm must be 0 (no calibration) or more")
@@ -53,26 +59,26 @@ def labels_for(meta: dict, data_root=None):
     return d.labels[: meta["n"]].numpy()
 
 
+def controls_csv(summary_path: Path) -> Path:
+    """analysis/<exp>_controls.csv beside analysis/<exp>.npz."""
+    return summary_path.with_name(summary_path.stem + "_controls.csv")
+
+
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    return cli.run(__file__, run, parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
     import numpy as np
     import pandas as pd
     from memo.config import experiments
     from memo import fileio
-    from memo.files import results
     from memo.score import summary
 
-    try:
+    with cli.usage():
         exp = experiments.get(args.experiment) if args.experiment else None
-        s = summary.summarize(args.result_files, n_boot=args.n_boot, experiment=exp,
-                              n_perm=args.n_perm, fdr_q=args.fdr_q)
-    except (summary.SummaryError, results.ResultFileError, experiments.UnknownExperimentError,
-            experiments.SettingsError) as e:
-        print(f"summarize.py: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("summarize.py: interrupted; nothing written", file=sys.stderr)
-        return 130
+    s = summary.summarize(args.result_files, n_boot=args.n_boot, experiment=exp,
+                          n_perm=args.n_perm, fdr_q=args.fdr_q, test=args.test)
     n = s.meta["n"]
     labels = labels_for(s.meta, args.data_root)
     if labels is not None:
@@ -94,6 +100,14 @@ def main(argv=None) -> int:
     buf = io.StringIO()
     table.to_csv(buf, index=False, float_format="%.6g")
     fileio.atomic_write_bytes(out.with_suffix(".csv"), buf.getvalue().encode())
+    if s.n_controls:  # the control images: a file of their own, never rows among the examples
+        controls = pd.DataFrame({
+            "test_index": s.control_index, "M": s.control_M,
+            "M_corrected": s.control_M_corrected, "p_value": s.control_p_value,
+            "flagged": s.control_flagged})
+        buf = io.StringIO()
+        controls.to_csv(buf, index=False, float_format="%.6g")
+        fileio.atomic_write_bytes(controls_csv(out), buf.getvalue().encode())
 
     m = s.M[-1]
     q = np.nanquantile(m, [0.5, 0.95, 0.99, 0.999])
@@ -114,16 +128,34 @@ def main(argv=None) -> int:
               f"null mean (bias) median {np.nanmedian(s.null_mean):.2f}; M_corrected median "
               f"{np.nanmedian(mc):.2f}, max {np.nanmax(mc):.2f}, "
               f"{np.mean(mc > 0):.1%} above 0")
-        print(f"  flagged as memorized (Benjamini-Hochberg, q={c['fdr_q']:g}): "
-              f"{c['flagged']} of {n} ({c['flagged'] / n:.2%}); smallest attainable p "
-              f"{c['min_p']:.3g}")
+        test = {"moderated-t": f"moderated repeat-paired t-test, df {c.get('df', 0):.1f}",
+                "t": f"repeat-paired t-test, df {c.get('df', 0):g}",
+                "permutation": "permutation p-values"}[c.get("test", "permutation")]
+        print(f"  flagged as memorized ({test}, Benjamini-Hochberg at q={c['fdr_q']:g}): "
+              f"{c['flagged']} of {n} ({c['flagged'] / n:.2%}), at p <= {c['threshold']:.3g}")
+        ctl = c.get("controls")
+        if ctl:
+            lo, hi = ctl["rate_ci"]
+            fdr = ("" if not c["flagged"] else f"; FDR estimate {ctl['fdr_estimate']:.1%} "
+                   f"(upper {ctl['fdr_upper']:.1%})")
+            print(f"  control images (never trained on) flagged at that threshold: "
+                  f"{ctl['flagged']} of {ctl['n']} ({ctl['rate']:.2%}, 95% CI {lo:.2%}-{hi:.2%})"
+                  f"{fdr}")
+        else:
+            print("  no control images: the false-positive rate of the flag is not measured "
+                  "(the authors' method and archive have none)")
+        lo, hi = c["pi1_ci"]
+        print(f"  share of examples whose log p rises when trained on (Storey's pi1): "
+              f"{c['pi1']:.1%} (95% CI {lo:.1%}-{hi:.1%})")
         print(f"  reliability of M_corrected: split-half Spearman {s.split_half_corrected:.3f}"
               f"; Spearman-Brown {s.reliability_corrected:.3f}")
         from memo.score import calibration
-        note = calibration.design_note(s.meta["folds"], L, c["n_perm"], n, c["fdr_q"])
+        note = (calibration.design_note(s.meta["folds"], L, c["n_perm"], n, c["fdr_q"])
+                if c.get("test", "permutation") == "permutation" else None)
         if note:
             print(f"summarize.py: warning: {note}", file=sys.stderr)
-    print(f"wrote {out} and {out.with_suffix('.csv')}")
+    also = f" and {controls_csv(out)}" if s.n_controls else ""
+    print(f"wrote {out}, {out.with_suffix('.csv')}{also}")
     return 0
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+import cli
 from memo import fileio
 from memo.config import experiments
 from memo.files import results
@@ -34,20 +35,19 @@ DEFAULT_OUT = Path("analysis") / "fashion_sizes_sweep.npz"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.parser(__file__, __doc__.split("\n\n")[0],
+                   formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", nargs="+", default=experiments.SIZE_SWEEP,
                    help="experiments of the sweep (default: %(default)s)")
     p.add_argument("--samples", type=int, default=10_000,
                    help="model samples per size (default: %(default)s)")
-    p.add_argument("--results-dir", default="results", help="results root (default: results)")
-    p.add_argument("--data-root", default=None, help="data directory (default: $DATA_ROOT)")
-    p.add_argument("--device", default=None, help="torch device (default: cuda when available)")
+    cli.add_results_dir(p)
+    cli.add_data_root(p)
+    cli.add_device(p)
     p.add_argument("--summaries", type=Path, default=None,
                    help="folder of the sweep experiments' summaries (<exp>.npz), for the "
                    "quantiles of M (default: none)")
-    p.add_argument("-o", "--output", type=Path, default=DEFAULT_OUT,
-                   help="output file (default: %(default)s)")
+    cli.add_output(p, "the sweep's numbers per size (.npz)", str(DEFAULT_OUT))
     return p.parse_args(argv)
 
 
@@ -113,44 +113,35 @@ def one_size(exp, samples: int, root, data_root, device, log, summaries=None) ->
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    return cli.run(__file__, run, parse_args(argv),
+                   interrupted="interrupted; finished models are kept, nothing else written")
+
+
+def run(args: argparse.Namespace) -> None:
     log = lambda m: print(m, file=sys.stderr)
-    if args.samples < 1:
-        print(f"sweep.py: error: --samples {args.samples} is not allowed (an integer >= 1)",
-              file=sys.stderr)
-        return 2
-    import torch   # after the command line is read: --help needs none of it
-    from memo import data
-    from memo.train import checkpoints, training
-    try:
-        device = data.check_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    with cli.usage():
+        if args.samples < 1:
+            raise cli.UsageError(f"--samples {args.samples} is not allowed (an integer >= 1)")
         exps = [experiments.get(name) for name in args.sizes]
         bad = [e.name for e in exps if not e.subset]
         if bad:
-            raise ValueError(f"{', '.join(bad)}: a sweep experiment needs a subset size")
-        rows = []
-        for exp in sorted(exps, key=lambda e: e.subset):
-            log(f"[sweep] n = {exp.subset}: {exp.name}")
-            rows.append(one_size(exp, args.samples, args.results_dir, args.data_root, device, log,
-                                 args.summaries))
-            r = rows[-1]
-            log(f"[sweep] n = {r['n']}: {100 * r['ratio']:.2f} % of {args.samples} samples copy a "
-                f"training image (held-out images: {100 * r['control_ratio']:.2f} %)")
-    except (experiments.UnknownExperimentError, experiments.SettingsError, ValueError,
-            data.DataMissingError, results.ResultFileError, checkpoints.CheckpointError,
-            training.TrainingDivergedError, summary.SummaryError) as e:
-        print(f"sweep.py: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("sweep.py: interrupted; finished models are kept, nothing else written",
-              file=sys.stderr)
-        return 130
+            raise cli.UsageError(f"{', '.join(bad)}: a sweep experiment needs a subset size")
+    device = cli.device(args.device)   # imports torch: after the command line is read
+    rows = []
+    for exp in sorted(exps, key=lambda e: e.subset):
+        log(f"[sweep] n = {exp.subset}: {exp.name}")
+        rows.append(one_size(exp, args.samples, args.results_dir, args.data_root, device, log,
+                             args.summaries))
+        r = rows[-1]
+        log(f"[sweep] n = {r['n']}: {100 * r['ratio']:.2f} % of {args.samples} samples copy a "
+            f"training image (held-out images: {100 * r['control_ratio']:.2f} %)")
     arrays = {k: np.array([r[k] for r in rows], dtype=float) for k in FIELDS}
     arrays["meta"] = np.array(json.dumps({"experiments": [e.name for e in exps],
                                           "samples": args.samples, "data": "fashion"}))
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
-    fileio.atomic_write_bytes(args.output, buf.getvalue())
+    out = args.output or DEFAULT_OUT
+    fileio.atomic_write_bytes(out, buf.getvalue())
     print(f"{'n':>6} {'epochs':>6} {'copies %':>18} {'held-out %':>18} {'train':>8} {'test':>8} "
           f"{'M median/95%/99.9%':>20}")
     for r in rows:
@@ -159,8 +150,7 @@ def main(argv=None) -> int:
               f"[{100 * r['control_low']:.2f}, {100 * r['control_high']:.2f}] "
               f"{r['train_loss']:>8.2f} {r['test_loss']:>8.2f} "
               f"{r['M_median']:6.2f}/{r['M_q95']:5.2f}/{r['M_q999']:5.2f}")
-    print(args.output)
-    return 0
+    print(out)
 
 
 if __name__ == "__main__":

@@ -237,7 +237,7 @@ def test_summary_keeps_every_models_value_and_the_observed_m_is_the_summarys(tmp
     from memo.config import splits
     n, folds, repeats = 13, 3, 2
     paths, full = make_experiment(tmp_path, n, folds, repeats)
-    s = summary.summarize(paths + [full], progress=False, n_boot=50)
+    s = summary.summarize(paths + [full], progress=False, n_boot=50, test="permutation")
     assert s.values.shape == (repeats, folds, n) and s.values.dtype == np.float32
     for r in range(repeats):
         for k in range(folds):
@@ -278,6 +278,7 @@ def test_cli_writes_the_calibrated_columns_and_warns_about_the_design(tmp_path, 
     out = tmp_path / "analysis" / "exp.npz"
     assert summarize_cli.main(["--result-files", *map(str, paths + [full]), "-o", str(out),
                                "--n-boot", "50", "--n-perm", "500", "--fdr-q", "0.1",
+                               "--test", "permutation",
                                "--data-root", str(tmp_path / "nodata")]) == 0
     io = capsys.readouterr()
     warnings = [l for l in io.err.splitlines() if "warning" in l]

@@ -182,5 +182,5 @@ def test_cli_unknown_experiment(tmp_path, monkeypatch, capsys):
     import nearest_neighbours as cli
 
     monkeypatch.delenv("EXPERIMENTS_FILE", raising=False)
-    assert cli.main(["--experiment", "nope", "--results-dir", str(tmp_path)]) == 1
-    assert "unknown experiment" in capsys.readouterr().err
+    assert cli.main(["--experiment", "nope", "--results-dir", str(tmp_path)]) == 2  # usage
+    assert "nearest_neighbours.py: error: unknown experiment" in capsys.readouterr().err

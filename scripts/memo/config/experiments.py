@@ -13,8 +13,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from memo.errors import MemoError
 
-class SettingsError(ValueError):
+
+class SettingsError(ValueError, MemoError):
     """An experiment setting of the wrong type or outside its range; one line per setting."""
 
 
@@ -33,6 +35,8 @@ def _is_int(v) -> bool:
 # Differentially private training (memo/train/private.py, docs/privacy.md): the `dp` setting's keys
 # and the defaults filled in for those not given; epsilon must be given.
 DP_DEFAULTS = {"delta": 1e-5, "max_grad_norm": 1.0}
+DEFAULT_CONTROLS = 1000  # control images where an experiment does not say (a rate's 95 % interval
+                         # is then about ±1.4 points at 5 %)
 DP_KEYS = ("epsilon", "delta", "max_grad_norm")
 
 
@@ -81,6 +85,8 @@ def setting_problems(exp) -> list[str]:
                        ("checkpoint_every", 1)):
         value = getattr(exp, field)
         need(field, _is_int(value) and value >= low, f"an integer >= {low}")
+    need("controls", exp.controls is None or (_is_int(exp.controls) and exp.controls >= 0),
+         "null (the default) or an integer >= 0")
     epochs = exp.epochs if _is_int(exp.epochs) and exp.epochs >= 1 else None
     need("eval_every", _is_int(exp.eval_every) and 1 <= exp.eval_every <= (epochs or exp.eval_every),
          f"an integer from 1 to epochs{f' = {epochs}' if epochs else ''}")
@@ -164,6 +170,11 @@ class Experiment:
     # differentially private training (docs/privacy.md): None, or {"epsilon": ε, "delta": δ,
     # "max_grad_norm": C}; stored complete (DP_DEFAULTS filled in, floats)
     dp: dict | None = None
+    # control images (docs/calibration.md): this many images of the data's test split that no
+    # model trains on, scored by every model like a training example; their flag rate is the
+    # measured false-positive rate. 0: none (the paper's experiments: the authors had none);
+    # None: DEFAULT_CONTROLS where the data set has a test split, else none
+    controls: int | None = None
 
     def __post_init__(self):
         problems = setting_problems(self)
@@ -210,14 +221,14 @@ class Experiment:
 _TABLE = [
     Experiment(name="bmnist_lr3", data="bmnist", model="BernoulliMLPVAE", latent_dim=16,
                lr=1e-3, epochs=100, eval_every=5, n_is=256,
-               results_dir="binarized_mnist_extra_lr3", **AUTHORS_METHOD),
+               results_dir="binarized_mnist_extra_lr3", controls=0, **AUTHORS_METHOD),
     Experiment(name="bmnist_lr4", data="bmnist", model="BernoulliMLPVAE", latent_dim=16,
                lr=1e-4, epochs=100, eval_every=5, n_is=256,
-               results_dir="binarized_mnist_extra_lr4", **AUTHORS_METHOD),
+               results_dir="binarized_mnist_extra_lr4", controls=0, **AUTHORS_METHOD),
     Experiment(name="cifar10", data="cifar10", model="DiagonalGaussianDCVAE", latent_dim=64,
-               lr=1e-3, epochs=100, eval_every=50, n_is=128, **AUTHORS_METHOD),
+               lr=1e-3, epochs=100, eval_every=50, n_is=128, controls=0, **AUTHORS_METHOD),
     Experiment(name="celeba", data="celeba", model="ConstantGaussianDCVAE", latent_dim=32,
-               lr=1e-3, epochs=50, eval_every=25, n_is=128, **AUTHORS_METHOD),
+               lr=1e-3, epochs=50, eval_every=25, n_is=128, controls=0, **AUTHORS_METHOD),
     Experiment(name="fashion_demo", data="fashion", model="BernoulliMLPVAE", latent_dim=16,
                lr=1e-3, epochs=40, eval_every=10, n_is=128, folds=5, repeats=2, subset=2000,
                checkpoint_every=10),
@@ -246,7 +257,7 @@ DP_SWEEP = [BENCHMARK_EXPERIMENT] + [name for name in EXPERIMENTS
 SIZE_SWEEP = [name for name in EXPERIMENTS if re.fullmatch(r"fashion_n\d+", name)]
 
 
-class UnknownExperimentError(ValueError):
+class UnknownExperimentError(ValueError, MemoError):
     pass
 
 

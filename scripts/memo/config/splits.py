@@ -51,6 +51,27 @@ def train_test_indices(n: int, n_folds: int, seed: int, repeat: int, fold: int,
     return np.flatnonzero(~held_out), np.flatnonzero(held_out)
 
 
+CONTROL_KEY = 0xC0  # keys the control images' draws apart from the training examples'
+
+
+def control_choice(n_test: int, count: int, seed: int) -> np.ndarray:
+    """The positions in a test split of an experiment's `count` control images (sorted): a
+    permutation keyed by (seed, CONTROL_KEY), its first `count`; all when count >= n_test."""
+    return np.sort(np.random.default_rng([seed, CONTROL_KEY]).permutation(n_test)[:count])
+
+
+def control_held_out(n_controls: int, n_folds: int, seed: int, repeat: int) -> np.ndarray:
+    """(n_controls,) the pseudo-fold of each control image in one repeat, cut by the rule of
+    the training examples' folds (contiguous blocks of a permutation keyed by (seed, repeat),
+    the first n % K one longer), from a permutation of their own. No model trains on a
+    control: 'held out' names the model that plays the held-out one in the score."""
+    held = np.full(n_controls, -1, dtype=np.int16)
+    perm = np.random.default_rng([seed, repeat, CONTROL_KEY]).permutation(n_controls)
+    for k, block in enumerate(np.array_split(perm, n_folds)):
+        held[block] = k
+    return held
+
+
 def model_seed(seed: int, repeat: int, fold: int) -> int:
     """A seed of its own for every (repeat, fold) model, independent of run order."""
     return int(np.random.SeedSequence([seed, repeat, fold + 1]).generate_state(1)[0])

@@ -39,8 +39,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from memo.config import naming
+from memo.config import naming, splits
+from memo.config.experiments import DEFAULT_CONTROLS
 from memo.fileio import one_line, torch_refusal
+from memo.errors import MemoError
 
 DATA_ROOT_DEFAULT = "./data"
 FASHION_DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
@@ -77,7 +79,7 @@ class ImageData:
         return int(self.images.shape[0])
 
 
-class DataMissingError(Exception):
+class DataMissingError(MemoError):
     """A data set's files are not where they are expected; the message says how to get them."""
 
 
@@ -147,24 +149,58 @@ class JobData:
     test: torch.Tensor | None    # the official test split, for the full-data model's loss
     hflip: bool                  # random horizontal flips in training
     dataset: str                 # display name, as in result file names
+    # control images (memo/config/splits.py control_choice): test-split images no model trains
+    # on, scored like training examples; None when the experiment has none
+    controls: torch.Tensor | None = None
+    control_index: torch.Tensor | None = None   # (C,) their positions in the test split
+
+    @property
+    def control_noise_index(self) -> torch.Tensor:
+        """The keys of the controls' fixed evaluation noise: past D's, as the full model's test
+        images (memo/train/evaluation.py heldout_set), so one test image has one binarization."""
+        return self.control_index + self.train.shape[0]
+
+
+def n_controls(setting: int | None, has_test_split: bool) -> int:
+    """The number of control images an experiment asks for (Experiment.controls): its own
+    number, or the default where the data set has a test split to take them from."""
+    if setting is None:
+        return DEFAULT_CONTROLS if has_test_split else 0
+    return setting
+
+
+class NoControlsError(DataMissingError):
+    """An experiment asks for control images but its data set has no test split."""
 
 
 def load_job_data(exp, device: torch.device, full: bool, root=None,
                   download: bool = False) -> JobData:
     """The data of an experiment (experiments.Experiment) on `device`; full: also the test
-    split, when the data set has one."""
+    split, when the data set has one. Every job also gets the experiment's control images."""
     train = load(exp.data, "train", root=root, download=download)
     images = train.images[: exp.subset] if exp.subset else train.images
     test = None
-    if full:
+    if full or exp.controls != 0:
         try:
             test = load(exp.data, "test", root=root, download=download).images.to(device)
         except DataMissingError:
             if not exp.data.startswith("npz:"):  # a standard data set's test split must be there
                 raise
+            if exp.controls:  # asked for by number; the default takes none from such data
+                raise NoControlsError(
+                    f"experiment {exp.name} asks for {exp.controls} control images, but "
+                    f"{exp.data} has no test split to take them from: add x_test to the npz "
+                    f"(images no model trains on), or set \"controls\": 0 in the experiment "
+                    f"(no measured false-positive rate)") from None
             # npz data without x_test: the full model reports no test loss
     hflip = train.hflip if exp.hflip is None else exp.hflip
-    return JobData(images.to(device), test, hflip, naming.dataset_name(exp.data))
+    jd = JobData(images.to(device), test if full else None, hflip, naming.dataset_name(exp.data))
+    count = n_controls(exp.controls, test is not None)
+    if count:
+        index = torch.from_numpy(splits.control_choice(len(test), count, exp.seed))
+        jd.control_index = index.to(device)
+        jd.controls = test[jd.control_index]
+    return jd
 
 
 def _fetch(kind: str, root: Path) -> None:

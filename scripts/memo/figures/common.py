@@ -143,7 +143,29 @@ def flag_info(s: Summary) -> dict | None:
     return {"mask": np.asarray(s.memorized, bool), "count": int(np.sum(s.memorized)),
             "n": s.n, "q": q, "min_p": min_p, "exact": bool(c.get("exact")),
             "labellings": c.get("labellings_used"), "can_flag": bool(min_p <= q / s.n),
-            "needed": c.get("needed_at_min_p")}
+            "needed": c.get("needed_at_min_p"), "test": c.get("test", "permutation")}
+
+
+TEST_NAMES = {"moderated-t": "moderated repeat-paired $t$-test", "t": "repeat-paired $t$-test",
+              "permutation": "permutation $p$-values"}
+
+
+def controls_text(s: Summary) -> str:
+    """One LaTeX sentence on the control images: the measured false-positive rate of the flag,
+    or that there is none (the authors' method and archive have no controls)."""
+    ctl = (s.calibration or {}).get("controls")
+    if not ctl:
+        return ("There are no control images: the false-positive rate of the flag is not "
+                "measured (the authors' method and their published results have none). ")
+    lo, hi = ctl["rate_ci"]
+    text = (f"Control images, never trained on and scored alike: {count(ctl['flagged'])} of "
+            f"{count(ctl['n'])} flagged at the same threshold ({pct(ctl['rate'])}, 95"
+            r"\,\% "
+            f"interval {pct(lo)}--{pct(hi)})")
+    if np.isfinite(ctl.get("fdr_estimate", np.nan)):
+        text += (f"; the false discovery rate they imply is {pct(ctl['fdr_estimate'])} "
+                 f"(at most {pct(ctl['fdr_upper'])})")
+    return text + ". "
 
 
 def flag_label(info: dict) -> str:
@@ -158,8 +180,9 @@ def flag_text(s: Summary) -> str:
                 "\\texttt{-{}-n-perm 0}): no observation is flagged. ")
     q = rf"$q = {short(100 * info['q'])}$\,\%"
     if info["can_flag"] or info["count"]:
-        return (f"Flagged as memorized by Benjamini--Hochberg at {q}: {count(info['count'])} of "
-                f"{count(info['n'])} observations ({pct(info['count'] / info['n'])}). ")
+        return (f"Flagged as memorized ({TEST_NAMES[info['test']]}) by Benjamini--Hochberg at "
+                f"{q}: {count(info['count'])} of {count(info['n'])} observations "
+                f"({pct(info['count'] / info['n'])}). " + controls_text(s))
     how = (f"all $K^L = {count(info['labellings'])}$ labellings" if info["exact"] else
            f"$B = {count(info['labellings'])}$ drawn labellings")
     return (f"No observation is flagged, and none can be: the smallest attainable p-value, "

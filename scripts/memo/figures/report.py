@@ -18,7 +18,8 @@ from memo.score import summary
 from memo.score.summary import Summary
 
 from . import FIGURES
-from .common import (HIGH_Q, PREAMBLE, REPRODUCIBLE, count, finite, flag_info, flag_text,
+from .common import (HIGH_Q, PREAMBLE, REPRODUCIBLE, TEST_NAMES, count, finite, flag_info,
+                     flag_text,
                      highly_memorized, latex_engine, load_measures, load_nn, lr_label,
                      measures_path_for, nn_path_for, num, pct,
                      run_latex, sci, short, tex_escape, warn)
@@ -44,12 +45,23 @@ def key_numbers(s: Summary, nn=None, ms=None) -> list[tuple[str, str]]:
     Mc = s.M_corrected
     mc = finite(Mc)
     cal = s.calibration
-    flagged = min_p = bias = "--"
+    flagged = min_p = bias = controls = fdr = pi1 = "--"
     if fi is not None:
         flagged = f"{count(fi['count'])} ({pct(fi['count'] / s.n)})"
-        min_p = num(fi["min_p"]) + ("" if fi["can_flag"] else
-                                    rf" ($> q/n = {sci(fi['q'] / s.n)}$)")
+        min_p = ("none ($t$-test)" if fi["test"] != "permutation" else num(fi["min_p"]) + (
+            "" if fi["can_flag"] else rf" ($> q/n = {sci(fi['q'] / s.n)}$)"))
         bias = num(float(np.nanmedian(s.null_mean)))
+        ctl = cal.get("controls")
+        controls = "none (not measured)"
+        if ctl:
+            lo, hi = ctl["rate_ci"]
+            controls = (f"{count(ctl['flagged'])} of {count(ctl['n'])} ({pct(ctl['rate'])}; "
+                        f"{pct(lo)}--{pct(hi)})")
+            if np.isfinite(ctl.get("fdr_estimate", np.nan)):
+                fdr = f"{pct(ctl['fdr_estimate'])} (at most {pct(ctl['fdr_upper'])})"
+        if "pi1" in cal:
+            lo, hi = cal["pi1_ci"]
+            pi1 = f"{pct(cal['pi1'])} ({pct(lo)}--{pct(hi)})"
     q_label = (rf"$q = {short(100 * cal['fdr_q'])}\,\%$" if cal.get("fdr_q") else "$q$")
 
     def rel(x):
@@ -62,8 +74,13 @@ def key_numbers(s: Summary, nn=None, ms=None) -> list[tuple[str, str]]:
         if ess["threshold"] is not None:
             ess_low = (f"{pct(ess['below_in'])} / {pct(ess['below_out'])} "
                        f"($<{num(ess['threshold'])}$)")
+    test = TEST_NAMES[fi["test"]] if fi is not None else "--"
     return [
         (f"flagged as memorized (BH, {q_label})", flagged),
+        ("control images flagged (false positives; 95\,\% interval)", controls),
+        ("false discovery rate estimated from the controls", fdr),
+        ("share whose $\log p$ rises when trained on (Storey's $\pi_1$)", pi1),
+        ("test", test),
         ("smallest attainable $p$", min_p),
         ("median bias (null mean of $M$)", bias),
         ("median of $M_{\\mathrm{corrected}}$", num(float(np.median(mc))) if mc.size else "--"),

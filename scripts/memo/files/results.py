@@ -10,7 +10,9 @@ The full model also keeps its weights at every evaluation epoch (<stem>_epoch<E>
 one-model memorization measures (memo/measures/measures.py) average over them.
 
 Content: {"meta": {...}, "results": {"logpxs": {"<epoch>": {"train": {"<idx>": lp}, "test": ...}},
-"losses": {"train": [...], "test": [...]}, "ess": (ours, same shape as logpxs)}}.
+"losses": {"train": [...], "test": [...]}, "ess": (ours, same shape as logpxs),
+"controls": (ours, experiments with control images) {"logpxs": {"<epoch>": {"<test idx>": lp}},
+"ess": {...}}}}: the control images are keyed by their position in the test split.
 """
 from __future__ import annotations
 
@@ -25,13 +27,17 @@ import numpy as np
 from memo.config import naming
 from memo.config.experiments import AUTHORS_METHOD, METHOD_CHOICES, Experiment, Job
 from memo.fileio import atomic_write_bytes
+from memo.errors import MemoError
 
 AUTHOR_META_KEYS = ("batch_size", "dataset", "epochs", "fold_idx", "img_dim", "latent_dim",
                     "learning_rate", "mode", "model", "num_feature", "num_iw_samples", "run",
                     "seed", "trainer_params")
 
 
-class ResultFileError(ValueError):
+CONTROLS = "controls"  # our key of the control images' log p and ESS in "results"
+
+
+class ResultFileError(ValueError, MemoError):
     pass
 
 
@@ -62,15 +68,17 @@ def job_files(exp: Experiment, job: Job, root: str | Path = "results") -> JobFil
 
 
 def meta_for(exp: Experiment, job: Job, images_shape: tuple, dataset: str, hflip: bool,
-             speed: dict | None = None) -> dict:
+             speed: dict | None = None, n_controls: int = 0) -> dict:
     """A result file's meta: the authors' keys with their values' conventions (PAPER.md §7),
     then ours (experiment, folds, repeats, data spec, method, every setting).
     images_shape: (n, C, H, W) of the training set D."""
     n, channels, size = int(images_shape[0]), int(images_shape[1]), int(images_shape[-1])
     desc = naming.description(exp)
     settings = asdict(exp)
-    if exp.dp is None:  # the files of non-private runs stay as they were before dp existed
-        del settings["dp"]
+    settings["controls"] = n_controls  # the number scored (the default resolved)
+    for key, default in UNRECORDED.items():  # files stay as they were before these existed
+        if settings[key] == default:
+            del settings[key]
     return {
         "batch_size": exp.batch_size, "dataset": dataset, "epochs": exp.epochs,
         "fold_idx": job.fold, "img_dim": size, "latent_dim": exp.latent_dim,
@@ -92,7 +100,10 @@ AUTHOR_SETTING_KEYS = {"lr": "learning_rate", "epochs": "epochs", "n_is": "num_i
 OUR_METHOD = {field: choices[0] for field, choices in METHOD_CHOICES.items()}
 RESULT_SETTINGS = ("data", "model", "latent_dim", "lr", "epochs", "eval_every", "n_is",
                    "batch_size", "seed", "folds", "repeats", "subset", "hflip", "splits",
-                   "eval_noise", "flip", "dp")
+                   "eval_noise", "flip", "dp", "controls")
+# what a file records of a setting it leaves out: files of non-private runs and of runs without
+# control images stay as they were before those settings existed
+UNRECORDED = {"dp": None, "controls": 0}
 
 
 def recorded_method(meta: dict) -> dict:
@@ -116,7 +127,9 @@ def settings_mismatches(meta: dict, exp: Experiment) -> list[tuple[str, object, 
                     **{f: meta[k] for f, k in AUTHOR_SETTING_KEYS.items() if k in meta}}
         if "dataset" in meta and meta["dataset"] != naming.dataset_name(exp.data):
             return [("dataset", meta["dataset"], naming.dataset_name(exp.data))]
-    recorded.setdefault("dp", None)  # files of non-private runs do not record dp
+    recorded = {**UNRECORDED, **recorded}
+    if exp.controls is None:  # the default: as many as the data allow, whatever they were
+        recorded.pop("controls")
     return [(f, v, getattr(exp, f)) for f, v in recorded.items() if v != getattr(exp, f)]
 
 

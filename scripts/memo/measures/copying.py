@@ -25,6 +25,7 @@ from scipy import stats
 
 from memo.measures.influence import eval_mode
 from memo.measures.neighbours import check_blocks
+from memo.score.flagging import clopper_pearson
 
 
 def distinct_rows(x: torch.Tensor):
@@ -115,18 +116,6 @@ def is_copy(d1, d2, threshold: float = 1 / 3):
     ratio = torch.as_tensor(d1, dtype=torch.float64) / torch.as_tensor(d2, dtype=torch.float64)
     out = ratio < threshold  # nan (0/0) compares False
     return bool(out) if scalar else out
-
-
-def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    """Exact (Clopper–Pearson, 1934) two-sided interval for a binomial share k/n at `level`:
-    the α/2 quantile of Beta(k, n − k + 1) and the 1 − α/2 quantile of Beta(k + 1, n − k),
-    0 at k = 0 and 1 at k = n. n = 0 gives (0, 1)."""
-    if not 0 <= k <= n:
-        raise ValueError(f"need 0 <= k <= n; got k={k}, n={n}")
-    alpha = 1.0 - level
-    lo = 0.0 if k == 0 else float(stats.beta.ppf(alpha / 2, k, n - k + 1))
-    hi = 1.0 if k == n else float(stats.beta.ppf(1 - alpha / 2, k + 1, n - k))
-    return lo, hi
 
 
 @dataclass

@@ -42,6 +42,7 @@ from memo.score import rankstats
 from memo.files import results
 from memo.config.experiments import FULL_JOB, Experiment
 from memo.fileio import atomic_write_bytes
+from memo.errors import MemoError
 
 MEASURES = {                   # name: label for tables and figures
     "M": "$M$ ($K$-fold)",
@@ -57,7 +58,7 @@ MEASURES = {                   # name: label for tables and figures
 ONE_MODEL = [k for k in MEASURES if k not in ("M", "M_corrected")]
 
 
-class MeasuresError(ValueError):
+class MeasuresError(ValueError, MemoError):
     """Inputs the measures cannot be computed from; the message names the file and the fix."""
 
 
@@ -277,10 +278,17 @@ def singleton_auroc(scores: np.ndarray, role: np.ndarray,
     return (a, *rankstats.auroc_interval(scores[pool], positive, n_boot=n_boot))
 
 
-def benchmark(ms: MeasureSet, n_boot: int = 1000) -> list[dict]:
+FLAG_COLUMNS = ("flagged_singletons", "flagged_duplicates", "flagged_regular",
+                "flagged_controls")
+
+
+def benchmark(ms: MeasureSet, n_boot: int = 1000, flagged=None, control_flagged=None
+              ) -> list[dict]:
     """Per measure: AUROC of singletons vs regular examples (with its bootstrap interval), the
     mean rank percentile of duplicates, Spearman with M over regular examples, and cost. Without
-    a planted layout only the Spearman and cost columns are filled."""
+    a planted layout only the Spearman and cost columns are filled. flagged (n,) and
+    control_flagged (C,): the summary's flags; M's row then counts them per planted role and
+    among the control images ("k/of")."""
     rows = []
     regular = np.ones(ms.n, bool) if ms.role is None else ms.role == planted.REGULAR
     for name in MEASURES:
@@ -301,6 +309,20 @@ def benchmark(ms: MeasureSet, n_boot: int = 1000) -> list[dict]:
                                                                                 n_boot)
             pct = rankstats.rank_percentile(np.where(ok, v, -np.inf))
             row["duplicate_percentile"] = float(pct[ms.role == planted.DUPLICATE].mean())
+        row.update(dict.fromkeys(FLAG_COLUMNS, ""))
+        if name == "M" and flagged is not None:
+            flagged = np.asarray(flagged, bool)
+            roles = (() if ms.role is None else
+                     (("singletons", planted.SINGLETON), ("duplicates", planted.DUPLICATE),
+                      ("regular", planted.REGULAR)))
+            for label, role in roles:
+                sel = ms.role == role
+                row[f"flagged_{label}"] = f"{int(flagged[sel].sum())}/{int(sel.sum())}"
+            if ms.role is None:
+                row["flagged_regular"] = f"{int(flagged.sum())}/{flagged.size}"
+            if control_flagged is not None and len(control_flagged):
+                row["flagged_controls"] = (f"{int(np.sum(control_flagged))}/"
+                                           f"{len(control_flagged)}")
         rows.append(row)
     return rows
 

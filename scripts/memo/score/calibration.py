@@ -41,6 +41,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import logsumexp
 
+from memo.errors import MemoError
+
 DEFAULT_PERMUTATIONS = 2000
 DEFAULT_FDR_Q = 0.05
 # Work arrays hold about this many elements (float64: 64 MB) at a time.
@@ -52,7 +54,7 @@ _UNDERFLOW = 1e-250
 WORK_BUDGET = 1.5e9
 
 
-class CalibrationError(ValueError):
+class CalibrationError(ValueError, MemoError):
     """Values that cannot be calibrated (missing entries, inconsistent held-out folds)."""
 
 

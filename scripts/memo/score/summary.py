@@ -22,13 +22,16 @@ from pathlib import Path
 import numpy as np
 
 from memo import fileio
+from memo.config import splits
+from memo.score import calibration, flagging, uncertainty
+from memo.errors import MemoError
 
 # meta keys that must agree between all files of one summary
 IDENTITY_KEYS = ("dataset", "model", "seed", "latent_dim", "learning_rate", "epochs",
                  "num_iw_samples", "batch_size", "experiment", "data_spec", "subset")
 
 
-class SummaryError(ValueError):
+class SummaryError(ValueError, MemoError):
     """Result files that do not make one summary, or a file that is not a readable summary."""
 
 
@@ -68,6 +71,14 @@ class Summary:
     reliability: float = np.nan     # Spearman–Brown projection of split_half to all R repeats
     split_half_corrected: float = np.nan    # as split_half, for M_corrected
     reliability_corrected: float = np.nan
+    # control images (docs/calibration.md): never trained on, scored like training examples at
+    # the final epoch; absent (C = 0) without them
+    control_index: np.ndarray = None        # (C,) positions in the test split
+    control_values: np.ndarray = None       # (R, K, C) float32 log p under fold model k
+    control_held_out: np.ndarray = None     # (R, C) int16: the pseudo-fold of repeat r
+    control_M: np.ndarray = None            # (C,) U − V as for a training example
+    control_M_corrected: np.ndarray = None  # (C,) control_M − its permutation-null mean
+    control_p_value: np.ndarray = None      # (C,) the flagging test's p-value
     path: Path | None = field(default=None, compare=False)   # the file it was read from
     timings: dict = field(default_factory=dict, compare=False)   # seconds per step (not saved)
 
@@ -77,7 +88,12 @@ class Summary:
                     "held_out": np.zeros((0, n), np.int16), "null_mean": np.full(n, np.nan),
                     "M_corrected": np.full(n, np.nan), "p_value": np.full(n, np.nan),
                     "memorized": np.zeros(n, bool), "M_corrected_ci_low": np.full(n, np.nan),
-                    "M_corrected_ci_high": np.full(n, np.nan)}
+                    "M_corrected_ci_high": np.full(n, np.nan),
+                    "control_index": np.zeros(0, np.int64),
+                    "control_values": np.zeros((0, 0, 0), np.float32),
+                    "control_held_out": np.zeros((0, 0), np.int16),
+                    "control_M": np.zeros(0), "control_M_corrected": np.zeros(0),
+                    "control_p_value": np.zeros(0)}
         for key, default in defaults.items():
             if getattr(self, key) is None:
                 setattr(self, key, default)
@@ -91,6 +107,18 @@ class Summary:
     def calibration(self) -> dict:
         """meta's calibration record ({} when not calibrated)."""
         return self.meta.get("calibration") or {}
+
+    @property
+    def n_controls(self) -> int:
+        return int(self.control_index.size)
+
+    @property
+    def control_flagged(self) -> np.ndarray:
+        """(C,) bool: controls whose p-value reaches the threshold the examples were flagged at."""
+        at = self.calibration.get("threshold")
+        if at is None or not self.n_controls:
+            return np.zeros(self.n_controls, bool)
+        return self.control_p_value <= at
 
     @property
     def name(self) -> str:
@@ -125,7 +153,10 @@ ARRAYS = ("epochs", "U", "V", "M", "n_in", "n_out", "in_lse", "in_count", "out_l
           # calibration: after the earlier arrays, so those keep their place in the file
           "values", "held_out", "null_mean", "M_corrected", "p_value", "memorized",
           "M_corrected_ci_low", "M_corrected_ci_high", "reliability", "split_half_corrected",
-          "reliability_corrected")
+          "reliability_corrected",
+          # control images: after the calibration's arrays
+          "control_index", "control_values", "control_held_out", "control_M",
+          "control_M_corrected", "control_p_value")
 REQUIRED = ("meta", "epochs", "U", "V", "M")
 
 
@@ -187,22 +218,66 @@ def _compact(content: dict, path: Path) -> dict:
                               for e, v in res["logpxs"].items()}
     ess = {} if full else {e: {part: arrays(v[part]) for part in ("train", "test")}
                            for e, v in (res.get("ess") or {}).items()}
+    controls = res.get(results.CONTROLS)
+    if full or not isinstance(controls, dict):
+        controls = None
+    else:
+        try:
+            controls = {e: arrays(v) for e, v in controls["logpxs"].items()}
+        except (KeyError, TypeError, AttributeError) as e:
+            raise SummaryError(f"{path}: its control images' log p is not in the expected "
+                               f"schema ({e})") from None
     return {"meta": content["meta"],
-            "results": {"logpxs": logpxs, "losses": res["losses"], "ess": ess}}
+            "results": {"logpxs": logpxs, "losses": res["losses"], "ess": ess,
+                        "controls": controls}}
+
+
+def _control_values(cv: dict[Path, dict], epoch: int, R: int, K: int, seed: int):
+    """(index (C,), values (R, K, C), pseudo-folds (R, C)) of the control images at `epoch`,
+    or None when the result files have none; every fold model must score the same ones."""
+    have = {p: c["results"]["controls"] for p, c in cv.items()}
+    some = [p for p, v in have.items() if v is not None]
+    if not some:
+        return None
+    ref = some[0]
+    if len(some) != len(have):
+        lacking = next(p for p, v in have.items() if v is None)
+        raise SummaryError(f"{lacking.name} has no control images but {ref.name} has: the "
+                           "files come from different settings; retrain the experiment")
+    ref_idx, values = None, None
+    for p, c in cv.items():
+        entry = have[p].get(str(epoch))
+        if entry is None:
+            raise SummaryError(f"{p.name}: no log p of the control images at epoch {epoch}")
+        idx, val = entry
+        order = np.argsort(idx, kind="stable")
+        idx, val = idx[order], val[order]
+        if ref_idx is None:
+            ref_idx = idx
+            values = np.full((R, K, len(idx)), np.nan, dtype=np.float32)
+        elif not np.array_equal(idx, ref_idx):
+            raise SummaryError(f"{p.name} scores other control images than {ref.name}; the "
+                               "files come from different settings; retrain the experiment")
+        if not np.isfinite(val).all():
+            raise SummaryError(f"{p.name}: non-finite log p of a control image at epoch {epoch}")
+        values[int(c["meta"]["run"]), int(c["meta"]["fold_idx"])] = val
+    held = np.stack([splits.control_held_out(len(ref_idx), K, seed, r) for r in range(R)])
+    return ref_idx.astype(np.int64), values, held
 
 
 def summarize(paths: list[str | Path], progress: bool = True, n_boot: int = 1000,
-              experiment=None, n_perm: int | None = None, fdr_q: float | None = None) -> Summary:
+              experiment=None, n_perm: int | None = None, fdr_q: float | None = None,
+              test: str | None = None) -> Summary:
     """The summary of one experiment's result files, with bootstrap uncertainty over repeats
     (`n_boot` replicates), split-half reliability and the permutation calibration (`n_perm`
-    labellings per example, Benjamini–Hochberg at `fdr_q`; n_perm=0: no calibration); labels
+    labellings per example, Benjamini–Hochberg at `fdr_q` over the p-values of `test`,
+    memo.score.flagging; n_perm=0: no calibration); labels
     are left at -1 (unknown).
     experiment (experiments.Experiment): the files must have been made under its settings."""
     # imported here: they pull in torch and scipy, which reading a summary does not need
     from tqdm import tqdm
 
     from memo.files import results
-    from memo.score import uncertainty
 
     paths = [Path(p) for p in paths]
     if not paths:
@@ -325,7 +400,6 @@ def summarize(paths: list[str | Path], progress: bool = True, n_boot: int = 1000
         M_se=se, M_ci_low=lo, M_ci_high=hi, split_half=float(reliability), low_ess=low_ess,
         reliability=float(uncertainty.spearman_brown(reliability)))
     out_meta["split_half_repeats"] = [R // 2, R - R // 2]
-    from memo.score import calibration
     n_perm = calibration.DEFAULT_PERMUTATIONS if n_perm is None else int(n_perm)
     fdr_q = calibration.DEFAULT_FDR_Q if fdr_q is None else float(fdr_q)
     if n_perm > 0:
@@ -339,30 +413,81 @@ def summarize(paths: list[str | Path], progress: bool = True, n_boot: int = 1000
                 f"cannot calibrate: {what} at epoch {epochs[-1]}; the calibration needs every "
                 "fold model's log p of every example (complete result files); summarize "
                 "without it with --n-perm 0")
+        controls = _control_values(cv, epochs[-1], R, n_folds, seed)
         calibrate_summary(s, values, held_out, n_perm=n_perm, fdr_q=fdr_q, n_boot=n_boot,
-                          seed=seed, weights=weights)
+                          seed=seed, weights=weights, test=test, controls=controls)
     return s
 
 
+def _p_values(test: str, values, held_out, perm, prior=None) -> tuple[np.ndarray, dict]:
+    """The flagging test's p-values (memo.score.flagging) and its record; perm: the
+    permutation calibration of the same values; prior: the training examples' variance prior
+    (for the control images)."""
+    if test == "permutation":
+        return perm.p_value, {}
+    try:
+        tt = flagging.p_values(test, values, held_out, prior)
+    except flagging.FlaggingError as e:
+        raise SummaryError(f"{e}; summarize with --test permutation") from None
+    return tt.p, {"df": tt.df, "prior_df": tt.prior_df, "prior_var": tt.prior_var}
+
+
+def score_controls(values, held_out, test: str, n_perm: int, seed: int, prior=None) -> dict:
+    """M, M_corrected and the flagging test's p-value of the control images, by the code the
+    training examples go through (with their variance prior)."""
+    in_lse, in_count, out_lse, out_count = terms_from_values(values, held_out)
+    _, _, M = uncertainty.score_from_repeats(in_lse, in_count, out_lse, out_count)
+    perm = calibration.calibrate(values, held_out, n_perm=n_perm, seed=seed + 1)
+    p, _ = _p_values(test, values, held_out, perm, prior)
+    return {"M": M, "M_corrected": M - perm.null_mean, "p_value": p}
+
+
+def terms_from_values(values, held_out):
+    """Per-repeat (in logsumexp, in count, out logsumexp, out count), each (R, m), of one
+    evaluation epoch from every fold model's values (R, K, m) and the held-out folds (R, m)."""
+    values = np.asarray(values, dtype=np.float64)
+    out_mask = np.zeros(values.shape, dtype=bool)
+    np.put_along_axis(out_mask, held_out[:, None, :].astype(np.int64), True, axis=1)
+    with np.errstate(divide="ignore"):
+        in_lse = np.logaddexp.reduce(np.where(out_mask, -np.inf, values), axis=1)
+        out_lse = np.logaddexp.reduce(np.where(out_mask, values, -np.inf), axis=1)
+    K = values.shape[1]
+    count = np.ones(held_out.shape, dtype=np.int64)
+    return in_lse, count * (K - 1), out_lse, count
+
+
 def calibrate_summary(s: Summary, values, held_out, n_perm: int, fdr_q: float, n_boot: int,
-                      seed: int, weights=None) -> None:
+                      seed: int, weights=None, test: str | None = None, controls=None) -> None:
     """Fill the calibration of a summary in place (memo.calibration): null mean, M_corrected
-    and its bootstrap interval, p-values, BH flags, split-half of M_corrected; the record of
-    how (meta["calibration"]). weights: the bootstrap replicates of M's interval (drawn from
-    seed when not given). Work is timed in s.timings."""
+    and its bootstrap interval, the p-values of `test` (memo.score.flagging), BH flags,
+    split-half of M_corrected, the control images' scores and flag rate; the record of how
+    (meta["calibration"]). weights: the bootstrap replicates of M's interval (drawn from
+    seed when not given). controls: (index, values, pseudo-folds) or None. Work is timed in
+    s.timings."""
     import time
 
-    from memo.score import calibration, uncertainty
-
+    test = test or flagging.DEFAULT_TEST
+    if test not in flagging.TESTS:
+        raise SummaryError(f"unknown test {test!r}; valid choices: {', '.join(flagging.TESTS)}")
     t0 = time.perf_counter()
     R, K, n = values.shape
     c = calibration.calibrate(values, held_out, n_perm=n_perm, seed=seed)
-    flags, cutoff = calibration.benjamini_hochberg(c.p_value, fdr_q)
+    p_value, test_record = _p_values(test, values, held_out, c)
+    flags, cutoff = calibration.benjamini_hochberg(p_value, fdr_q)
     s.values, s.held_out = values, held_out
     s.null_mean = c.null_mean
     s.M_corrected = s.M[-1] - c.null_mean
-    s.p_value = c.p_value
+    s.p_value = p_value
     s.memorized = flags
+    at = flagging.threshold(cutoff, fdr_q, n)
+    control_record = None
+    if controls is not None:
+        s.control_index, s.control_values, s.control_held_out = controls
+        prior = (test_record["prior_df"], test_record["prior_var"]) if test_record else None
+        scored = score_controls(s.control_values, s.control_held_out, test, n_perm, seed, prior)
+        s.control_M, s.control_M_corrected = scored["M"], scored["M_corrected"]
+        s.control_p_value = scored["p_value"]
+        control_record = flagging.control_report(s.control_p_value, at, n, int(flags.sum()))
     s.timings["calibration"] = time.perf_counter() - t0
 
     # the interval of M_corrected: the null recomputed in each bootstrap replicate when
@@ -384,13 +509,18 @@ def calibrate_summary(s: Summary, values, held_out, n_perm: int, fdr_q: float, n
     s.reliability_corrected = float(uncertainty.spearman_brown(rel))
     s.timings["calibration uncertainty"] = time.perf_counter() - t0
 
+    min_p = c.min_p if test == "permutation" else 0.0
+    pi1_low, pi1_high = flagging.storey_interval(p_value, n_boot=max(n_boot, 2), seed=seed)
     s.meta["calibration"] = {
+        "test": test, **test_record,
         "n_perm": n_perm, "exact": c.exact, "labellings": calibration.labellings(K, R),
-        "labellings_used": c.n_labellings, "min_p": c.min_p, "fdr_q": fdr_q,
+        "labellings_used": c.n_labellings, "min_p": min_p, "fdr_q": fdr_q,
         "bh_first_threshold": fdr_q / n, "bh_cutoff": None if np.isnan(cutoff) else cutoff,
-        "flagged": int(flags.sum()), "can_flag": c.min_p <= fdr_q / n,
-        "needed_at_min_p": calibration.needed_at_minimum(c.min_p, n, fdr_q), "seed": seed,
-        "interval": interval, "split_half_corrected_splits": splits,
+        "threshold": at, "flagged": int(flags.sum()), "can_flag": min_p <= fdr_q / n,
+        "needed_at_min_p": calibration.needed_at_minimum(min_p, n, fdr_q) if min_p else 1,
+        "seed": seed, "interval": interval, "split_half_corrected_splits": splits,
+        "pi1": flagging.storey_pi1(p_value), "pi1_ci": [pi1_low, pi1_high],
+        "controls": control_record,
     }
 
 
@@ -522,4 +652,29 @@ def load(path: str | os.PathLike) -> Summary:
                      else _spearman_brown(float(a.get("split_half", np.nan)))),
         split_half_corrected=scalar("split_half_corrected"),
         reliability_corrected=scalar("reliability_corrected"),
+        **_load_controls(a, path),
         path=path)
+
+
+def _load_controls(a: dict, path: Path) -> dict:
+    """The control images' arrays of a summary file, checked against one another (none in
+    files without controls or from before they existed)."""
+    index = np.asarray(a.get("control_index", np.zeros(0)), dtype=np.int64)
+    C = index.size
+    if index.ndim != 1:
+        raise SummaryError(f"{path}: control_index has shape {index.shape}, expected (C,)")
+    values = np.asarray(a.get("control_values", np.zeros((0, 0, C))), dtype=np.float32)
+    if C and (values.ndim != 3 or values.shape[2] != C):
+        raise SummaryError(f"{path}: control_values has shape {values.shape}, expected "
+                           f"(R, K, {C})")
+    held = np.asarray(a.get("control_held_out", np.zeros((0, C))), dtype=np.int16)
+    if C and held.shape != (values.shape[0], C):
+        raise SummaryError(f"{path}: control_held_out has shape {held.shape}, expected "
+                           f"{(values.shape[0], C)}")
+    out = {"control_index": index, "control_values": values, "control_held_out": held}
+    for key in ("control_M", "control_M_corrected", "control_p_value"):
+        v = np.asarray(a.get(key, np.full(C, np.nan)), dtype=float)
+        if v.shape != (C,):
+            raise SummaryError(f"{path}: {key} has shape {v.shape}, expected ({C},)")
+        out[key] = v
+    return out

@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from memo.errors import MemoError
+
 COMPILE_MODES = ("auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
@@ -79,7 +81,7 @@ def training_precision(speed: Speed):
     return _tf32(speed.tf32)
 
 
-class CompileError(RuntimeError):
+class CompileError(RuntimeError, MemoError):
     """torch.compile cannot work here (no C++ compiler, no Triton, or its compilation failed)."""
 
 

@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 
 from memo.config.experiments import Experiment
-from memo.files.results import RESULT_SETTINGS
+from memo.files.results import RESULT_SETTINGS, UNRECORDED
 from memo.fileio import atomic_write_bytes, one_line, torch_refusal
+from memo.errors import MemoError
 
 
 def _save(path: str | Path, obj) -> None:
@@ -42,7 +43,7 @@ def save_resume(path, model, optimizer, gen: torch.Generator, history: dict, epo
     _save(path, state)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ValueError, MemoError):
     """A checkpoint file that cannot be used; the message names it and the fix."""
 
 
@@ -77,11 +78,13 @@ def load_resume(path, model, optimizer, gen: torch.Generator,
     saved = state.get("settings")
     if exp is not None and saved is not None:
         # only what changes the numbers: checkpoint_every or the name may change meanwhile
-        changed = [k for k in RESULT_SETTINGS if saved.get(k) != getattr(exp, k)]
+        changed = [k for k in RESULT_SETTINGS
+                   if saved.get(k, UNRECORDED.get(k)) != getattr(exp, k)
+                   and not (k == "controls" and exp.controls is None)]
         if changed:
             raise CheckpointError(
                 f"resume checkpoint {path} was written with other settings ("
-                + ", ".join(f"{k}={saved.get(k)!r}, now {getattr(exp, k)!r}" for k in changed)
+                + ", ".join(f"{k}={saved.get(k, UNRECORDED.get(k))!r}, now {getattr(exp, k)!r}" for k in changed)
                 + "); delete it to start this job afresh, or restore the settings")
     saved_device = state.get("generator_device", "cpu")
     if saved_device != gen.device.type:  # the random streams of CPU and CUDA differ in kind

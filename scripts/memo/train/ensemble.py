@@ -297,11 +297,14 @@ def _rows(stack: StackedVAEs, models: list[int]):
 @torch.no_grad()
 def group_log_px(stack: StackedVAEs, images: torch.Tensor, indices: list[torch.Tensor],
                  gens: list[torch.Generator], n_is: int, seed: int, is_rows: int | None = None,
-                 desc: str | None = None,
-                 noise_gens: list | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+                 desc: str | None = None, noise_gens: list | None = None,
+                 noise_indices: list[torch.Tensor] | None = None
+                 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """IS (log p, ESS) of each model g on the examples indices[g] of images, as
     evaluation.evaluate: batches of EVAL_BATCH, eps from gens[g], input noise fixed by (seed,
-    index) or fresh from noise_gens[g]. Tensors are left on the device."""
+    noise index: noise_indices[g], else the example's index) or fresh from noise_gens[g].
+    Tensors are left on the device."""
+    keys = indices if noise_indices is None else noise_indices
     is_rows = is_rows or IS_ROWS.get(images.device.type, IS_ROWS["cpu"])
     lps, esss = [[] for _ in indices], [[] for _ in indices]
     steps = list(_eval_steps([len(i) for i in indices], evaluation.EVAL_BATCH))
@@ -309,7 +312,7 @@ def group_log_px(stack: StackedVAEs, images: torch.Tensor, indices: list[torch.T
                              file=sys.stderr):
         models = [g for g, _ in parts]
         width = max(b for _, b in parts)
-        x = _eval_inputs(stack.binary, seed, [(images, indices[g], indices[g]) for g in models],
+        x = _eval_inputs(stack.binary, seed, [(images, indices[g], keys[g]) for g in models],
                          start, parts, width, noise_gens)
         eps = torch.stack([_pad(estimator.sample_eps(b, n_is, stack.latent_dim, gens[g],
                                                      images.device, torch.float32), width, True)
@@ -391,13 +394,20 @@ class Group:
 
     def log_px(self, epoch: int, part: str) -> list[tuple[np.ndarray, np.ndarray]]:
         device = self.stack.device
-        indices = [m.train_t if part == "train" else m.test_t for m in self.members]
+        images, keys = self.jd.train, None
+        if part == "control":
+            images = self.jd.controls
+            indices = [torch.arange(len(images), device=device)] * len(self.members)
+            keys = [self.jd.control_noise_index] * len(self.members)
+        else:
+            indices = [m.train_t if part == "train" else m.test_t for m in self.members]
         gens = [evaluation.generator(m.seed, epoch, evaluation.LOG_PX_SAMPLES, device)
                 for m in self.members]
-        out = group_log_px(self.stack, self.jd.train, indices, gens, self.exp.n_is,
+        out = group_log_px(self.stack, images, indices, gens, self.exp.n_is,
                            self.exp.seed, self.is_rows,
-                           desc=f"log p ({'in' if part == 'train' else 'out'})",
-                           noise_gens=self._noise_gens(epoch, evaluation.LOG_PX_NOISE))
+                           desc=f"log p ({evaluation.PART_NAMES[part]})",
+                           noise_gens=self._noise_gens(epoch, evaluation.LOG_PX_NOISE),
+                           noise_indices=keys)
         return [(lp.double().cpu().numpy(), ess.double().cpu().numpy()) for lp, ess in out]
 
     def _noise_gens(self, epoch: int, offset: int) -> list | None:

@@ -17,6 +17,8 @@ from memo.train import accel
 from memo.models import estimator, objectives
 from memo.data import preprocess
 
+# the parts of D (and the control images) a model's log p is taken on, as progress bars name them
+PART_NAMES = {"train": "in", "test": "out", "control": "controls"}
 EVAL_BATCH = 256   # examples per importance-sampling batch (its noise layout depends on it)
 LOSS_BATCH = 1024  # examples per held-out loss batch
 

@@ -28,9 +28,10 @@ from memo.files import results
 from memo.config import splits
 from memo.data import JobData, load_job_data
 from memo.config.experiments import Experiment, Job
+from memo.errors import MemoError
 
 
-class TrainingDivergedError(RuntimeError):
+class TrainingDivergedError(RuntimeError, MemoError):
     pass
 
 
@@ -194,10 +195,14 @@ class OneModel:
 
     def log_px(self, epoch: int, part: str) -> list[tuple[np.ndarray, np.ndarray]]:
         m = self.members[0]
-        index = m.train_t if part == "train" else m.test_t
-        return [evaluation.evaluate(m.model, self.jd.train[index], index, self.exp.seed,
-                                    self.exp.n_is, epoch, m.seed, eval_noise=self.exp.eval_noise,
-                                    desc=f"log p ({'in' if part == 'train' else 'out'})")]
+        if part == "control":
+            images, index = self.jd.controls, self.jd.control_noise_index
+        else:
+            index = m.train_t if part == "train" else m.test_t
+            images = self.jd.train[index]
+        return [evaluation.evaluate(m.model, images, index, self.exp.seed, self.exp.n_is, epoch,
+                                    m.seed, eval_noise=self.exp.eval_noise,
+                                    desc=f"log p ({evaluation.PART_NAMES[part]})")]
 
     def sync(self) -> None:
         pass
@@ -226,6 +231,19 @@ def record_log_px(history: dict, epoch: int, train_idx: np.ndarray, test_idx: np
     history["ess"][str(epoch)] = {
         "train": dict(zip(map(str, train_idx.tolist()), ess_tr.tolist())),
         "test": dict(zip(map(str, test_idx.tolist()), ess_te.tolist()))}
+
+
+def record_controls(history: dict, epoch: int, control_idx: np.ndarray, lp: np.ndarray,
+                    ess: np.ndarray, where: str) -> None:
+    """Add one evaluation epoch's log p and ESS of the control images to the history, keyed by
+    their positions in the test split; non-finite log p is an error."""
+    if not np.isfinite(lp).all():
+        raise TrainingDivergedError(
+            f"[{where}] non-finite log p(x) of a control image at epoch {epoch}; no result written")
+    keys = list(map(str, control_idx.tolist()))
+    controls = history.setdefault(results.CONTROLS, {"logpxs": {}, "ess": {}})
+    controls["logpxs"][str(epoch)] = dict(zip(keys, lp.tolist()))
+    controls["ess"][str(epoch)] = dict(zip(keys, ess.tolist()))
 
 
 def _load(members: list[Member], exp: Experiment, paths: list) -> list[int]:
@@ -323,6 +341,13 @@ def fit(trainer: Trainer, exp: Experiment, jd: JobData, log=print,
             out = [lp for lp, _ in outs if len(lp)]
             if out:
                 line += f" out {np.mean([lp.mean() for lp in out]):.3f}"
+            if jd.controls is not None:
+                ctl = trainer.log_px(epoch, "control")
+                control_idx = jd.control_index.cpu().numpy()
+                for m, (lp, ess) in zip(members, ctl):
+                    record_controls(m.history, epoch, control_idx, lp, ess,
+                                    f"{exp.name} {m.job.tag}")
+                line += f" controls {np.mean([lp.mean() for lp, _ in ctl]):.3f}"
             if any(m.job.full for m in members) and epoch < exp.epochs:
                 trainer.sync()  # the full model's weights at each evaluation epoch
                 for m in members:
@@ -361,6 +386,8 @@ def finish_job(exp: Experiment, member: Member, jd: JobData, speed: dict | None 
         checkpoints.save_weights(member.files.checkpoint, member.model)
     h = member.history
     content = {"logpxs": h["logpxs"], "losses": h["losses"], "ess": h["ess"]}
+    if results.CONTROLS in h:  # ours, beside the authors' keys
+        content[results.CONTROLS] = h[results.CONTROLS]
     if LOSS_SUM in h:
         content["train_loss_sum"] = dict(zip(map(str, member.train_idx.tolist()),
                                              h[LOSS_SUM][member.train_t].tolist()))
@@ -370,7 +397,8 @@ def finish_job(exp: Experiment, member: Member, jd: JobData, speed: dict | None 
         fileio.atomic_write_bytes(member.files.cost, json.dumps(
             {"cpu_seconds": h["seconds"]["cpu"], "wall_seconds": h["seconds"]["wall"],
              "device": str(jd.train.device)}, sort_keys=True).encode())
-    meta = results.meta_for(exp, member.job, tuple(jd.train.shape), jd.dataset, jd.hflip, speed)
+    meta = results.meta_for(exp, member.job, tuple(jd.train.shape), jd.dataset, jd.hflip, speed,
+                            0 if jd.controls is None else len(jd.controls))
     if "privacy" in member.extra:  # private training's record (memo/train/private.py)
         meta["privacy"] = member.extra["privacy"]
     results.write_result(member.files.result, meta, content)

@@ -1,0 +1,9 @@
+"""The library's errors. Every error the user can do something about derives from MemoError:
+its message names the file, setting or name at fault and how to fix it, and the command-line
+scripts print it as one line (scripts/cli.py). Each class keeps its other base (ValueError,
+RuntimeError, ...), so `except ValueError` still catches what it caught before."""
+from __future__ import annotations
+
+
+class MemoError(Exception):
+    """A problem with the inputs or the state of the pipeline, told in one message."""
