@@ -60,7 +60,7 @@ def main(argv=None) -> int:
 def draw(args: argparse.Namespace, names: tuple[str, ...]) -> None:
     """Every figure of `names` from the inputs named by args; a missing input file that a
     figure needs is an error, except for `all`, which leaves that figure out."""
-    from memo.score import summary
+    from memo.files import summary
     from memo.figures import common
     engine = None if args.no_latex else common.latex_engine()
     inputs = {"nn": None, "images": None, "measures_set": None, "sweep": None}

@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> None:
     device = cli.device(args.device)   # imports torch: after the command line is read
     from memo import fileio
     from memo.measures import measures
-    from memo.score import summary
+    from memo.files import summary
     s = summary.load(args.summary or Path("analysis") / f"{exp.name}.npz")
     if s.name != exp.name:
         raise cli.UsageError(f"{s.path} is the summary of {s.name}, not {exp.name}")

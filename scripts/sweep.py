@@ -27,7 +27,7 @@ import cli
 from memo import fileio
 from memo.config import experiments
 from memo.files import results
-from memo.score import summary
+from memo.files import summary
 from memo.config.experiments import FULL_JOB
 from memo.figures.sweep import FIELDS   # the sweep file's arrays
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-from .common import (COLORS, TEXTWIDTH, Result, count, finite, flag_info, flag_label,
+from .common import (COLORS, TEST_NAMES, TEXTWIDTH, Result, count, finite, flag_info,
+                     flag_label,
                      flag_text, num, pct, placeholder, tex_escape)
 
 UNIFORM_BINS = 20
@@ -17,7 +18,7 @@ UNIFORM_BINS = 20
 
 def per_value_bins(info: dict) -> bool:
     """Whether the histogram has one bin per attainable p-value (an exact null with few)."""
-    return bool(info["exact"]) and info["labellings"] <= 50
+    return info["test"] == "permutation" and bool(info["exact"]) and info["labellings"] <= 50
 
 
 def p_edges(info: dict) -> np.ndarray:
@@ -29,7 +30,7 @@ def p_edges(info: dict) -> np.ndarray:
     return np.linspace(0, 1, UNIFORM_BINS + 1)
 
 
-def figure(M, Mc, p, info) -> Figure:
+def figure(M, Mc, p, info, control_p=None) -> Figure:
     fig = Figure(figsize=(TEXTWIDTH, 2.5), layout="constrained")
     ax_a, ax_b = fig.subplots(1, 2)
     mem = info["mask"]
@@ -52,10 +53,18 @@ def figure(M, Mc, p, info) -> Figure:
     dens = np.histogram(pp, edges)[0] / (max(pp.size, 1) * np.diff(edges))
     ax_b.stairs(dens, edges, fill=True, color=COLORS["regular"], alpha=0.35, lw=0)
     ax_b.stairs(dens, edges, color=COLORS["regular"], lw=0.8)
+    top = dens.max() if dens.size else 1.0
+    if control_p is not None and len(control_p):
+        cp = finite(control_p)
+        cdens = np.histogram(cp, edges)[0] / (max(cp.size, 1) * np.diff(edges))
+        ax_b.stairs(cdens, edges, color=COLORS["memorized"], lw=0.8, ls=":",
+                    label="control images (never trained on)")
+        top = max(top, cdens.max())
     ax_b.axhline(1, color="k", ls="--", lw=0.6, label="uniform (nothing memorized)")
     ax_b.set_xlim(0, edges[-1])
-    ax_b.set_ylim(0, max(1.2, 1.1 * dens.max()))
-    ax_b.set_xlabel("permutation p-value")
+    ax_b.set_ylim(0, max(1.2, 1.1 * top))
+    ax_b.set_xlabel("permutation p-value" if info["test"] == "permutation" else
+                    "p-value ($t$-test)")
     ax_b.set_ylabel("density")
     ax_b.set_title("(b) p-values", loc="left")
     ax_b.legend()
@@ -77,8 +86,9 @@ def caption(s, info) -> str:
             f"(median bias {num(np.nanmedian(s.null_mean))} nats; median $M$ "
             f"{num(np.nanmedian(M))}, median corrected score {num(np.nanmedian(Mc))}; "
             f"{pct(float(np.mean(Mc[np.isfinite(Mc)] > 0)))} above 0). "
-            "(b) Histogram of the permutation p-values "
+            f"(b) Histogram of the p-values of the flagging test ({TEST_NAMES[info['test']]}) "
             + ("(one bin per attainable value $j/K^L$) " if per_value_bins(info) else "")
+            + ("and of the control images' (dotted) " if s.n_controls else "")
             + f"with the uniform density expected where nothing is memorized; "
             f"{pct(low)} have $p \\leq 0.05$. " + flag_text(s))
     text += ("Memorization is what the test detects, and anything else that differs "
@@ -94,7 +104,7 @@ def make(summaries, **_) -> Result:
     info = flag_info(s)
     if info is None:
         return placeholder(title, "the summary was made without calibration")
-    fig = figure(s.M_final, s.M_corrected, s.p_value, info)
+    fig = figure(s.M_final, s.M_corrected, s.p_value, info, s.control_p_value)
     return Result(fig, caption(s, info), title,
                   info={"flagged": info["count"], "can_flag": info["can_flag"],
                         "min_p": info["min_p"]})

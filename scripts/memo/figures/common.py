@@ -20,7 +20,7 @@ import numpy as np
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 
-from memo.score.summary import Summary, SummaryError
+from memo.files.summary import Summary, SummaryError
 
 HIGH_Q = 0.95          # "highly memorized" = top 5 % of final-epoch M by percentile (PAPER.md §6)
 TEXTWIDTH = 6.3        # inches; figures are drawn at the size they are printed

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from memo.score import summary
-from memo.score.summary import Summary
+from memo.files import summary
+from memo.files.summary import Summary
 
 from . import FIGURES
 from .common import (HIGH_Q, PREAMBLE, REPRODUCIBLE, TEST_NAMES, count, finite, flag_info,

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from memo.score.summary import SummaryError
+from memo.files.summary import SummaryError
 
 from .common import SERIES_COLORS, TEXTWIDTH, Result, count, num, placeholder
 

@@ -1,5 +1,6 @@
-"""The summary of one experiment: memorization scores U, V, M per example and evaluation epoch
-(PAPER.md §1), their uncertainty over repeats, and the file analysis/<exp>.npz that holds them.
+"""Summarizing one experiment: memorization scores U, V, M per example and evaluation epoch
+(PAPER.md §1) from its result files, their uncertainty over repeats, the calibration and the
+flags (docs/calibration.md); the file analysis/<exp>.npz that holds them is memo/files/summary.py.
 
     U_i = logmeanexp(in-values),  V_i = logmeanexp(out-values),  M_i = U_i − V_i
 
@@ -8,156 +9,26 @@ so that uncertainty over repeats (bootstrap, split-half reliability) can be comp
 fold model's value of every example at the final epoch (`values`, with the held-out fold of
 each example per repeat) so that the score can be calibrated against its permutation null
 (memo.calibration: bias, M_corrected, p-values, Benjamini–Hochberg flags).
-`summarize` makes a Summary from result files, `save` writes it, `load` reads it back.
+`summarize` makes a Summary from result files; `save` and `load` (memo.files.summary) write
+and read it.
 """
 from __future__ import annotations
 
-import io
-import json
-import os
-import zipfile
-from dataclasses import dataclass, field
+import time
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
-from memo import fileio
 from memo.config import splits
+from memo.config.naming import DATASET_NAMES
+from memo.files import results
+from memo.files.summary import ARRAYS, Summary, SummaryError, load, save  # the summary's file
 from memo.score import calibration, flagging, uncertainty
-from memo.errors import MemoError
 
 # meta keys that must agree between all files of one summary
 IDENTITY_KEYS = ("dataset", "model", "seed", "latent_dim", "learning_rate", "epochs",
                  "num_iw_samples", "batch_size", "experiment", "data_spec", "subset")
-
-
-class SummaryError(ValueError, MemoError):
-    """Result files that do not make one summary, or a file that is not a readable summary."""
-
-
-@dataclass
-class Summary:
-    meta: dict
-    epochs: np.ndarray              # (E,) evaluation epochs
-    U: np.ndarray                   # (E, n) log P(x_i | D), nats
-    V: np.ndarray                   # (E, n) log P(x_i | D \ x_i)
-    M: np.ndarray                   # (E, n) U − V
-    n_in: np.ndarray                # (n,) number of in-values at the final epoch
-    n_out: np.ndarray
-    in_lse: np.ndarray              # (R, n) per-repeat logsumexp of in-values, final epoch
-    in_count: np.ndarray            # (R, n) their number
-    out_lse: np.ndarray
-    out_count: np.ndarray
-    ess_in: np.ndarray              # (n,) mean IS effective sample size, final epoch (nan: unknown)
-    ess_out: np.ndarray
-    full_losses_train: np.ndarray   # (epochs,) full model's mean negative ELBO per example
-    full_losses_test: np.ndarray
-    index: np.ndarray               # (n,) positions in the training set
-    labels: np.ndarray              # (n,) -1: unknown
-    M_se: np.ndarray                # (n,) bootstrap SE of final-epoch M (nan when R < 2)
-    M_ci_low: np.ndarray            # (n,) bootstrap 95 % percentile interval of final-epoch M
-    M_ci_high: np.ndarray
-    split_half: float               # Spearman of final-epoch M between halves of the repeats
-    low_ess: np.ndarray             # (n,) bool: in- or out-ESS under the flagging rule
-    # calibration (memo.calibration); absent from older files: empty values, nan, False
-    values: np.ndarray = None       # (R, K, n) float32 log p of example i under fold model k
-    held_out: np.ndarray = None     # (R, n) int16: the fold that held example i out in repeat r
-    null_mean: np.ndarray = None    # (n,) mean of M over held-out relabellings: the bias
-    M_corrected: np.ndarray = None  # (n,) M − null_mean (final epoch)
-    p_value: np.ndarray = None      # (n,) permutation p-value of M
-    memorized: np.ndarray = None    # (n,) bool: flagged by Benjamini–Hochberg at meta's fdr_q
-    M_corrected_ci_low: np.ndarray = None   # (n,) bootstrap 95 % interval of M_corrected
-    M_corrected_ci_high: np.ndarray = None
-    reliability: float = np.nan     # Spearman–Brown projection of split_half to all R repeats
-    split_half_corrected: float = np.nan    # as split_half, for M_corrected
-    reliability_corrected: float = np.nan
-    # control images (docs/calibration.md): never trained on, scored like training examples at
-    # the final epoch; absent (C = 0) without them
-    control_index: np.ndarray = None        # (C,) positions in the test split
-    control_values: np.ndarray = None       # (R, K, C) float32 log p under fold model k
-    control_held_out: np.ndarray = None     # (R, C) int16: the pseudo-fold of repeat r
-    control_M: np.ndarray = None            # (C,) U − V as for a training example
-    control_M_corrected: np.ndarray = None  # (C,) control_M − its permutation-null mean
-    control_p_value: np.ndarray = None      # (C,) the flagging test's p-value
-    path: Path | None = field(default=None, compare=False)   # the file it was read from
-    timings: dict = field(default_factory=dict, compare=False)   # seconds per step (not saved)
-
-    def __post_init__(self):
-        n = self.M.shape[1]
-        defaults = {"values": np.zeros((0, 0, n), np.float32),
-                    "held_out": np.zeros((0, n), np.int16), "null_mean": np.full(n, np.nan),
-                    "M_corrected": np.full(n, np.nan), "p_value": np.full(n, np.nan),
-                    "memorized": np.zeros(n, bool), "M_corrected_ci_low": np.full(n, np.nan),
-                    "M_corrected_ci_high": np.full(n, np.nan),
-                    "control_index": np.zeros(0, np.int64),
-                    "control_values": np.zeros((0, 0, 0), np.float32),
-                    "control_held_out": np.zeros((0, 0), np.int16),
-                    "control_M": np.zeros(0), "control_M_corrected": np.zeros(0),
-                    "control_p_value": np.zeros(0)}
-        for key, default in defaults.items():
-            if getattr(self, key) is None:
-                setattr(self, key, default)
-
-    @property
-    def calibrated(self) -> bool:
-        """Whether the summary holds the permutation calibration (p-values)."""
-        return bool(np.isfinite(self.p_value).any())
-
-    @property
-    def calibration(self) -> dict:
-        """meta's calibration record ({} when not calibrated)."""
-        return self.meta.get("calibration") or {}
-
-    @property
-    def n_controls(self) -> int:
-        return int(self.control_index.size)
-
-    @property
-    def control_flagged(self) -> np.ndarray:
-        """(C,) bool: controls whose p-value reaches the threshold the examples were flagged at."""
-        at = self.calibration.get("threshold")
-        if at is None or not self.n_controls:
-            return np.zeros(self.n_controls, bool)
-        return self.control_p_value <= at
-
-    @property
-    def name(self) -> str:
-        return self.meta.get("experiment") or (self.path.stem if self.path else "summary")
-
-    @property
-    def n(self) -> int:
-        return self.M.shape[1]
-
-    @property
-    def M_final(self) -> np.ndarray:
-        return self.M[-1]
-
-    @property
-    def U_final(self) -> np.ndarray:
-        return self.U[-1]
-
-    @property
-    def dataset(self) -> str:
-        return self.meta.get("dataset") or self.meta.get("data") or "data"
-
-    @property
-    def repeats(self) -> int:
-        """L: the repeats of the per-repeat terms, else meta's count (0: unknown)."""
-        return int(self.in_lse.shape[0]) or int(self.meta.get("repeats") or 0)
-
-
-# The npz's arrays in the order they are written; the order is part of the file's bytes.
-ARRAYS = ("epochs", "U", "V", "M", "n_in", "n_out", "in_lse", "in_count", "out_lse",
-          "out_count", "ess_in", "ess_out", "full_losses_train", "full_losses_test", "index",
-          "labels", "M_se", "M_ci_low", "M_ci_high", "split_half", "low_ess",
-          # calibration: after the earlier arrays, so those keep their place in the file
-          "values", "held_out", "null_mean", "M_corrected", "p_value", "memorized",
-          "M_corrected_ci_low", "M_corrected_ci_high", "reliability", "split_half_corrected",
-          "reliability_corrected",
-          # control images: after the calibration's arrays
-          "control_index", "control_values", "control_held_out", "control_M",
-          "control_M_corrected", "control_p_value")
-REQUIRED = ("meta", "epochs", "U", "V", "M")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -165,7 +36,6 @@ REQUIRED = ("meta", "epochs", "U", "V", "M")
 
 
 def _check_identity(contents: dict[Path, dict]) -> dict:
-    from memo.files import results
     ref_path, ref = next(iter(contents.items()))
     ref_meta = ref["meta"]
     ref_method = results.recorded_method(ref_meta)
@@ -193,7 +63,6 @@ def _check_identity(contents: dict[Path, dict]) -> dict:
 
 def _check_settings(contents: dict[Path, dict], exp) -> None:
     """Refuse result files made under other settings than the experiment has now."""
-    from memo.files import results
     for path, c in contents.items():
         for field, recorded, now in results.settings_mismatches(c["meta"], exp):
             raise SummaryError(
@@ -206,8 +75,6 @@ def _compact(content: dict, path: Path) -> dict:
     """A result file with its {"<idx>": value} objects as (int32 index, float64 value) arrays:
     a tenth of the memory of the parsed JSON (a paper-sized MNIST file: ~90 MB parsed). The
     full model's log p is not summarized and is dropped."""
-    from memo.files import results
-
     def arrays(values: dict):
         idx, val = results.as_arrays(values, path)
         return idx.astype(np.int32), val
@@ -274,11 +141,6 @@ def summarize(paths: list[str | Path], progress: bool = True, n_boot: int = 1000
     memo.score.flagging; n_perm=0: no calibration); labels
     are left at -1 (unknown).
     experiment (experiments.Experiment): the files must have been made under its settings."""
-    # imported here: they pull in torch and scipy, which reading a summary does not need
-    from tqdm import tqdm
-
-    from memo.files import results
-
     paths = [Path(p) for p in paths]
     if not paths:
         raise SummaryError("no result files given")
@@ -464,8 +326,6 @@ def calibrate_summary(s: Summary, values, held_out, n_perm: int, fdr_q: float, n
     (meta["calibration"]). weights: the bootstrap replicates of M's interval (drawn from
     seed when not given). controls: (index, values, pseudo-folds) or None. Work is timed in
     s.timings."""
-    import time
-
     test = test or flagging.DEFAULT_TEST
     if test not in flagging.TESTS:
         raise SummaryError(f"unknown test {test!r}; valid choices: {', '.join(flagging.TESTS)}")
@@ -546,135 +406,7 @@ def _privacy(contents: dict[Path, dict]) -> dict | None:
     return out
 
 
-def _spearman_brown(r_half: float) -> float:
-    # uncertainty.spearman_brown without importing scipy into the reader
-    return 2 * r_half / (1 + r_half) if r_half > -1 else float("nan")
-
-
 def _spec_from_dataset(dataset: str) -> str:
-    from memo.config.naming import DATASET_NAMES
     return {name: spec for spec, name in DATASET_NAMES.items()}.get(dataset, dataset)
 
 
-# ----------------------------------------------------------------------------------------------
-# the file
-
-
-def save(summary: Summary, path: str | os.PathLike) -> None:
-    """Write the summary as an npz (compressed) atomically."""
-    arrays = {k: np.asarray(getattr(summary, k)) for k in ARRAYS}
-    arrays["meta"] = np.array(json.dumps(summary.meta))
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    fileio.atomic_write_bytes(path, buf.getvalue())
-
-
-def load(path: str | os.PathLike) -> Summary:
-    """Read a summary file. Arrays it lacks (partial or older files) get neutral values: nan,
-    labels -1, no per-repeat terms. Raises SummaryError, naming the file, when it is no summary."""
-    path = Path(path)
-    if not path.is_file() or not zipfile.is_zipfile(path):
-        raise SummaryError(f"{path} is not a summary (.npz) file"
-                           + ("" if path.exists() else ": it does not exist"))
-    try:
-        with np.load(path) as z:
-            missing = [k for k in REQUIRED if k not in z.files]
-            if missing:
-                raise SummaryError(f"{path} lacks {', '.join(missing)}: not a summary file "
-                                   "(expected the output of the summarize step)")
-            a = {k: z[k] for k in z.files}
-        meta = json.loads(str(a["meta"]))
-    except SummaryError:
-        raise
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise SummaryError(f"cannot read summary {path}: {e}") from None
-    if not isinstance(meta, dict):
-        raise SummaryError(f"{path}: meta is not a JSON object")
-
-    M = np.atleast_2d(np.asarray(a["M"], dtype=float))
-    if M.ndim != 2:
-        raise SummaryError(f"{path}: M has shape {M.shape}, expected (epochs, n)")
-    E, n = M.shape
-    epochs = np.asarray(a["epochs"], dtype=np.int64)
-    if epochs.size != E:
-        raise SummaryError(f"{path}: {epochs.size} epochs but M has {E} rows")
-    R = a["in_lse"].shape[0] if "in_lse" in a and a["in_lse"].ndim == 2 else 0
-    U, V = (np.atleast_2d(np.asarray(a[k], dtype=float)) for k in "UV")
-    for k, v in (("U", U), ("V", V)):
-        if v.shape != (E, n):
-            raise SummaryError(f"{path}: {k} has shape {v.shape}, expected {(E, n)}")
-
-    def get(key, shape, default, dtype=float):
-        v = np.asarray(a[key] if key in a else default, dtype=dtype)
-        if v.shape != shape:
-            raise SummaryError(f"{path}: {key} has shape {v.shape}, expected {shape}")
-        return v
-
-    def vec(key, default, dtype=float):
-        return get(key, (n,), np.full(n, default), dtype)
-
-    def scalar(key):
-        if key not in a:
-            return float("nan")
-        if np.asarray(a[key]).size != 1:
-            raise SummaryError(f"{path}: {key} has shape {np.shape(a[key])}, expected a number")
-        try:
-            return float(np.asarray(a[key]).ravel()[0])
-        except (TypeError, ValueError):
-            raise SummaryError(f"{path}: {key} is not a number") from None
-
-    values = np.asarray(a.get("values", np.zeros((0, 0, n))), dtype=np.float32)
-    if values.ndim != 3 or values.shape[2] != n:
-        raise SummaryError(f"{path}: values has shape {values.shape}, expected (R, K, {n})")
-    held_out = get("held_out", (values.shape[0], n), np.zeros((values.shape[0], n)), np.int16)
-    in_count = get("in_count", (R, n), np.zeros((R, n)), np.int64)
-    out_count = get("out_count", (R, n), np.zeros((R, n)), np.int64)
-    return Summary(
-        meta=meta, epochs=epochs.reshape(E),
-        U=U, V=V, M=M,
-        n_in=get("n_in", (n,), in_count.sum(0), np.int64),
-        n_out=get("n_out", (n,), out_count.sum(0), np.int64),
-        in_lse=get("in_lse", (R, n), np.full((R, n), -np.inf)), in_count=in_count,
-        out_lse=get("out_lse", (R, n), np.full((R, n), -np.inf)), out_count=out_count,
-        ess_in=vec("ess_in", np.nan), ess_out=vec("ess_out", np.nan),
-        full_losses_train=np.asarray(a.get("full_losses_train", []), dtype=float).ravel(),
-        full_losses_test=np.asarray(a.get("full_losses_test", []), dtype=float).ravel(),
-        index=get("index", (n,), np.arange(n), np.int64), labels=vec("labels", -1, np.int64),
-        M_se=vec("M_se", np.nan), M_ci_low=vec("M_ci_low", np.nan),
-        M_ci_high=vec("M_ci_high", np.nan),
-        split_half=float(a.get("split_half", np.nan)), low_ess=vec("low_ess", False, bool),
-        values=values, held_out=held_out,
-        null_mean=vec("null_mean", np.nan), M_corrected=vec("M_corrected", np.nan),
-        p_value=vec("p_value", np.nan), memorized=vec("memorized", False, bool),
-        M_corrected_ci_low=vec("M_corrected_ci_low", np.nan),
-        M_corrected_ci_high=vec("M_corrected_ci_high", np.nan),
-        reliability=(scalar("reliability") if "reliability" in a
-                     else _spearman_brown(float(a.get("split_half", np.nan)))),
-        split_half_corrected=scalar("split_half_corrected"),
-        reliability_corrected=scalar("reliability_corrected"),
-        **_load_controls(a, path),
-        path=path)
-
-
-def _load_controls(a: dict, path: Path) -> dict:
-    """The control images' arrays of a summary file, checked against one another (none in
-    files without controls or from before they existed)."""
-    index = np.asarray(a.get("control_index", np.zeros(0)), dtype=np.int64)
-    C = index.size
-    if index.ndim != 1:
-        raise SummaryError(f"{path}: control_index has shape {index.shape}, expected (C,)")
-    values = np.asarray(a.get("control_values", np.zeros((0, 0, C))), dtype=np.float32)
-    if C and (values.ndim != 3 or values.shape[2] != C):
-        raise SummaryError(f"{path}: control_values has shape {values.shape}, expected "
-                           f"(R, K, {C})")
-    held = np.asarray(a.get("control_held_out", np.zeros((0, C))), dtype=np.int16)
-    if C and held.shape != (values.shape[0], C):
-        raise SummaryError(f"{path}: control_held_out has shape {held.shape}, expected "
-                           f"{(values.shape[0], C)}")
-    out = {"control_index": index, "control_values": values, "control_held_out": held}
-    for key in ("control_M", "control_M_corrected", "control_p_value"):
-        v = np.asarray(a.get(key, np.full(C, np.nan)), dtype=float)
-        if v.shape != (C,):
-            raise SummaryError(f"{path}: {key} has shape {v.shape}, expected ({C},)")
-        out[key] = v
-    return out

@@ -27,6 +27,8 @@ import warnings
 import numpy as np
 from scipy import stats
 
+from memo.files.summary import spearman_brown  # one definition, beside the file that stores it
+
 # Work arrays hold at most about this many float64 elements (~128 MB) at a time.
 _BLOCK_ELEMENTS = 1 << 24
 # Below this, a weighted sum of exp(lse − max) may have lost the selected terms to underflow
@@ -253,20 +255,6 @@ def split_half_reliability(in_lse, in_count, out_lse, out_count, seed: int = 0,
         if rho is not None:
             values.append(rho)
     return float(np.mean(values)) if values else float("nan")
-
-
-def spearman_brown(r_half: float, factor: float = 2.0) -> float:
-    """Reliability of a score from `factor` times as many repeats as each half had, from the
-    correlation r between two halves: f·r / (1 + (f − 1)·r); 2r / (1 + r) for the full score.
-
-    Assumes exchangeable repeats (each adds an independent, equally noisy copy of the same
-    signal). With an odd number of repeats the halves differ by one repeat and the factor 2 is
-    an approximation. nan for nan or r <= −1 (no such reliability).
-    """
-    r = float(r_half)
-    if not np.isfinite(r) or r <= -1:
-        return float("nan")
-    return factor * r / (1 + (factor - 1) * r)
 
 
 # ----------------------------------------------------------------------------------------------
