@@ -122,8 +122,8 @@ def main(argv=None) -> int:
         return 2
     roles = None
     if exp.data == "planted":
-        from memo.data import planted
-        roles = planted.layout_from_data(args.data_root).role
+        from memo import data
+        roles = data.planted_layout(args.data_root).role
     C = controls.shape[-1]
     control_held = np.stack([splits.control_held_out(C, exp.folds, exp.seed, r)
                              for r in range(exp.repeats)])

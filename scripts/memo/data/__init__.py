@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from memo.config import naming, splits
+from memo.data import planted
 from memo.config.experiments import DEFAULT_CONTROLS
 from memo.fileio import one_line, torch_refusal
 from memo.errors import MemoError
@@ -114,11 +115,16 @@ def load(spec: str, split: str = "train", root=None, download: bool = False) -> 
     if kind == "celeba":
         return _load_celeba(root, split, download)
     if kind == "planted":
-        from memo.data import planted
         fashion = _load_mnist_like("FashionMNIST", "fashion", root, split, download)
         images, labels = planted.build(fashion.images, fashion.labels, split)
         return ImageData(naming.DATASET_NAMES[kind], images, labels, hflip=False)
     return _load_npz(Path(npz_path).expanduser(), split)
+
+
+def planted_layout(root=None) -> planted.Layout:
+    """Where the planted examples are (memo/data/planted.py), from the Fashion-MNIST training
+    labels under root (default: as `load`'s)."""
+    return planted.layout(load("fashion", "train", root=root).labels.numpy())
 
 
 def check_device(name: str) -> torch.device:

@@ -16,13 +16,15 @@ The set is built from the offline default data (Debian's Fashion-MNIST), determi
 the first N_REGULAR non-Bag training images, the next N_GROUPS non-Bag images as the duplicated
 ones, the first N_SINGLETONS Bag images, shuffled together by a fixed seed. Its test split is
 Fashion-MNIST's test split without Bags (held-out images of the same distribution).
+
+This module needs only the labels (and images to copy): memo.data loads Fashion-MNIST and
+builds the set through it (`memo.data.load("planted")`, `memo.data.planted_layout`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 WITHHELD_CLASS = 8          # Fashion-MNIST's "Bag"
 N_SINGLETONS = 20
@@ -66,18 +68,17 @@ def layout(labels: np.ndarray) -> Layout:
                   group[order].astype(np.int64))
 
 
-def layout_from_data(root=None) -> Layout:
-    """The layout, from the Fashion-MNIST training labels under `root` (memo.data's default)."""
-    from memo import data   # data builds the set through this module: imported when used
-    return layout(data.load("fashion", "train", root=root).labels.numpy())
-
-
-def build(images: torch.Tensor, labels: torch.Tensor, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images, labels) of the planted set's split, from Fashion-MNIST's split of that name."""
-    y = labels.numpy()
+def indices(labels: np.ndarray, split: str) -> np.ndarray:
+    """The positions in Fashion-MNIST's split of that name (its labels) of the planted set's
+    examples, in order: the layout's sources for "train", every non-Bag image otherwise."""
+    labels = np.asarray(labels)
     if split == "train":
-        idx = layout(y).source
-    else:
-        idx = np.flatnonzero(y != WITHHELD_CLASS)
-    idx_t = torch.from_numpy(idx)
-    return images[idx_t].contiguous(), labels[idx_t].contiguous()
+        return layout(labels).source
+    return np.flatnonzero(labels != WITHHELD_CLASS)
+
+
+def build(images, labels, split: str):
+    """(images, labels) of the planted set's split, from Fashion-MNIST's split of that name
+    (arrays or CPU tensors: indexing by an index array gives new, contiguous ones)."""
+    idx = indices(np.asarray(labels), split)
+    return images[idx], labels[idx]

@@ -33,7 +33,7 @@ def roles(s) -> np.ndarray | None:
         return None
     from memo import data   # imports torch: only here
     try:
-        return planted.layout_from_data().role[s.index]
+        return data.planted_layout().role[s.index]
     except data.DataMissingError as e:
         warn(f"no planted roles for {s.name} ({str(e).splitlines()[0]}); AUROC left out")
         return None

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+from memo.config.experiments import PAPER_EXPERIMENTS
 from memo.files import summary
 from memo.files.summary import Summary
 
@@ -180,7 +181,6 @@ def figure_table_tex(doc: dict) -> str:
 
 
 def _order(key: str, experiments: list[str]) -> tuple:
-    from memo.config.experiments import PAPER_EXPERIMENTS
     first = experiments[0] if experiments else key
     rank = PAPER_EXPERIMENTS.index(first) if first in PAPER_EXPERIMENTS else len(PAPER_EXPERIMENTS)
     return (len(experiments) < 2, rank, key)   # comparisons first, then the paper's order

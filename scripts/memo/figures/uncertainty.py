@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
+from memo.score import uncertainty
+
 from .common import (COLORS, HIGH_Q, TEXTWIDTH, Result, edges_for, finite,
                      highly_memorized, num, pct, placeholder, short, tex_escape)
 
@@ -20,7 +22,6 @@ def ess_threshold(meta: dict) -> float | None:
         return float(meta["ess_threshold"])
     if not meta.get("n_is"):
         return None
-    from memo.score import uncertainty
     fraction = meta.get("ess_threshold_fraction", uncertainty.ESS_THRESHOLD_FRACTION)
     return float(uncertainty.ess_threshold(meta["n_is"], fraction))
 

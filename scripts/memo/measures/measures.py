@@ -133,7 +133,7 @@ def _weights(exp: Experiment, root, model: torch.nn.Module) -> tuple[list[int], 
 def layout_of(exp: Experiment, data_root=None) -> planted.Layout | None:
     if exp.data != "planted":
         return None
-    return planted.layout_from_data(data_root)
+    return data.planted_layout(data_root)
 
 
 def compute(exp: Experiment, summary, results_root="results", data_root=None, device="cpu",
