@@ -292,8 +292,9 @@ def test_cli_writes_the_calibrated_columns_and_warns_about_the_design(tmp_path, 
     assert s.calibrated and s.calibration["fdr_q"] == 0.1 and s.values.shape == (2, 3, 13)
     with np.load(out) as z:
         assert z.files == [*summary.ARRAYS, "meta"]
-        for key in ("values", "held_out", "p_value", "memorized", "reliability"):
+        for key in ("values", "held_out", "p_value", "memorized", "split_half_corrected"):
             assert key in z.files
+        assert "reliability" not in z.files      # derived: Summary.reliability
 
 
 def test_old_summaries_load_and_figures_degrade(tmp_path, monkeypatch):

@@ -231,3 +231,31 @@ def test_variance_prior_is_recovered_and_moderated_p_values_stay_uniform():
     # equal variances: no spread beyond chance, one variance for all (d0 infinite)
     flat = rng.normal(0, 3, (R, K, n))
     assert np.isinf(flagging.t_test(flat, held).prior_df)
+
+
+def test_a_summary_that_stored_its_derived_values_loads_and_they_agree(tmp_path):
+    """tests/fixtures/ours/summary_stored_derived.npz was written when the summary still stored
+    M, n_in, n_out, M_corrected and the reliabilities: they are now derived, and equal."""
+    from conftest import ROOT
+    from memo.files import summary as summary_file
+
+    path = ROOT / "tests" / "fixtures" / "ours" / "summary_stored_derived.npz"
+    s = summary_file.load(path)
+    with np.load(path) as z:
+        stored = {k: z[k] for k in ("M", "n_in", "n_out", "M_corrected", "reliability",
+                                    "reliability_corrected", "memorized")}
+    assert np.array_equal(s.M, stored["M"])
+    assert np.array_equal(s.n_in, stored["n_in"]) and np.array_equal(s.n_out, stored["n_out"])
+    assert np.array_equal(s.M_corrected, stored["M_corrected"])
+    assert s.reliability == pytest.approx(float(stored["reliability"]), abs=1e-15)
+    assert s.reliability_corrected == pytest.approx(float(stored["reliability_corrected"]),
+                                                    abs=1e-15)
+    assert s.memorized.sum() == 17 and np.array_equal(s.memorized, stored["memorized"])
+    assert s.n_controls == 30 and s.calibration["controls"]["flagged"] == s.control_flagged.sum()
+    # written again, it no longer stores them, and reads back the same
+    again = tmp_path / "again.npz"
+    summary_file.save(s, again)
+    with np.load(again) as z:
+        assert not {"M", "n_in", "M_corrected", "reliability"} & set(z.files)
+    t = summary_file.load(again)
+    assert np.array_equal(t.M, s.M) and np.array_equal(t.M_corrected, s.M_corrected)

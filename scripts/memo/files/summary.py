@@ -31,9 +31,6 @@ class Summary:
     epochs: np.ndarray              # (E,) evaluation epochs
     U: np.ndarray                   # (E, n) log P(x_i | D), nats
     V: np.ndarray                   # (E, n) log P(x_i | D \ x_i)
-    M: np.ndarray                   # (E, n) U − V
-    n_in: np.ndarray                # (n,) number of in-values at the final epoch
-    n_out: np.ndarray
     in_lse: np.ndarray              # (R, n) per-repeat logsumexp of in-values, final epoch
     in_count: np.ndarray            # (R, n) their number
     out_lse: np.ndarray
@@ -53,14 +50,11 @@ class Summary:
     values: np.ndarray = None       # (R, K, n) float32 log p of example i under fold model k
     held_out: np.ndarray = None     # (R, n) int16: the fold that held example i out in repeat r
     null_mean: np.ndarray = None    # (n,) mean of M over held-out relabellings: the bias
-    M_corrected: np.ndarray = None  # (n,) M − null_mean (final epoch)
-    p_value: np.ndarray = None      # (n,) permutation p-value of M
+    p_value: np.ndarray = None      # (n,) the flagging test's p-value (meta's calibration.test)
     memorized: np.ndarray = None    # (n,) bool: flagged by Benjamini–Hochberg at meta's fdr_q
     M_corrected_ci_low: np.ndarray = None   # (n,) bootstrap 95 % interval of M_corrected
     M_corrected_ci_high: np.ndarray = None
-    reliability: float = np.nan     # Spearman–Brown projection of split_half to all R repeats
     split_half_corrected: float = np.nan    # as split_half, for M_corrected
-    reliability_corrected: float = np.nan
     # control images (docs/calibration.md): never trained on, scored like training examples at
     # the final epoch; absent (C = 0) without them
     control_index: np.ndarray = None        # (C,) positions in the test split
@@ -73,10 +67,10 @@ class Summary:
     timings: dict = field(default_factory=dict, compare=False)   # seconds per step (not saved)
 
     def __post_init__(self):
-        n = self.M.shape[1]
+        n = self.U.shape[1]
         defaults = {"values": np.zeros((0, 0, n), np.float32),
                     "held_out": np.zeros((0, n), np.int16), "null_mean": np.full(n, np.nan),
-                    "M_corrected": np.full(n, np.nan), "p_value": np.full(n, np.nan),
+                    "p_value": np.full(n, np.nan),
                     "memorized": np.zeros(n, bool), "M_corrected_ci_low": np.full(n, np.nan),
                     "M_corrected_ci_high": np.full(n, np.nan),
                     "control_index": np.zeros(0, np.int64),
@@ -87,6 +81,35 @@ class Summary:
         for key, default in defaults.items():
             if getattr(self, key) is None:
                 setattr(self, key, default)
+
+    # what the file does not store, because it follows from what it does
+    @property
+    def M(self) -> np.ndarray:
+        """(E, n) U − V."""
+        return self.U - self.V
+
+    @property
+    def n_in(self) -> np.ndarray:
+        """(n,) the number of in-values at the final epoch."""
+        return self.in_count.sum(0) if self.in_count.size else np.zeros(self.n, np.int64)
+
+    @property
+    def n_out(self) -> np.ndarray:
+        return self.out_count.sum(0) if self.out_count.size else np.zeros(self.n, np.int64)
+
+    @property
+    def M_corrected(self) -> np.ndarray:
+        """(n,) M − null_mean at the final epoch (nan without calibration)."""
+        return self.M[-1] - self.null_mean
+
+    @property
+    def reliability(self) -> float:
+        """Spearman–Brown projection of split_half to all R repeats."""
+        return spearman_brown(self.split_half)
+
+    @property
+    def reliability_corrected(self) -> float:
+        return spearman_brown(self.split_half_corrected)
 
     @property
     def calibrated(self) -> bool:
@@ -116,7 +139,7 @@ class Summary:
 
     @property
     def n(self) -> int:
-        return self.M.shape[1]
+        return self.U.shape[1]
 
     @property
     def M_final(self) -> np.ndarray:
@@ -137,17 +160,18 @@ class Summary:
 
 
 # The npz's arrays in the order they are written; the order is part of the file's bytes.
-ARRAYS = ("epochs", "U", "V", "M", "n_in", "n_out", "in_lse", "in_count", "out_lse",
-          "out_count", "ess_in", "ess_out", "full_losses_train", "full_losses_test", "index",
-          "labels", "M_se", "M_ci_low", "M_ci_high", "split_half", "low_ess",
+ARRAYS = ("epochs", "U", "V", "in_lse", "in_count", "out_lse", "out_count", "ess_in", "ess_out",
+          "full_losses_train", "full_losses_test", "index", "labels", "M_se", "M_ci_low",
+          "M_ci_high", "split_half", "low_ess",
           # calibration: after the earlier arrays, so those keep their place in the file
-          "values", "held_out", "null_mean", "M_corrected", "p_value", "memorized",
-          "M_corrected_ci_low", "M_corrected_ci_high", "reliability", "split_half_corrected",
-          "reliability_corrected",
+          "values", "held_out", "null_mean", "p_value", "memorized", "M_corrected_ci_low",
+          "M_corrected_ci_high", "split_half_corrected",
           # control images: after the calibration's arrays
           "control_index", "control_values", "control_held_out", "control_M",
           "control_M_corrected", "control_p_value")
-REQUIRED = ("meta", "epochs", "U", "V", "M")
+# Files written before the summary stopped storing what it derives also hold M, n_in, n_out,
+# M_corrected, reliability and reliability_corrected; `load` reads them through the properties.
+REQUIRED = ("meta", "epochs", "U", "V")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -185,18 +209,17 @@ def load(path: str | os.PathLike) -> Summary:
     if not isinstance(meta, dict):
         raise SummaryError(f"{path}: meta is not a JSON object")
 
-    M = np.atleast_2d(np.asarray(a["M"], dtype=float))
-    if M.ndim != 2:
-        raise SummaryError(f"{path}: M has shape {M.shape}, expected (epochs, n)")
-    E, n = M.shape
+    U = np.atleast_2d(np.asarray(a["U"], dtype=float))
+    if U.ndim != 2:
+        raise SummaryError(f"{path}: U has shape {U.shape}, expected (epochs, n)")
+    E, n = U.shape
     epochs = np.asarray(a["epochs"], dtype=np.int64)
     if epochs.size != E:
-        raise SummaryError(f"{path}: {epochs.size} epochs but M has {E} rows")
+        raise SummaryError(f"{path}: {epochs.size} epochs but U has {E} rows")
     R = a["in_lse"].shape[0] if "in_lse" in a and a["in_lse"].ndim == 2 else 0
-    U, V = (np.atleast_2d(np.asarray(a[k], dtype=float)) for k in "UV")
-    for k, v in (("U", U), ("V", V)):
-        if v.shape != (E, n):
-            raise SummaryError(f"{path}: {k} has shape {v.shape}, expected {(E, n)}")
+    V = np.atleast_2d(np.asarray(a["V"], dtype=float))
+    if V.shape != (E, n):
+        raise SummaryError(f"{path}: V has shape {V.shape}, expected {(E, n)}")
 
     def get(key, shape, default, dtype=float):
         v = np.asarray(a[key] if key in a else default, dtype=dtype)
@@ -225,9 +248,7 @@ def load(path: str | os.PathLike) -> Summary:
     out_count = get("out_count", (R, n), np.zeros((R, n)), np.int64)
     return Summary(
         meta=meta, epochs=epochs.reshape(E),
-        U=U, V=V, M=M,
-        n_in=get("n_in", (n,), in_count.sum(0), np.int64),
-        n_out=get("n_out", (n,), out_count.sum(0), np.int64),
+        U=U, V=V,
         in_lse=get("in_lse", (R, n), np.full((R, n), -np.inf)), in_count=in_count,
         out_lse=get("out_lse", (R, n), np.full((R, n), -np.inf)), out_count=out_count,
         ess_in=vec("ess_in", np.nan), ess_out=vec("ess_out", np.nan),
@@ -238,14 +259,11 @@ def load(path: str | os.PathLike) -> Summary:
         M_ci_high=vec("M_ci_high", np.nan),
         split_half=float(a.get("split_half", np.nan)), low_ess=vec("low_ess", False, bool),
         values=values, held_out=held_out,
-        null_mean=vec("null_mean", np.nan), M_corrected=vec("M_corrected", np.nan),
+        null_mean=vec("null_mean", np.nan),
         p_value=vec("p_value", np.nan), memorized=vec("memorized", False, bool),
         M_corrected_ci_low=vec("M_corrected_ci_low", np.nan),
         M_corrected_ci_high=vec("M_corrected_ci_high", np.nan),
-        reliability=(scalar("reliability") if "reliability" in a
-                     else spearman_brown(float(a.get("split_half", np.nan)))),
         split_half_corrected=scalar("split_half_corrected"),
-        reliability_corrected=scalar("reliability_corrected"),
         **_load_controls(a, path),
         path=path)
 

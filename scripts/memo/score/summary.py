@@ -252,15 +252,13 @@ def summarize(paths: list[str | Path], progress: bool = True, n_boot: int = 1000
     low_ess = (uncertainty.ess_flags(ess_in, out_meta["n_is"])
                | uncertainty.ess_flags(ess_out, out_meta["n_is"]))
     s = Summary(
-        meta=out_meta, epochs=np.array(epochs), U=U, V=V, M=M,
-        n_in=in_count[-1].sum(0), n_out=out_count[-1].sum(0),
+        meta=out_meta, epochs=np.array(epochs), U=U, V=V,
         in_lse=in_lse[-1], in_count=in_count[-1], out_lse=out_lse[-1], out_count=out_count[-1],
         ess_in=ess_in, ess_out=ess_out,
         full_losses_train=np.asarray(losses["train"], dtype=float),
         full_losses_test=np.asarray(losses["test"], dtype=float),
         index=np.arange(n), labels=np.full(n, -1, dtype=np.int64),
-        M_se=se, M_ci_low=lo, M_ci_high=hi, split_half=float(reliability), low_ess=low_ess,
-        reliability=float(uncertainty.spearman_brown(reliability)))
+        M_se=se, M_ci_low=lo, M_ci_high=hi, split_half=float(reliability), low_ess=low_ess)
     out_meta["split_half_repeats"] = [R // 2, R - R // 2]
     n_perm = calibration.DEFAULT_PERMUTATIONS if n_perm is None else int(n_perm)
     fdr_q = calibration.DEFAULT_FDR_Q if fdr_q is None else float(fdr_q)
@@ -336,7 +334,6 @@ def calibrate_summary(s: Summary, values, held_out, n_perm: int, fdr_q: float, n
     flags, cutoff = calibration.benjamini_hochberg(p_value, fdr_q)
     s.values, s.held_out = values, held_out
     s.null_mean = c.null_mean
-    s.M_corrected = s.M[-1] - c.null_mean
     s.p_value = p_value
     s.memorized = flags
     at = flagging.threshold(cutoff, fdr_q, n)
@@ -366,7 +363,6 @@ def calibrate_summary(s: Summary, values, held_out, n_perm: int, fdr_q: float, n
         interval = "shifted"
     rel, splits = calibration.split_half_corrected(values, held_out, seed=seed, n_perm=n_perm)
     s.split_half_corrected = rel
-    s.reliability_corrected = float(uncertainty.spearman_brown(rel))
     s.timings["calibration uncertainty"] = time.perf_counter() - t0
 
     min_p = c.min_p if test == "permutation" else 0.0
