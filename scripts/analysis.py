@@ -18,6 +18,7 @@ from pathlib import Path
 
 import cli
 from memo import figures  # light: no matplotlib until a figure is drawn
+from memo.errors import FileFormatError
 
 
 def default_out(summaries: list[Path]) -> Path:
@@ -60,29 +61,32 @@ def main(argv=None) -> int:
 def draw(args: argparse.Namespace, names: tuple[str, ...]) -> None:
     """Every figure of `names` from the inputs named by args; a missing input file that a
     figure needs is an error, except for `all`, which leaves that figure out."""
-    from memo.files import summary
+    # numpy and matplotlib: after the command line is read
     from memo.figures import common
+    from memo.files import measures as measures_file
+    from memo.files import neighbours as neighbours_file
+    from memo.files import summary
+    from memo.files import sweep as sweep_file
     engine = None if args.no_latex else common.latex_engine()
     inputs = {"nn": None, "images": None, "measures_set": None, "sweep": None}
     if args.figure in figures.STANDALONE:  # drawn from its own file, not from summaries
-        from memo.figures import sweep
         summaries, out = [], args.out or Path("output") / "size_sweep"
-        inputs["sweep"] = sweep.load(args.summaries[0])
+        inputs["sweep"] = sweep_file.load(args.summaries[0])
     else:
         summaries = [summary.load(s) for s in args.summaries]
         out = args.out or default_out(args.summaries)
     if any(n in figures.NEEDS_NN for n in names):
-        nn_path = args.nn or common.nn_path_for(args.summaries[0])
-        inputs["nn"] = common.load_nn(nn_path, summaries[0].n)
+        nn_path = args.nn or neighbours_file.path_for(args.summaries[0])
+        inputs["nn"] = neighbours_file.load_optional(nn_path, summaries[0].n)
         if inputs["nn"] is None and args.figure != "all":
-            raise summary.SummaryError(f"no nearest-neighbour file {nn_path}")
+            raise FileFormatError(f"no nearest-neighbour file {nn_path}")
     if any(n in figures.NEEDS_IMAGES for n in names):
         inputs["images"] = common.load_images(summaries[0])
     if any(n in figures.NEEDS_MEASURES for n in names):
-        path = args.measures or common.measures_path_for(args.summaries[0])
-        inputs["measures_set"] = common.load_measures(path)
+        path = args.measures or measures_file.path_for(args.summaries[0])
+        inputs["measures_set"] = measures_file.load_optional(path)
         if inputs["measures_set"] is None and args.figure != "all":
-            raise summary.SummaryError(f"no measures file {path}")
+            raise FileFormatError(f"no measures file {path}")
     for name in names:
         if (name in figures.NEEDS_NN and inputs["nn"] is None) or (
                 name in figures.NEEDS_MEASURES and inputs["measures_set"] is None):

@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> None:
         exp = experiments.get(args.experiment)
     device = cli.device(args.device)   # imports torch: after the command line is read
     from memo import fileio
+    from memo.files import measures as measures_file
     from memo.measures import measures
     from memo.files import summary
     s = summary.load(args.summary or Path("analysis") / f"{exp.name}.npz")
@@ -61,7 +62,8 @@ def run(args: argparse.Namespace) -> None:
                           n_samples=args.samples, n_vectors=args.vectors, h=args.h,
                           log=lambda m: print(m, file=sys.stderr))
     out = args.output or Path("analysis") / f"{exp.name}_measures.npz"
-    measures.save(ms, out)
+    measures_file.save(ms, out)
+    fileio.atomic_write_bytes(out.with_suffix(".csv"), measures.csv_text(ms).encode())
     rows = measures.benchmark(ms, flagged=s.memorized if s.calibrated else None,
                               control_flagged=s.control_flagged)
     table = out.with_name(out.name.replace("_measures.npz", "_benchmark.csv")

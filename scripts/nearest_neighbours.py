@@ -8,15 +8,13 @@ are validation images (CelebA: its "valid" split; every other data set: "test").
 
     python scripts/nearest_neighbours.py --experiment bmnist_lr3 [--device cuda]
 
-Writes analysis/<exp>_nn.npz: rho, d_valid, d_model, nn_valid, nn_model (indices of the
-neighbours), special_code (per example, see memo.neighbours), special (counts, in the order of
-special_names) and meta (a JSON string).
+Writes analysis/<exp>_nn.npz (memo/files/neighbours.py): rho, d_valid, d_model, nn_valid,
+nn_model (indices of the neighbours), special_code (per example, see memo/measures/neighbours.py),
+special (counts, in the order of special_names) and meta (a JSON string).
 """
 from __future__ import annotations
 
 import argparse
-import io
-import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,6 +24,7 @@ import numpy as np
 import cli
 from memo import fileio
 from memo.config import experiments, naming
+from memo.files import neighbours as neighbours_file
 from memo.files import results
 
 if TYPE_CHECKING:
@@ -91,12 +90,6 @@ def model_samples(model, n: int, latent_dim: int, seed: int, device, batch: int)
     return torch.cat(out) if out else torch.empty((0, 0))
 
 
-def save_npz(path: Path, arrays: dict) -> None:
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    fileio.atomic_write_bytes(path, buf.getvalue())
-
-
 def run(args: argparse.Namespace) -> Path:
     with cli.usage():  # an unknown experiment, a bad setting of it: one line each
         exp = experiments.get(args.experiment)
@@ -134,12 +127,9 @@ def run(args: argparse.Namespace) -> Path:
             "special_rule": "valid_duplicate: rho=0; model_duplicate: rho=inf; "
                             "both_duplicate, invalid: rho=nan"}
     out = Path(args.output or Path("analysis") / f"{exp.name}_nn.npz")
-    save_npz(out, {"rho": rho, "d_valid": d_valid.numpy(), "d_model": d_model.numpy(),
-                   "nn_valid": nn_valid.numpy(), "nn_model": nn_model.numpy(),
-                   "special_code": code,
-                   "special": np.array(list(counts.values()), dtype=np.int64),
-                   "special_names": np.array(list(counts)),
-                   "meta": np.array(json.dumps(meta, sort_keys=True))})
+    neighbours_file.write(out, rho=rho, d_valid=d_valid.numpy(), d_model=d_model.numpy(),
+                          nn_valid=nn_valid.numpy(), nn_model=nn_model.numpy(),
+                          special_code=code, counts=counts, meta=meta)
 
     finite = np.isfinite(rho)
     print(f"{exp.name}: {queries.shape[0]} training images vs {refs.shape[0]} {split} images "

@@ -12,6 +12,9 @@ import numpy as np
 import pytest
 
 from memo import figures
+from memo.files import measures as measures_file
+from memo.files import neighbours as neighbours_file
+from memo.files import sweep as sweep_file
 from memo.score import summary
 from memo.figures import common, logprob, neighbours, qualitative, report
 
@@ -88,7 +91,7 @@ def write_nn(summary_path: Path, seed: int = 1) -> Path:
     rng = np.random.default_rng(seed)
     d_model = rng.uniform(2, 6, n)
     d_valid = d_model * rng.lognormal(0, 0.2, n)
-    path = common.nn_path_for(summary_path)
+    path = neighbours_file.path_for(summary_path)
     np.savez(path, rho=d_valid / d_model, d_valid=d_valid, d_model=d_model)
     return path
 
@@ -111,21 +114,21 @@ def fake_measures(summary_path: Path, seed: int = 3, planted_roles: bool = True)
         role[order[-5:]] = planted.SINGLETON
         role[order[:6]] = planted.DUPLICATE
         group = np.where(role == planted.DUPLICATE, np.arange(n) % 2, -1)
-    ms = measures.MeasureSet(s.name, s.index, values, {k: 1.0 for k in measures.MEASURES},
-                             {k: 1 for k in measures.MEASURES},
-                             {k: 10.0 for k in measures.MEASURES},
-                             copying={"ratio": 0.001, "low": 0.0, "high": 0.005, "samples": 1000,
-                                      "control_ratio": 0.002, "control_low": 0.0,
-                                      "control_high": 0.007, "control_n": 300},
-                             epochs=[5, 10, 15], role=role, group=group)
-    measures.save(ms, common.measures_path_for(summary_path))
+    ms = measures_file.MeasureSet(s.name, s.index, values, {k: 1.0 for k in measures.MEASURES},
+                                  {k: 1 for k in measures.MEASURES},
+                                  {k: 10.0 for k in measures.MEASURES},
+                                  copying={"ratio": 0.001, "low": 0.0, "high": 0.005,
+                                           "samples": 1000, "control_ratio": 0.002,
+                                           "control_low": 0.0, "control_high": 0.007,
+                                           "control_n": 300},
+                                  epochs=[5, 10, 15], role=role, group=group)
+    measures_file.save(ms, measures_file.path_for(summary_path))
     return ms
 
 
 def write_sweep(path: Path) -> Path:
-    from memo.figures import sweep
     n = np.array([250, 500, 1000, 2000])
-    arrays = {k: np.linspace(0.01, 0.001, 4) for k in sweep.FIELDS}
+    arrays = {k: np.linspace(0.01, 0.001, 4) for k in sweep_file.FIELDS}
     arrays.update(n=n.astype(float), epochs=80_000 / n, low=np.zeros(4), median_ratio=np.full(4, 0.8),
                   high=np.linspace(0.02, 0.004, 4), control_high=np.full(4, 0.01),
                   train_loss=np.linspace(200, 240, 4), test_loss=np.linspace(300, 250, 4),
@@ -167,11 +170,10 @@ def built(tmp_path_factory):
     s4 = write_summary(tmp / "analysis" / "bmnist_lr4.npz", seed=1, lr=1e-4, scale=(-3, 6))
     write_nn(s3)
     ms = fake_measures(s3)
-    from memo.figures import sweep
-    sw = sweep.load(write_sweep(tmp / "analysis" / "fashion_sizes_sweep.npz"))
+    sw = sweep_file.load(write_sweep(tmp / "analysis" / "fashion_sizes_sweep.npz"))
     a = summary.load(s3)
     b = summary.load(s4)
-    nn = common.load_nn(common.nn_path_for(s3), a.n)
+    nn = neighbours_file.load(neighbours_file.path_for(s3), a.n)
     images = fake_images(a.n)
     out = tmp / "output"
     private = summary.load(write_summary(
@@ -378,7 +380,7 @@ def test_privacy_figure_orders_by_epsilon_and_tabulates_the_budget(built):
 def test_key_numbers_name_the_measure_closest_to_m(built):
     from memo.measures import measures
     s = summary.load(built / "analysis" / "bmnist_lr3.npz")
-    ms = measures.load(common.measures_path_for(s.path))
+    ms = measures_file.load(measures_file.path_for(s.path))
     rows = dict(report.key_numbers(s, None, ms))
     value = rows["Spearman of $M$ with the closest other measure"]
     best = max((r for r in measures.benchmark(ms, n_boot=0)

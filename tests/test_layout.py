@@ -33,10 +33,8 @@ FUNCTION_LEVEL = {
         "matplotlib deferred: the package lists its figures (Make, --help) without it",
     ("memo.figures.common", "memo.data"):
         "torch deferred: the training images are loaded only for the figures that show them",
-    ("memo.figures.common", "memo.measures.measures"):
-        "torch deferred: the measures file is read through the module that computes it",
     ("memo.figures.report", "memo.measures.measures"):
-        "torch deferred: the measures file is read through the module that computes it",
+        "torch deferred: the benchmark of the measures only where a measures file exists",
     ("memo.figures.privacy", "memo.data"):
         "torch deferred: the planted layout is loaded only for a planted experiment",
     ("memo.train.training", "memo.train.private"): "being restructured",
@@ -229,6 +227,7 @@ def test_imports_inside_functions_are_the_listed_ones():
 # torch-free for real: imported where torch cannot be
 
 TORCH_FREE = ["memo.config.naming", "memo.files.results", "memo.files.summary",
+              "memo.files.neighbours", "memo.files.sweep", "memo.files.measures",
               "memo.score.summary", "memo.score.calibration", "cli", "plan"]
 
 

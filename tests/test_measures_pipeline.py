@@ -10,6 +10,8 @@ import measures as measures_cli
 import memorization
 import summarize
 from memo.config import experiments
+from memo.errors import FileFormatError
+from memo.files import measures as measures_file
 from memo.measures import measures
 from memo.data import planted
 from memo.files import results
@@ -131,7 +133,7 @@ def test_measures_cli_writes_every_measure_for_every_example(trained, tmp_path):
     assert measures_cli.main(["--experiment", "tiny", "--summary", str(summary_path),
                               "--results-dir", str(tmp_path / "res"), "--device", "cpu",
                               "--samples", "200", "--vectors", "2", "-o", str(out)]) == 0
-    ms = measures.load(out)
+    ms = measures_file.load(out)
     assert list(ms.values) == list(measures.MEASURES)
     assert ms.n == 60 and ms.epochs == exp.eval_epochs()
     for name in measures.ONE_MODEL:
@@ -164,10 +166,10 @@ def test_benchmark_rows_on_a_planted_layout_with_known_answers():
     values = {k: np.zeros(n) for k in measures.MEASURES}
     values["M"] = np.arange(n, dtype=float)                      # singletons rank 9, 10 of 12
     values["neg_log_px"] = np.r_[np.arange(8.0), -1.0, -2.0, 100.0, 100.0]
-    ms = measures.MeasureSet("x", np.arange(n), values, {k: 0.0 for k in measures.MEASURES},
-                             {k: 1 for k in measures.MEASURES},
-                             {k: 2.0 for k in measures.MEASURES}, role=role,
-                             group=np.array([-1] * 10 + [0, 0]))
+    ms = measures_file.MeasureSet("x", np.arange(n), values, {k: 0.0 for k in measures.MEASURES},
+                                  {k: 1 for k in measures.MEASURES},
+                                  {k: 2.0 for k in measures.MEASURES}, role=role,
+                                  group=np.array([-1] * 10 + [0, 0]))
     rows = {r["measure"]: r for r in measures.benchmark(ms, n_boot=20)}
     assert rows["M"]["auroc"] == 1.0                    # both singletons above every regular
     assert rows["neg_log_px"]["auroc"] == 0.0           # both below
@@ -184,7 +186,7 @@ def test_measures_over_training_need_every_evaluation_epochs_weights(trained, tm
     assert measures_cli.main(["--experiment", "tiny", "--summary", str(summary_path),
                               "--results-dir", str(tmp_path / "res"), "--device", "cpu",
                               "--samples", "50", "--vectors", "2", "-o", str(out)]) == 0
-    ms = measures.load(out)
+    ms = measures_file.load(out)
     assert np.isnan(ms.values["self_influence"]).all() and np.isnan(ms.values["curvature"]).all()
     assert np.isfinite(ms.values["curvature_final"]).all() and ms.epochs == [exp.epochs]
 
@@ -192,8 +194,8 @@ def test_measures_over_training_need_every_evaluation_epochs_weights(trained, tm
 def test_a_truncated_measures_file_is_one_clear_error(tmp_path):
     path = tmp_path / "x_measures.npz"
     path.write_bytes(b"PK\x03\x04 truncated")
-    with pytest.raises(measures.MeasuresError, match="delete it"):
-        measures.load(path)
+    with pytest.raises(FileFormatError, match="delete it"):
+        measures_file.load(path)
 
 
 def test_a_resume_file_without_the_new_records_records_none_of_them(tiny_experiment, tmp_path):

@@ -7,3 +7,8 @@ from __future__ import annotations
 
 class MemoError(Exception):
     """A problem with the inputs or the state of the pipeline, told in one message."""
+
+
+class FileFormatError(ValueError, MemoError):
+    """A file of the pipeline (the nearest-neighbour, sweep or measures file) that is missing,
+    truncated or not of its kind; the message names it and how to make it again."""

@@ -1,12 +1,15 @@
-"""Files: writes that leave a file whole (a temporary name, then a rename), and one-line
-reports of a file that could not be read."""
+"""Files: writes that leave a file whole (a temporary name, then a rename), NumPy archives
+written that way and without pickles, and one-line reports of a file that could not be read."""
 from __future__ import annotations
 
 import glob
+import io
 import os
 import re
 import secrets
 from pathlib import Path
+
+import numpy as np
 
 TMP_SUFFIX = ".tmp"
 
@@ -32,6 +35,20 @@ def atomic_write_bytes(path: str | os.PathLike, blob: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def atomic_write_npz(path: str | os.PathLike, arrays: dict, compress: bool = True) -> None:
+    """Write arrays as one .npz file (zip-compressed unless compress=False), whole
+    (`atomic_write_bytes`). Only plain arrays are written: one holding Python objects, which
+    only a pickle could store, is refused (ValueError), so readers never need allow_pickle."""
+    arrays = {k: np.asarray(v) for k, v in arrays.items()}
+    objects = [k for k, v in arrays.items() if v.dtype.hasobject]
+    if objects:
+        raise ValueError(f"{path}: arrays {objects} hold Python objects; an .npz of this "
+                         "pipeline holds plain arrays only (no pickles)")
+    buf = io.BytesIO()
+    (np.savez_compressed if compress else np.savez)(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def remove_orphans(path: str | os.PathLike) -> list[Path]:

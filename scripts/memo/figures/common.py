@@ -1,6 +1,6 @@
-"""Shared pieces of the figures: reading nearest-neighbour files and images, style,
-data-driven bins, image mosaics, and writing one figure as `.pgf`, LaTeX-typeset `.pdf`,
-`.png` preview and `.tex` wrapper. Summaries are read by memo.summary.load.
+"""Shared pieces of the figures: reading the training images, style, data-driven bins, image
+mosaics, and writing one figure as `.pgf`, LaTeX-typeset `.pdf`, `.png` preview and `.tex`
+wrapper. Summaries, nearest-neighbour and measures files are read by their owners in memo/files.
 """
 from __future__ import annotations
 
@@ -54,49 +54,6 @@ _WARNED: set[str] = set()
 
 # ----------------------------------------------------------------------------------------------
 # inputs
-
-@dataclass
-class Neighbours:
-    """The nearest-neighbour file `analysis/<exp>_nn.npz` (PAPER.md §6.6)."""
-    path: Path
-    rho: np.ndarray             # (n,) d(x, nearest valid/test image) / d(x, nearest model sample)
-    d_valid: np.ndarray
-    d_model: np.ndarray
-
-
-def nn_path_for(summary_path: str | os.PathLike) -> Path:
-    p = Path(summary_path)
-    return p.with_name(p.stem + "_nn.npz")
-
-
-def measures_path_for(summary_path: str | os.PathLike) -> Path:
-    """The other measures' file `analysis/<exp>_measures.npz` (memo.measures)."""
-    p = Path(summary_path)
-    return p.with_name(p.stem + "_measures.npz")
-
-
-def load_measures(path: str | os.PathLike):
-    """The other measures (memo.measures), or None when the file does not exist."""
-    from memo.measures import measures   # imports torch: only when measures are wanted
-    path = Path(path)
-    return measures.load(path) if path.is_file() else None
-
-
-def load_nn(path: str | os.PathLike, n: int | None = None) -> Neighbours | None:
-    """The nearest-neighbour arrays, or None when the file does not exist."""
-    path = Path(path)
-    if not path.exists():
-        return None
-    with np.load(path) as z:
-        if "rho" not in z.files:
-            raise SummaryError(f"{path} lacks rho: not a nearest-neighbour file")
-        rho = np.asarray(z["rho"], dtype=float)
-        get = lambda k: np.asarray(z[k], dtype=float) if k in z.files else np.full_like(rho, np.nan)
-        nn = Neighbours(path, rho, get("d_valid"), get("d_model"))
-    if n is not None and rho.shape != (n,):
-        raise SummaryError(f"{path}: rho has shape {rho.shape} but the summary has n = {n}")
-    return nn
-
 
 def load_images(summary: Summary) -> np.ndarray | None:
     """uint8 (n, C, H, W) training images in the summary's order, or None (one warning line)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
+from memo.files.measures import MeasureSet
 from memo.measures import measures
 from memo.data import planted
 from memo.score import rankstats
@@ -26,13 +27,13 @@ SHORT = {"M_corrected": r"$M_{\mathrm{corrected}}$", "neg_log_px": r"$-\log p(x)
          "curvature_final": "curvature (final)", "copies": "copies (1/3 rule)"}
 
 
-def panels(ms: measures.MeasureSet) -> list[str]:
+def panels(ms: MeasureSet) -> list[str]:
     """The measures drawn against M: every other one with finite values."""
     return [k for k in measures.MEASURES
             if k != "M" and k in ms.values and np.isfinite(ms.values[k]).any()]
 
 
-def figure(ms: measures.MeasureSet, names: list[str]) -> Figure:
+def figure(ms: MeasureSet, names: list[str]) -> Figure:
     rows = -(-len(names) // COLS)
     fig = Figure(figsize=(TEXTWIDTH, 1.75 * rows + 0.35), layout="constrained")
     axes = np.atleast_1d(fig.subplots(rows, COLS, sharex=True, sharey=True)).ravel()
@@ -82,7 +83,7 @@ def table(rows: list[dict], planted_set: bool) -> dict:
     return {"columns": head, "rows": cells}
 
 
-def caption(ms: measures.MeasureSet, rows: list[dict]) -> str:
+def caption(ms: MeasureSet, rows: list[dict]) -> str:
     text = (f"Other memorization measures of {tex_escape(ms.experiment)} against $M$: each "
             "example's rank percentile under a measure (higher: more memorized as the measure "
             "has it) against its rank percentile under $M$ at the last epoch. The one-model "

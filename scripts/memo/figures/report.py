@@ -15,14 +15,15 @@ import numpy as np
 from scipy import stats
 
 from memo.config.experiments import PAPER_EXPERIMENTS
+from memo.files import measures as measures_file
+from memo.files import neighbours as neighbours_file
 from memo.files import summary
 from memo.files.summary import Summary
 
 from . import FIGURES
 from .common import (HIGH_Q, PREAMBLE, REPRODUCIBLE, TEST_NAMES, count, finite, flag_info,
                      flag_text,
-                     highly_memorized, latex_engine, load_measures, load_nn, lr_label,
-                     measures_path_for, nn_path_for, num, pct,
+                     highly_memorized, latex_engine, lr_label, num, pct,
                      run_latex, sci, short, tex_escape, warn)
 from .uncertainty import ess_summary
 
@@ -278,7 +279,8 @@ def build(summary_paths, figure_jsons, out_pdf, engine: str | None = "auto") -> 
     out_dir = out_pdf.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     summaries = [summary.load(p) for p in summary_paths]
-    inputs = [(load_nn(nn_path_for(s.path), s.n), load_measures(measures_path_for(s.path)))
+    inputs = [(neighbours_file.load_optional(neighbours_file.path_for(s.path), s.n),
+               measures_file.load_optional(measures_file.path_for(s.path)))
               for s in summaries]
     docs = [(Path(p), json.loads(Path(p).read_text())) for p in figure_jsons]
     secs = sections(docs)

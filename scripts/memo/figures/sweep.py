@@ -1,4 +1,5 @@
-"""Figure (not in the paper): the training-set size sweep (scripts/sweep.py).
+"""Figure (not in the paper): the training-set size sweep (scripts/sweep.py), drawn from its file
+(memo/files/sweep.py).
 
 (a) The ratio d1/d2 of the distances from the full model's samples to their nearest and
 second-nearest training images (median and 1 % quantile): the 1/3 rule of the
@@ -8,34 +9,10 @@ caption) is its memorization ratio; the same for held-out real images, which can
 """
 from __future__ import annotations
 
-import json
-import zipfile
-from pathlib import Path
-
 import numpy as np
 from matplotlib.figure import Figure
 
-from memo.files.summary import SummaryError
-
 from .common import SERIES_COLORS, TEXTWIDTH, Result, count, num, placeholder
-
-FIELDS = ("n", "epochs", "ratio", "low", "high", "control_ratio", "control_low", "control_high",
-          "median_ratio", "low_ratio", "control_median_ratio", "control_low_ratio",
-          "train_loss", "test_loss", "cpu_seconds",
-          "M_median", "M_q95", "M_q999", "Mc_median", "Mc_q95")
-
-
-def load(path) -> dict:
-    """The sweep file's arrays and meta; SummaryError (one line) when it is not one."""
-    path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            out = {k: np.asarray(z[k], dtype=float) for k in FIELDS}
-            out["meta"] = json.loads(str(z["meta"]))
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
-        raise SummaryError(f"{path} is not a size-sweep file ({e}); run `make sweep`") from None
-    out["path"] = path
-    return out
 
 
 def figure(sw: dict) -> Figure:

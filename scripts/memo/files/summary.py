@@ -8,7 +8,6 @@ report and the measures read it through `load`. No torch, no scipy: reading a su
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import zipfile
@@ -182,9 +181,7 @@ def save(summary: Summary, path: str | os.PathLike) -> None:
     """Write the summary as an npz (compressed) atomically."""
     arrays = {k: np.asarray(getattr(summary, k)) for k in ARRAYS}
     arrays["meta"] = np.array(json.dumps(summary.meta))
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    fileio.atomic_write_bytes(path, buf.getvalue())
+    fileio.atomic_write_npz(path, arrays)
 
 
 def load(path: str | os.PathLike) -> Summary:

@@ -24,12 +24,8 @@ evaluation epoch (memo/results.JobFiles.weights_at).
 """
 from __future__ import annotations
 
-import io
 import json
 import time
-import zipfile
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -40,8 +36,8 @@ from memo import data, models
 from memo.data import planted, preprocess
 from memo.score import rankstats
 from memo.files import results
+from memo.files.measures import MeasureSet
 from memo.config.experiments import FULL_JOB, Experiment
-from memo.fileio import atomic_write_bytes
 from memo.errors import MemoError
 
 MEASURES = {                   # name: label for tables and figures
@@ -60,24 +56,6 @@ ONE_MODEL = [k for k in MEASURES if k not in ("M", "M_corrected")]
 
 class MeasuresError(ValueError, MemoError):
     """Inputs the measures cannot be computed from; the message names the file and the fix."""
-
-
-@dataclass
-class MeasureSet:
-    experiment: str
-    index: np.ndarray                      # (n,) positions in D
-    values: dict[str, np.ndarray]          # measure -> (n,) float64 (nan: not available)
-    seconds: dict[str, float]              # CPU seconds spent computing each measure here
-    models: dict[str, int]                 # models each measure needs trained
-    train_seconds: dict[str, float]        # CPU seconds of training them (nan: not recorded)
-    copying: dict = field(default_factory=dict)   # ratio and interval; the control's
-    epochs: list[int] = field(default_factory=list)   # the full model's epochs used
-    role: np.ndarray | None = None         # planted layout (memo.planted), or None
-    group: np.ndarray | None = None
-
-    @property
-    def n(self) -> int:
-        return len(self.index)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -328,25 +306,12 @@ def benchmark(ms: MeasureSet, n_boot: int = 1000, flagged=None, control_flagged=
 
 
 # ----------------------------------------------------------------------------------------------
-# files
-
-
-def save(ms: MeasureSet, path) -> None:
-    """analysis/<exp>_measures.npz, written atomically; the CSV beside it (<path>.csv)."""
-    meta = {"experiment": ms.experiment, "seconds": ms.seconds, "models": ms.models,
-            "train_seconds": ms.train_seconds, "copying": ms.copying, "epochs": ms.epochs}
-    arrays = {f"value_{k}": v for k, v in ms.values.items()}
-    arrays["index"] = ms.index
-    if ms.role is not None:
-        arrays["role"], arrays["group"] = ms.role, ms.group
-    arrays["meta"] = np.array(json.dumps(meta))
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    atomic_write_bytes(path, buf.getvalue())
-    atomic_write_bytes(Path(path).with_suffix(".csv"), csv_text(ms).encode())
+# the CSV beside the measures file (memo/files/measures.py)
 
 
 def csv_text(ms: MeasureSet) -> str:
+    """One row per example: index, its planted role and group when there is a layout, every
+    measure."""
     cols = ["index"] + (["role", "group"] if ms.role is not None else []) + list(ms.values)
     lines = [",".join(cols)]
     for j in range(ms.n):
@@ -356,24 +321,6 @@ def csv_text(ms: MeasureSet) -> str:
         cells += [f"{ms.values[k][j]:.6g}" for k in ms.values]
         lines.append(",".join(cells))
     return "\n".join(lines) + "\n"
-
-
-def load(path) -> MeasureSet:
-    path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
-            values = {k.removeprefix("value_"): z[k].astype(float) for k in z.files
-                      if k.startswith("value_")}
-            index = z["index"].astype(np.int64)
-            role = z["role"].astype(np.int64) if "role" in z.files else None
-            group = z["group"].astype(np.int64) if "group" in z.files else None
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
-        raise MeasuresError(f"cannot read measures file {path} ({e}); delete it and run make "
-                            "again") from None
-    return MeasureSet(meta["experiment"], index, values, meta["seconds"], meta["models"],
-                      meta["train_seconds"], meta.get("copying", {}), meta.get("epochs", []),
-                      role, group)
 
 
 TABLE_COLUMNS = ("measure", "auroc", "auroc_low", "auroc_high", "duplicate_percentile",
