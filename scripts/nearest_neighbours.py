@@ -17,18 +17,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 import cli
-from memo import fileio
 from memo.config import experiments, naming
 from memo.files import neighbours as neighbours_file
 from memo.files import results
-
-if TYPE_CHECKING:
-    import torch
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -50,52 +45,14 @@ def reference_split(dataset: str) -> str:
     return "valid" if dataset == "CelebA" else "test"
 
 
-def load_model(exp, in_channels: int, results_dir, device) -> tuple[torch.nn.Module, Path]:
-    from memo import models
-    from memo.train import checkpoints
-    model = models.build(exp.model, exp.latent_dim, in_channels=in_channels, norm=exp.norm)
-    files = results.job_files(exp, experiments.FULL_JOB, results_dir)
-    path = files.checkpoint
-    if not path.is_file():
-        # the checkpoint is written by the job that writes the full model's result file
-        target = files.result
-        var = "" if Path(results_dir) == Path("results") else f" RESULTS={results_dir}"
-        again = (f" ({target} exists without its checkpoint: delete it so make retrains)"
-                 if target.is_file() else "")
-        raise checkpoints.CheckpointError(
-            f"checkpoint of the full-data model not found: {path}\n"
-            f"Train that model first: `make{var} {target}`{again}, "
-            f"or the whole experiment: `make{var} memorization-{exp.name}`.")
-    fix = (f"if this pipeline wrote it, remove it and {files.result}, then `make "
-           f"{files.result}` retrains the full model")
-    try:
-        models.load_weights(model, checkpoints.load_state(path, "checkpoint", fix), path)
-    except (RuntimeError, TypeError, AttributeError) as e:  # what load_weights does not foresee
-        raise checkpoints.CheckpointError(f"checkpoint {path} does not fit {exp.model} (latent_dim "
-                       f"{exp.latent_dim}, {in_channels} channels): {fileio.one_line(e)}") from None
-    return model.to(device).eval(), path
-
-
-def model_samples(model, n: int, latent_dim: int, seed: int, device, batch: int) -> torch.Tensor:
-    """(n, D) pooled decoder means for z ~ N(0, I); z drawn on the CPU and decoded in IEEE
-    float32 (no TF32) so devices agree."""
-    import torch
-    from memo.measures import neighbours
-    from memo.train import accel
-    gen = torch.Generator().manual_seed(seed)
-    z = torch.randn((n, latent_dim), generator=gen)
-    with torch.no_grad(), accel.exact_float32():
-        out = [neighbours.downsample(model.pixel_mean(z[s:s + batch].to(device))).cpu()
-               for s in range(0, n, batch)]
-    return torch.cat(out) if out else torch.empty((0, 0))
-
-
 def run(args: argparse.Namespace) -> Path:
     with cli.usage():  # an unknown experiment, a bad setting of it: one line each
         exp = experiments.get(args.experiment)
     device = cli.device(args.device)   # imports torch: after the command line is read
+    import torch
     from memo import data
-    from memo.measures import neighbours
+    from memo.measures import copying, neighbours
+    from memo.train import checkpoints
     try:
         dataset = naming.dataset_name(exp.data)
         split = reference_split(dataset)
@@ -105,12 +62,16 @@ def run(args: argparse.Namespace) -> Path:
         raise type(e)(f"experiment {exp.name!r}: {e}") from None
     if exp.subset:
         train = train[:exp.subset]
-    model, ckpt = load_model(exp, train.shape[1], args.results_dir, device)
+    model = checkpoints.load_full_model(exp, args.results_dir, device, train.shape[1])
+    ckpt = results.job_files(exp, experiments.FULL_JOB, args.results_dir).checkpoint
 
     queries = neighbours.downsample(train)
     refs = neighbours.downsample(valid)
-    samples = model_samples(model, refs.shape[0], exp.latent_dim, exp.seed, device,
-                            args.sample_batch)
+    # as many samples as reference images, z from a CPU generator seeded with the experiment's
+    # seed (every device draws the same z); pooled as images, on the model's device
+    generator = torch.Generator().manual_seed(exp.seed)
+    samples = copying.sample_images(model, refs.shape[0], generator, args.sample_batch)
+    samples = neighbours.downsample(samples.view(-1, *train.shape[1:]).to(device)).cpu()
     kw = dict(block_rows=args.block_rows, block_cols=args.block_cols, device=device, progress=True)
     d_valid, nn_valid = neighbours.nearest_distances(queries, refs, desc=f"vs {split}", **kw)
     d_model, nn_model = neighbours.nearest_distances(queries, samples, desc="vs samples", **kw)

@@ -90,18 +90,15 @@ def stream(exp: Experiment, device, measure: str, epoch: int = 0) -> torch.Gener
 
 
 def _weights(exp: Experiment, root, model: torch.nn.Module) -> tuple[list[int], list[dict]]:
-    """The full model's weights at each evaluation epoch that has them (the last is required)."""
+    """The full model's weights at each evaluation epoch that has them (the last one is
+    required: checkpoints.load_full_model has loaded it)."""
     files = results.job_files(exp, FULL_JOB, root)
-    if not files.checkpoint.is_file():
-        raise MeasuresError(f"{files.checkpoint} not found: the measures need the full model's "
-                            f"final weights; run `make memorization-{exp.name}` first")
     epochs, states = [], []
     for e in exp.eval_epochs():
         path = files.checkpoint if e == exp.epochs else files.weights_at(e)
         if not path.is_file():
             continue
-        state = checkpoints.load_state(path, "model weights", "delete it and retrain the full "
-                                       "model")
+        state = checkpoints.full_model_state(exp, root, e)
         models.load_weights(model, state, path)   # checks the layout
         epochs.append(e)
         states.append(state)
@@ -128,7 +125,7 @@ def compute(exp: Experiment, summary, results_root="results", data_root=None, de
         raise MeasuresError(f"summary of {exp.name} names example {index.max()} but the data "
                             f"set has {len(train)}; rebuild the summary")
     images = train[torch.from_numpy(index)].to(device)
-    model = models.build(exp.model, exp.latent_dim, images.shape[1], exp.norm).to(device)
+    model = checkpoints.load_full_model(exp, results_root, device, images.shape[1])
     epochs, states = _weights(exp, results_root, model)
     model.load_state_dict(states[-1])
     model.eval()

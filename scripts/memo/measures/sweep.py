@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from memo import data, models
+from memo import data
 from memo.config.experiments import FULL_JOB
 from memo.files import results, summary
 from memo.measures import copying, measures
@@ -53,11 +53,7 @@ def one_size(exp, samples: int, root, data_root, device, log=print, summaries=No
     content = results.read_result(files.result)
     train = data.load(exp.data, "train", root=data_root).images[:exp.subset]
     test = data.load(exp.data, "test", root=data_root).images
-    model = models.build(exp.model, exp.latent_dim, train.shape[1], exp.norm).to(device)
-    state = checkpoints.load_state(files.checkpoint, "model weights",
-                                   "delete it and its result file to train it again")
-    models.load_weights(model, state, files.checkpoint)
-    model.eval()
+    model = checkpoints.load_full_model(exp, root, device, train.shape[1])
     pixels = (train.to(device, torch.float32) / 255).flatten(1)
     found = copying.copying(copying.sample_images(model, samples,
                                                   measures.stream(exp, device, "samples")),

@@ -1,4 +1,5 @@
-"""Model files: the resume state of a running job and the full model's final weights.
+"""Model files: the resume state of a running job and the full model's weights (kept at every
+evaluation epoch), and the one way to load the trained full model (`load_full_model`).
 
 A resume file holds what a job needs to continue exactly where it stopped: model and Adam state,
 the training generator, the history of losses and log p(x) so far, the last epoch done, and the
@@ -14,7 +15,9 @@ from pathlib import Path
 
 import torch
 
-from memo.config.experiments import Experiment
+from memo import models
+from memo.config.experiments import FULL_JOB, Experiment
+from memo.files import results
 from memo.files.results import RESULT_SETTINGS, UNRECORDED
 from memo.fileio import atomic_write_bytes, one_line, torch_refusal
 from memo.errors import MemoError
@@ -102,3 +105,39 @@ def load_resume(path, model, optimizer, gen: torch.Generator,
         extra.clear()
         extra.update(state.get("extra") or {})
     return state["history"], state["epoch"]
+
+
+def full_model_state(exp: Experiment, results_root, epoch: int | None = None):
+    """The full-data model's weights after `epoch` (default: its last), read as `load_state`
+    reads; one CheckpointError naming the file and how to make it again when it is missing or
+    unusable."""
+    files = results.job_files(exp, FULL_JOB, results_root)
+    path = files.checkpoint if epoch in (None, exp.epochs) else files.weights_at(epoch)
+    if not path.is_file():
+        # the weights are written by the job that writes the full model's result file
+        var = "" if Path(results_root) == Path("results") else f" RESULTS={results_root}"
+        again = (f" ({files.result} exists without its checkpoint: delete it so make retrains)"
+                 if files.result.is_file() else "")
+        raise CheckpointError(
+            f"checkpoint of the full-data model not found: {path}; train that model first: "
+            f"`make{var} {files.result}`{again}, or the whole experiment: "
+            f"`make{var} memorization-{exp.name}`")
+    return load_state(path, "checkpoint", f"if this pipeline wrote it, remove it and "
+                      f"{files.result}, then `make {files.result}` retrains the full model")
+
+
+def load_full_model(exp: Experiment, results_root, device, in_channels: int) -> torch.nn.Module:
+    """The trained full-data model of `exp` with its final weights, on `device`, in eval mode
+    (the nearest neighbours, the other measures and the size sweep all load it here).
+    in_channels: the images' channels. Any problem is one CheckpointError line."""
+    path = results.job_files(exp, FULL_JOB, results_root).checkpoint
+    state = full_model_state(exp, results_root)
+    model = models.build(exp.model, exp.latent_dim, in_channels=in_channels, norm=exp.norm)
+    try:
+        models.load_weights(model, state, path)
+    except ValueError as e:   # names the keys or sizes that differ
+        raise CheckpointError(str(e)) from None
+    except (RuntimeError, TypeError, AttributeError) as e:  # what load_weights does not foresee
+        raise CheckpointError(f"checkpoint {path} does not fit {exp.model} (latent_dim "
+                              f"{exp.latent_dim}, {in_channels} channels): {one_line(e)}") from None
+    return model.to(device).eval()
