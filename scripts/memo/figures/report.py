@@ -79,9 +79,9 @@ def key_numbers(s: Summary, nn=None, ms=None) -> list[tuple[str, str]]:
     test = TEST_NAMES[fi["test"]] if fi is not None else "--"
     return [
         (f"flagged as memorized (BH, {q_label})", flagged),
-        ("control images flagged (false positives; 95\,\% interval)", controls),
+        (r"control images flagged (false positives; 95\,\% interval)", controls),
         ("false discovery rate estimated from the controls", fdr),
-        ("share whose $\log p$ rises when trained on (Storey's $\pi_1$)", pi1),
+        (r"share whose $\log p$ rises when trained on (Storey's $\pi_1$)", pi1),
         ("test", test),
         ("smallest attainable $p$", min_p),
         ("median bias (null mean of $M$)", bias),
