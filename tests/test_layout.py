@@ -38,7 +38,6 @@ FUNCTION_LEVEL = {
     ("memo.figures.privacy", "memo.data"):
         "torch deferred: the planted layout is loaded only for a planted experiment",
     ("memo.train.training", "memo.train.private"): "being restructured",
-    ("memo.score.calibration", "memo.score.uncertainty"): "being restructured",
 }
 
 

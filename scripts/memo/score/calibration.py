@@ -42,6 +42,7 @@ import numpy as np
 from scipy.special import logsumexp
 
 from memo.errors import MemoError
+from memo.score.uncertainty import rank_correlation, split_halves
 
 DEFAULT_PERMUTATIONS = 2000
 DEFAULT_FDR_Q = 0.05
@@ -343,7 +344,6 @@ def split_half_corrected(values, held_out, seed: int = 0, n_splits: int = 10,
     seed: same splits); each half is calibrated on its own. As many of the n_splits splits as
     the work budget allows are averaged, at least one. nan for L < 2.
     """
-    from memo.score.uncertainty import rank_correlation, split_halves
 
     values, held_out = check_inputs(values, held_out)
     r, k, n = values.shape
