@@ -21,6 +21,7 @@ import memorization
 from memo.train import accel, ensemble, evaluation, training
 from memo.config import experiments
 from memo.files import results
+from memo.models import estimator, objectives
 from test_ensemble import _assert_same_result, _experiment, _quiet, _read
 
 MEMO = str(Path(__file__).resolve().parents[1] / "scripts" / "memo")
@@ -55,12 +56,12 @@ def test_evaluation_turns_tf32_off_and_restores_the_flags(tf32_on):
 
 def test_evaluate_runs_without_tf32_even_when_training_uses_it(monkeypatch, tf32_on):
     seen = []
-    real = evaluation.estimator.log_px
+    real = estimator.log_px
 
     def log_px(*args, **kwargs):
         seen.append(_flags())
         return real(*args, **kwargs)
-    monkeypatch.setattr(evaluation.estimator, "log_px", log_px)
+    monkeypatch.setattr(estimator, "log_px", log_px)
     exp = experiments.Experiment(name="t", data="npz:x", model="BernoulliMLPVAE", latent_dim=4,
                                  lr=1e-3, epochs=1, eval_every=1, n_is=4)
     model = training.init_model(exp, 0, 1, "cpu")
@@ -162,14 +163,14 @@ def test_host_syncs_do_not_grow_with_the_number_of_steps(tmp_path, monkeypatch, 
 
 def test_the_sync_counter_catches_a_per_step_item(tmp_path, monkeypatch, host_syncs):
     """The check above is not vacuous: a .item() in every step is caught."""
-    real = training.objectives.neg_elbo
+    real = objectives.neg_elbo
 
     def neg_elbo(model, x, generator=None, eps=None):
         loss = real(model, x, generator, eps)
         if model.training:
             loss.sum().item()
         return loss
-    monkeypatch.setattr(training.objectives, "neg_elbo", neg_elbo)
+    monkeypatch.setattr(objectives, "neg_elbo", neg_elbo)
     host_syncs.sources.append(__file__)
     many_steps, few_steps = _syncs_per_batch_size(tmp_path, monkeypatch, host_syncs)
     assert many_steps["item"] - few_steps["item"] == 3 * (10 - 2)  # epochs x extra steps

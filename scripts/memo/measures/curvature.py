@@ -23,8 +23,6 @@ import copy
 
 import torch
 
-from memo.models.objectives import neg_elbo
-
 
 def _input_gradient(loss_fn, x: torch.Tensor) -> torch.Tensor:
     """∇ₓ of Σ_i loss_fn(x)_i: each example's own gradient when examples do not interact."""
@@ -79,7 +77,7 @@ def input_curvature(loss_fn, x: torch.Tensor, n_vectors: int = 10, h: float = 1e
 def vae_input_curvature(model, x: torch.Tensor, n_vectors: int = 10, h: float = 1e-3,
                         generator: torch.Generator | None = None,
                         batch: int = 256) -> torch.Tensor:
-    """(n,) float64 input curvature of the negative ELBO (objectives.neg_elbo) of each x_i.
+    """(n,) float64 input curvature of the loss of each x_i (model.loss: the negative ELBO).
 
     The model runs as a float64 copy in eval mode (the caller's model is unchanged). For each
     of the n_vectors Rademacher vectors, v (n, ...) and the reparameterization noise eps
@@ -97,8 +95,7 @@ def vae_input_curvature(model, x: torch.Tensor, n_vectors: int = 10, h: float = 
     total = torch.zeros(n, dtype=torch.float64)
     for _ in range(n_vectors):
         v = rademacher(x.shape, generator)                                   # (n, ...) int8
-        eps = torch.randn((n, work.latent_dim), generator=generator, device=gen_device,
-                          dtype=torch.float64)
+        eps = work.noise(n, generator, gen_device, torch.float64)
         for s in range(0, n, batch):
             xb = x[s:s + batch].to(device=device, dtype=torch.float64)
             b = xb.shape[0]
@@ -106,7 +103,7 @@ def vae_input_curvature(model, x: torch.Tensor, n_vectors: int = 10, h: float = 
             eb = eps[s:s + b].to(device)
             # x and x + h·v in one pass (eval mode: the two halves do not interact)
             both_eps = torch.cat([eb, eb])
-            g = _input_gradient(lambda y: neg_elbo(work, y, eps=both_eps),
+            g = _input_gradient(lambda y: work.loss(y, both_eps),
                                 torch.cat([xb, xb + h * vb]))
             total[s:s + b] += _squared_change(g[b:], g[:b], h).cpu()
     return total / n_vectors

@@ -8,14 +8,14 @@ self-influence, z' = z,
     SI(x) = Σ_c η_c ‖∇θ ℓ(x; θ_c)‖²,
 
 is large for examples the training had to work hardest to fit (mislabelled, atypical,
-memorized ones). Here ℓ is the negative ELBO of one example (objectives.neg_elbo) with its own
-fixed reparameterization noise eps, so that the checkpoints are compared on one loss function.
-Per-example gradients use torch.func (functional_call, vmap, grad); the model runs in eval mode
-so that BatchNorm uses its running statistics and examples in a chunk do not interact.
+memorized ones). Here ℓ is the model's loss of one example (model.loss: the negative ELBO)
+with its own fixed reparameterization noise eps, so that the checkpoints are compared on one
+loss function. Per-example gradients use torch.func (functional_call, vmap, grad); the model
+runs in eval mode so that BatchNorm uses its running statistics and examples in a chunk do not
+interact.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 
 import torch
@@ -23,37 +23,26 @@ import torch.nn as nn
 from torch.func import functional_call, grad, vmap
 
 from memo import models
-from memo.models.objectives import neg_elbo
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module):
-    """Run model in eval mode, restoring each submodule's own training flag afterwards."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, flag in flags:
-            m.training = flag
+from memo.models.interface import eval_mode
 
 
 class _NegElbo(nn.Module):
-    """neg_elbo(vae, x, eps=eps) as a module's forward, so functional_call can swap its
-    parameters (the VAEs' own forward is not the loss)."""
+    """vae.loss(x, eps) as a module's forward, so functional_call can swap its parameters
+    (the VAEs' own forward is not the loss)."""
 
     def __init__(self, vae: nn.Module):
         super().__init__()
         self.vae = vae
 
     def forward(self, x, eps):
-        return neg_elbo(self.vae, x, eps=eps)
+        return self.vae.loss(x, eps)
 
 
 def _check_pair(x: torch.Tensor, eps: torch.Tensor, model) -> None:
-    if eps.dim() != 2 or eps.shape[0] != x.shape[0] or eps.shape[1] != model.latent_dim:
-        raise ValueError(f"eps must be (n, {model.latent_dim}) for x of {x.shape[0]} examples; "
-                         f"got {tuple(eps.shape)}")
+    shape = tuple(model.noise_shape)
+    if tuple(eps.shape) != (x.shape[0], *shape):
+        raise ValueError(f"eps must be ({', '.join(['n', *map(str, shape)])}) for x of "
+                         f"{x.shape[0]} examples; got {tuple(eps.shape)}")
 
 
 def _linear_only(model: nn.Module) -> bool:
@@ -88,7 +77,7 @@ def _linear_grad_sq_norms(model: nn.Module, x: torch.Tensor, eps: torch.Tensor,
                 xb, eb = x[s:s + batch].to(device), eps[s:s + batch].to(device)
                 seen.clear()
                 params = [p for p in model.parameters() if p.requires_grad]
-                torch.autograd.grad(neg_elbo(model, xb, eps=eb).sum(), params)
+                torch.autograd.grad(model.loss(xb, eb).sum(), params)
                 sq = torch.zeros(xb.shape[0], dtype=torch.float64, device=device)
                 for layer in layers:
                     record = seen.get(layer, [])
@@ -169,5 +158,5 @@ def per_example_loss(model: nn.Module, x: torch.Tensor, eps: torch.Tensor,
     with torch.no_grad(), eval_mode(model):
         for s in range(0, x.shape[0], batch):
             xb, eb = x[s:s + batch].to(device), eps[s:s + batch].to(device)
-            out[s:s + xb.shape[0]] = neg_elbo(model, xb, eps=eb).double().cpu()
+            out[s:s + xb.shape[0]] = model.loss(xb, eb).double().cpu()
     return out

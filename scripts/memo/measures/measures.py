@@ -152,8 +152,7 @@ def compute(exp: Experiment, summary, results_root="results", data_root=None, de
     # inputs with their fixed evaluation noise; each measure draws from a stream of its own
     x = preprocess.eval_inputs(images, torch.from_numpy(index).to(device), model.binary,
                                exp.seed, None)
-    eps = torch.randn((EPS_DRAWS, len(index), exp.latent_dim), device=device,
-                      generator=stream(exp, device, "final_loss"))
+    eps = model.noise((EPS_DRAWS, len(index)), stream(exp, device, "final_loss"), device)
 
     def final_loss():
         return torch.stack([influence.per_example_loss(model, x, e) for e in eps]).mean(0)
@@ -170,8 +169,7 @@ def compute(exp: Experiment, summary, results_root="results", data_root=None, de
     values["self_influence"], seconds["self_influence"] = np.full(len(index), np.nan), 0.0
     if every:
         log(f"[{exp.name}] self-influence over the weights of epochs {epochs}")
-        si_eps = torch.randn((len(index), exp.latent_dim), device=device,
-                             generator=stream(exp, device, "self_influence"))
+        si_eps = model.noise(len(index), stream(exp, device, "self_influence"), device)
         v, seconds["self_influence"] = _cpu(lambda: influence.self_influence(
             model, states, [exp.lr] * len(states), x, si_eps))
         values["self_influence"] = v.double().cpu().numpy()

@@ -1,13 +1,18 @@
 """The VAEs of the paper (supplement Table 1): a Bernoulli MLP VAE and two DCGAN-like VAEs.
 
-Every model exposes the same small interface, used by the objectives and the estimator:
+The pipeline uses a model through the interface of memo/models/interface.py (`Model`: loss,
+noise, log_px, sample, binary, log_jacobian, description) and makes one by name from the
+registry there (`build`, `MODELS`, `register`). The VAEs implement it with their encoder and
+decoder, the objective (objectives.neg_elbo) and the estimator (estimator.log_px). Their parts,
+used inside memo/models and by the tests against the authors' code (and, besides, by the
+samplers of memo/measures/copying.py and scripts/nearest_neighbours.py, which call pixel_mean,
+and by the authors'-style baseline of scripts/bench.py):
   encode(x) -> (mu, logvar)          q(z|x) = N(mu, diag exp(logvar)),  (B, L) each
   decode(z) -> params                decoder output for z of shape (..., L)
   log_likelihood(x, params) -> (...) log p(x|z) summed over the D = C·H·W dimensions
   pixel_mean(z) -> (B, C, H, W)      decoder mean in pixel space [0, 1] (for samples/figures)
-  binary: bool                       True: Bernoulli data (binarized); False: logit space
-  description: str                   the authors' file-name tag, e.g. "512-256-16", "NF32-L64"
   latent_dim: int                    L
+The description is the authors' file-name tag, e.g. "512-256-16", "NF32-L64".
 
 Differentially private training (memo/train/private.py, docs/privacy.md) needs each example's own
 gradient, which BatchNorm does not have (it mixes the examples of a batch). For it the DCVAEs
@@ -33,20 +38,47 @@ import torch.nn.functional as F
 
 from memo.config import naming
 from memo.data import preprocess
+from memo.models import estimator, objectives
+from memo.models.interface import (MODELS, Model, build, eval_mode, model_class,
+                                   norm_layer_name, register)
 
 _LOG_2PI = math.log(2 * math.pi)
 
 
-class _VAE(nn.Module):
+class _VAE(Model):
+    """The interface (memo/models/interface.py) in terms of encode, decode, log_likelihood and
+    pixel_mean: thin calls of objectives.neg_elbo and estimator.log_px."""
+
     @property
     def latent_dim(self) -> int:
         return self._mu.out_features
+
+    @property
+    def noise_shape(self) -> tuple[int, ...]:
+        return (self.latent_dim,)
 
     def encode(self, x):
         h = self._encoder(x)
         return self._mu(h), self._logvar(h)
 
+    def loss(self, x, eps=None, generator=None):
+        return objectives.neg_elbo(self, x, generator=generator, eps=eps)
 
+    def log_px(self, x, n_samples, generator=None, chunk=None, eps=None):
+        return estimator.log_px(self, x, n_samples, generator, chunk, eps)
+
+    @torch.no_grad()
+    def sample(self, n, generator, batch=512):
+        if n < 1:
+            raise ValueError(f"n must be positive; got {n}")
+        p = next(self.parameters())
+        z = self.noise(n, generator, dtype=p.dtype)
+        with eval_mode(self):
+            return torch.cat([self.pixel_mean(z[s:s + batch].to(p.device))
+                              for s in range(0, n, batch)])
+
+
+@register
 class BernoulliMLPVAE(_VAE):
     """FC 1024→512→256→(μ, log σ²) encoder, L→256→512→1024 decoder with Bernoulli means."""
     binary = True
@@ -64,9 +96,16 @@ class BernoulliMLPVAE(_VAE):
                                       nn.Unflatten(1, self.shape))
         self.description = self.describe(latent_dim)
 
+    @classmethod
+    def from_settings(cls, latent_dim, in_channels, norm="batch"):
+        return cls(latent_dim=latent_dim, in_channels=in_channels)  # no normalization layer
+
     @staticmethod
     def describe(latent_dim: int) -> str:
         return naming.model_description("BernoulliMLPVAE", latent_dim)
+
+    def log_jacobian(self, x):
+        return x.new_zeros(x.shape[0])  # log p is of the binarized pixels themselves
 
     def decode(self, z):
         # stop before the Sigmoid: the log-likelihood is computed from logits, which stays
@@ -139,6 +178,17 @@ class _DCVAE(_VAE):
         self.norm = norm
         self.description = self.describe(latent_dim, nf, norm)
 
+    @classmethod
+    def from_settings(cls, latent_dim, in_channels, norm="batch"):
+        return cls(latent_dim=latent_dim, in_channels=in_channels, norm=norm)
+
+    @classmethod
+    def norm_layer(cls, norm="batch"):
+        return "BatchNorm2d" if norm == "batch" else "GroupNorm"
+
+    def log_jacobian(self, x):
+        return preprocess.logit_to_pixel_log_jacobian(x)
+
     @staticmethod
     def describe(latent_dim: int, nf: int = naming.PAPER_NF, norm: str = "batch") -> str:
         return naming.model_description("DiagonalGaussianDCVAE", latent_dim, norm, nf)
@@ -159,6 +209,7 @@ def _gaussian_log_likelihood(x, mean, logvar):
     return ll.flatten(-3).sum(-1)
 
 
+@register
 class DiagonalGaussianDCVAE(_DCVAE):
     """Per-pixel mean and log-variance (clamped at ≥ −7), in logit space (CIFAR-10)."""
 
@@ -189,6 +240,7 @@ class SharedLogVariance(nn.Module):
         return self.loggamma.expand_as(mean)
 
 
+@register
 class ConstantGaussianDCVAE(_DCVAE):
     """Per-pixel mean, one learned shared variance γ (log γ starts at −2), logit space (CelebA)."""
 
@@ -211,24 +263,11 @@ class ConstantGaussianDCVAE(_DCVAE):
         return _gaussian_log_likelihood(x, mean, loggamma.expand_as(mean))
 
 
-# the classes of naming.MODEL_NAMES, in its order
-MODELS = {m.__name__: m for m in (BernoulliMLPVAE, DiagonalGaussianDCVAE, ConstantGaussianDCVAE)}
-
-
-def build(name: str, latent_dim: int, in_channels: int, norm: str = "batch") -> nn.Module:
-    """norm: the DCVAEs' normalization layers, "batch" or "group" (private training)."""
-    naming.check_model(name, norm)
-    if name == "BernoulliMLPVAE":  # no normalization layer
-        return MODELS[name](latent_dim=latent_dim, in_channels=in_channels)
-    return MODELS[name](latent_dim=latent_dim, in_channels=in_channels, norm=norm)
-
-
-def norm_layer_name(name: str, norm: str = "batch") -> str | None:
-    """The class name of a model's normalization layers (None: it has none), for metadata."""
-    naming.check_model(name, norm)
-    if name == "BernoulliMLPVAE":
-        return None
-    return "BatchNorm2d" if norm == "batch" else "GroupNorm"
+# registered above in the order of naming.MODEL_NAMES; build, norm_layer_name and the
+# registry itself (MODELS, register, model_class) are memo/models/interface.py's
+__all__ = ["MODELS", "Model", "BernoulliMLPVAE", "DiagonalGaussianDCVAE", "ConstantGaussianDCVAE",
+           "SharedLogVariance", "build", "eval_mode", "group_norm", "load_weights",
+           "model_class", "norm_layer_name", "register"]
 
 
 def _layout(keys) -> str:

@@ -1,4 +1,5 @@
-"""Importance-sampled log p(x) (PAPER.md §2; supplement eq. 9). Everything calls `log_px`.
+"""Importance-sampled log p(x) (PAPER.md §2; supplement eq. 9), the VAEs' `log_px` (the
+pipeline calls it as model.log_px, memo/models/interface.py).
 
     log p̂(x) = logsumexp_j [log p(x|z_j) + log N(z_j; 0, I) − log q(z_j|x)] − log N
 
@@ -9,8 +10,6 @@ from __future__ import annotations
 import math
 
 import torch
-
-from memo.data import preprocess
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -97,6 +96,6 @@ def log_px(model, x: torch.Tensor, n_samples: int, generator: torch.Generator | 
     """(log p̂(x), ESS), each (B,). For logit-space models log p is of the 8-bit pixels."""
     log_w = log_weights(model, x, n_samples, generator, chunk, eps)
     lp = logmeanexp(log_w, dim=1)
-    if not model.binary:
-        lp = lp + preprocess.logit_to_pixel_log_jacobian(x)
+    if not model.binary:  # logit-space inputs: to the 8-bit pixels
+        lp = lp + model.log_jacobian(x)
     return lp, effective_sample_size(log_w, dim=1)

@@ -10,7 +10,8 @@ arithmetic is batched over the group:
   (`preprocess.train_inputs`) and its reparameterisation eps; its importance samples and held-out
   loss noise come from generators seeded as in `evaluation.evaluate` / `evaluation.test_loss`;
 * the G models' parameters live in one (G, P) tensor and run through `torch.func.vmap` over
-  `functional_call` of the very model classes of models.py, so each model keeps its own
+  `functional_call` of the very model classes of memo/models, called through their interface
+  (`loss`, `log_px`; noise from `noise`, memo/models/interface.py), so each model keeps its own
   BatchNorm statistics and sees only its own batch;
 * Adam is torch.optim.Adam (fused, as training.adam) over the G rows of the (G, P) tensor:
   G independent Adams, each with its own state and step count, run by torch's own code;
@@ -42,7 +43,6 @@ from torch.func import functional_call, vmap
 from tqdm import tqdm
 
 from memo.train import accel, evaluation, training
-from memo.models import estimator, objectives
 from memo.data import preprocess
 from memo.data import JobData, load_job_data
 from memo.config.experiments import Experiment, Job
@@ -64,11 +64,11 @@ class _Bound(nn.Module):
 
 
 def _train_loss(model, x, eps):
-    return objectives.neg_elbo(model, x, eps=eps)                      # (B,)
+    return model.loss(x, eps)                                          # (B,)
 
 
 def _log_px(model, x, eps, chunk):
-    return estimator.log_px(model, x, eps.shape[1], chunk=chunk, eps=eps)  # (B,), (B,)
+    return model.log_px(x, eps.shape[1], chunk=chunk, eps=eps)         # (B,), (B,)
 
 
 #----------------------------------------------------------------------------
@@ -88,7 +88,6 @@ class StackedVAEs:
         ref = modules[0]
         self.size = len(modules)
         self.binary = ref.binary
-        self.latent_dim = ref.latent_dim
         self.device = next(ref.parameters()).device
         self.speed = speed
         named = list(ref.named_parameters())
@@ -104,9 +103,14 @@ class StackedVAEs:
         self.rows = list(self.flat.unbind(0))  # views: Adam updates self.flat in place
         self.optimizer = training.adam(self.rows, lr)
         self.shell = copy.deepcopy(ref).to("meta")  # architecture only; tensors come from the stack
-        self._neg_elbo = vmap(self._call(_Bound(self.shell, _train_loss)))
-        self._train_loss = accel.compile_loss(self._neg_elbo, speed, self.device)
+        self._loss = vmap(self._call(_Bound(self.shell, _train_loss)))
+        self._train_loss = accel.compile_loss(self._loss, speed, self.device)
         self._log_px = vmap(self._call(_Bound(self.shell, _log_px)), in_dims=(0, 0, 0, 0, None))
+
+    def noise(self, batch, generator: torch.Generator, device=None,
+              dtype: torch.dtype | None = None) -> torch.Tensor:
+        """One model's noise, as its own `noise` (memo/models/interface.py) draws it."""
+        return self.shell.noise(batch, generator, device, dtype)
 
     @staticmethod
     def _call(module):
@@ -153,12 +157,13 @@ class StackedVAEs:
         return loss.detach()
 
     @torch.no_grad()
-    def neg_elbo(self, x: torch.Tensor, eps: torch.Tensor, rows=None) -> torch.Tensor:
-        """(G', B) negative ELBO in eval mode (BatchNorm running statistics)."""
+    def loss(self, x: torch.Tensor, eps: torch.Tensor, rows=None) -> torch.Tensor:
+        """(G', B) each model's loss (the negative ELBO) in eval mode (BatchNorm running
+        statistics)."""
         flat, buffers = self._rows(rows)
         self.shell.eval()
         with accel.exact_float32():
-            return self._neg_elbo(self._views(flat), buffers, x, eps)
+            return self._loss(self._views(flat), buffers, x, eps)
 
     @torch.no_grad()
     def log_px(self, x: torch.Tensor, eps: torch.Tensor, rows=None,
@@ -245,7 +250,7 @@ def train_epoch(stack: StackedVAEs, images: torch.Tensor, orders: list[torch.Ten
             xs, eps = [], []
             for i, g in enumerate(active):  # each model draws from its own stream, as run_job
                 xs.append(preprocess.train_inputs(batch[i], stack.binary, hflip, gens[g], flip))
-                eps.append(torch.randn((b, stack.latent_dim), device=device, generator=gens[g]))
+                eps.append(stack.noise(b, gens[g], device))
             loss = stack.train_step(torch.stack(xs), torch.stack(eps), rows, active)
             if rows is None:
                 totals += loss.double()
@@ -314,9 +319,8 @@ def group_log_px(stack: StackedVAEs, images: torch.Tensor, indices: list[torch.T
         width = max(b for _, b in parts)
         x = _eval_inputs(stack.binary, seed, [(images, indices[g], keys[g]) for g in models],
                          start, parts, width, noise_gens)
-        eps = torch.stack([_pad(estimator.sample_eps(b, n_is, stack.latent_dim, gens[g],
-                                                     images.device, torch.float32), width, True)
-                           for g, b in parts])                         # (G', width, N, L)
+        eps = torch.stack([_pad(stack.noise((b, n_is), gens[g], images.device, torch.float32),
+                                width, True) for g, b in parts])       # (G', width, N, L)
         lp, ess = stack.log_px(x, eps, _rows(stack, models), is_rows)
         for i, (g, b) in enumerate(parts):
             lps[g].append(lp[i, :b])
@@ -338,9 +342,9 @@ def group_test_loss(stack: StackedVAEs, sources: list, gens: list[torch.Generato
         width = max(b for _, b in parts)
         x = _eval_inputs(stack.binary, seed, [sources[g] for g in models], start, parts, width,
                          noise_gens)
-        eps = torch.stack([_pad(torch.randn((b, stack.latent_dim), device=device,
-                                            generator=gens[g]), width, True) for g, b in parts])
-        loss = stack.neg_elbo(x, eps, _rows(stack, models))                # (G', width)
+        eps = torch.stack([_pad(stack.noise(b, gens[g], device), width, True)
+                           for g, b in parts])
+        loss = stack.loss(x, eps, _rows(stack, models))                    # (G', width)
         for i, (g, b) in enumerate(parts):
             totals[g] += loss[i, :b].sum().double()
     return totals

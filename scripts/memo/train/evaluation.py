@@ -14,7 +14,6 @@ import torch
 from tqdm import tqdm
 
 from memo.train import accel
-from memo.models import estimator, objectives
 from memo.data import preprocess
 
 # the parts of D (and the control images) a model's log p is taken on, as progress bars name them
@@ -72,7 +71,7 @@ def evaluate(model, images: torch.Tensor, index: torch.Tensor, seed: int, n_is: 
         for sl in tqdm(list(batches(len(index), batch_size)), desc=desc, leave=False,
                        disable=None, file=sys.stderr):
             x = preprocess.eval_inputs(images[sl], index[sl], model.binary, seed, noise)
-            lp, ess = estimator.log_px(model, x, n_is, gen)
+            lp, ess = model.log_px(x, n_is, gen)
             lps.append(lp)
             esss.append(ess)
     if not lps:
@@ -83,7 +82,8 @@ def evaluate(model, images: torch.Tensor, index: torch.Tensor, seed: int, n_is: 
 @torch.no_grad()
 def test_loss(model, images: torch.Tensor, index: torch.Tensor, seed: int, epoch: int,
               model_seed: int, batch_size: int = LOSS_BATCH, eval_noise: str = "fixed") -> float:
-    """Mean negative ELBO per example on a held-out set (the examples `index`)."""
+    """Mean loss (the VAEs: negative ELBO) per example on a held-out set (the examples
+    `index`)."""
     model.eval()
     gen = generator(model_seed, epoch, LOSS_SAMPLES, images.device)
     noise = noise_generator(eval_noise, model_seed, epoch, LOSS_NOISE, images.device)
@@ -91,5 +91,5 @@ def test_loss(model, images: torch.Tensor, index: torch.Tensor, seed: int, epoch
     with accel.exact_float32():
         for sl in batches(len(images), batch_size):
             x = preprocess.eval_inputs(images[sl], index[sl], model.binary, seed, noise)
-            total += objectives.neg_elbo(model, x, gen).sum().double()
+            total += model.loss(x, generator=gen).sum().double()
     return float(total) / max(len(images), 1)

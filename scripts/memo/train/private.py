@@ -4,7 +4,7 @@
 (docs/privacy.md). Per step:
 
     batch  = every in-fold example with probability q = B / n      (Poisson sampling)
-    g_i    = ∇θ ℓ_i,  ℓ_i the example's negative ELBO (objectives.neg_elbo, summed: no mean)
+    g_i    = ∇θ ℓ_i,  ℓ_i the example's negative ELBO (model.loss, summed: no mean)
     ĝ      = (Σ_i g_i · min(1, C / ‖g_i‖) + N(0, σ²C² I)) / B       (B: the expected batch size)
     θ      ← Adam(θ, ĝ)
 
@@ -38,7 +38,6 @@ from opacus.grad_sample import GradSampleModuleFastGradientClipping
 from opacus.optimizers import DPOptimizerFastGradientClipping
 
 from memo import models
-from memo.models import objectives
 from memo.data import preprocess
 from memo.train import training
 from memo.config.experiments import Experiment
@@ -129,7 +128,7 @@ class PrivateModel(training.OneModel):
     def clipped_sum(self, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """Σ_i g_i min(1, C/‖g_i‖) into each parameter's .grad, by ghost clipping (module
         docstring); the examples' losses ℓ_i (b,)."""
-        losses = objectives.neg_elbo(self.members[0].model, x, eps=eps)     # (b,)
+        losses = self.members[0].model.loss(x, eps)                         # (b,)
         with warnings.catch_warnings():
             # the first layer's input needs no gradient: its hook fires on its output's
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
@@ -152,8 +151,7 @@ class PrivateModel(training.OneModel):
         if len(index):
             x = preprocess.train_inputs(images[index], model.binary, self.jd.hflip, m.gen,
                                         self.exp.flip)
-            eps = torch.randn((len(index), model.latent_dim), device=images.device,
-                              generator=m.gen)
+            eps = model.noise(len(index), m.gen, images.device)
             losses = self.clipped_sum(x, eps)
             loss = losses.sum()
             if m.history.get(training.LOSS_SUM) is not None:

@@ -22,7 +22,6 @@ from tqdm import tqdm
 
 from memo.train import accel, checkpoints, evaluation
 from memo import fileio, models
-from memo.models import objectives
 from memo.data import preprocess
 from memo.files import results
 from memo.config import splits
@@ -43,7 +42,7 @@ def adam(params, lr: float) -> torch.optim.Adam:
     return torch.optim.Adam(params, lr=lr, fused=True)
 
 
-def init_model(exp: Experiment, seed: int, in_channels: int, device) -> torch.nn.Module:
+def init_model(exp: Experiment, seed: int, in_channels: int, device) -> models.Model:
     """A fresh model initialised from `seed`; the global RNG is left untouched."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -68,7 +67,7 @@ class Member:
     files: results.JobFiles
     train_t: torch.Tensor            # train_idx on the device
     test_t: torch.Tensor             # test_idx on the device
-    model: torch.nn.Module = None
+    model: models.Model = None
     optimizer: torch.optim.Adam = None
     gen: torch.Generator = None      # its training stream: data order, input noise, eps
     history: dict = field(default_factory=new_history)
@@ -114,10 +113,10 @@ class Trainer(Protocol):
 # One model
 
 def batch_loss_fn(model, speed: accel.Speed, device):
-    """(x, eps) -> the negative ELBO of each example of a batch (the paper's loss is their
-    sum), compiled when speed says so."""
+    """(x, eps) -> the model's loss of each example of a batch, the negative ELBO for the VAEs
+    (the paper's loss is their sum), compiled when speed says so."""
     def batch_loss(x, eps):
-        return objectives.neg_elbo(model, x, eps=eps)
+        return model.loss(x, eps)
     return accel.compile_loss(batch_loss, speed, device)
 
 
@@ -130,12 +129,11 @@ def train_steps(model, optimizer, batch_loss, images: torch.Tensor, order: torch
     `images` to which each example's loss of this pass is added."""
     model.train()
     total = torch.zeros((), device=images.device, dtype=torch.float64)
-    latent = model.latent_dim
     with accel.training_precision(speed):
         for sl in evaluation.batches(len(order), batch_size):
-            # noise is drawn outside the (possibly compiled) loss, in neg_elbo's order
+            # noise is drawn outside the (possibly compiled) loss: inputs, then the loss's
             x = preprocess.train_inputs(images[order[sl]], model.binary, hflip, gen, flip)
-            eps = torch.randn((x.shape[0], latent), device=images.device, generator=gen)
+            eps = model.noise(x.shape[0], gen, images.device)
             losses = batch_loss(x, eps)
             loss = losses.sum()
             optimizer.zero_grad(set_to_none=True)
