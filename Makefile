@@ -34,20 +34,15 @@ PY := $(VENV)/bin/python
 SETUP := $(VENV)/.installed
 TRAIN = $(PY) scripts/memorization.py --results-dir $(RESULTS) $(if $(DEVICE),--device $(DEVICE)) \
         $(if $(filter 1,$(TF32)),--tf32) $(if $(COMPILE),--compile $(COMPILE))
-SUMMARIZE_DEPS := scripts/summarize.py scripts/memo/score/summary.py scripts/memo/files/results.py \
-                  scripts/memo/score/uncertainty.py scripts/memo/score/calibration.py
-NN_DEPS := scripts/nearest_neighbours.py scripts/memo/measures/neighbours.py
-MEASURES_DEPS := scripts/measures.py scripts/memo/measures/measures.py scripts/memo/measures/copying.py \
-                 scripts/memo/measures/curvature.py scripts/memo/measures/influence.py scripts/memo/score/rankstats.py \
-                 scripts/memo/data/planted.py scripts/memo/data/__init__.py scripts/memo/models/__init__.py \
-                 scripts/memo/models/objectives.py scripts/memo/data/preprocess.py scripts/memo/train/checkpoints.py
 SWEEP := $(ANALYSIS)/fashion_sizes_sweep.npz
 SWEEP_SUMMARIES := $(ANALYSIS)/sweep## the sweep's summaries, apart from the report's experiments
 
 # The experiment table becomes one file target per result file (scripts/plan.py) and also names
 # PAPER_EXPERIMENTS and DEMO. It is regenerated on every run (cheap) so that EXPERIMENTS_FILE
 # edits are always seen; so are the settings stamps SETTINGS_DIR/<exp>.json that the summaries
-# depend on (rewritten only when an experiment's settings change).
+# depend on (rewritten only when an experiment's settings change). The plan also names the code
+# each command runs, from the import graph: SUMMARIZE_DEPS, NN_DEPS, MEASURES_DEPS, SWEEP_DEPS
+# and the figures' AN_CODE (analysis.mk), the prerequisites beside each command's input files.
 PLAN := build/experiments$(subst /,_,$(abspath $(EXPERIMENTS_FILE))).mk
 SETTINGS_DIR = $(dir $(PLAN))settings
 PLAN_CMD = EXPERIMENTS_FILE='$(EXPERIMENTS_FILE)' $(PY) scripts/plan.py make --group $(GROUP) \
@@ -79,6 +74,9 @@ $(PLAN): FORCE | $(SETUP)
 	@$(PLAN_CMD) 2>/dev/null || { mkdir -p $(@D); : >> $@; }
 endif
 include $(PLAN)
+else
+# no figure is made: analysis.mk need not read the import graph
+AN_CODE :=
 endif
 # a stamp lost after the Makefile was read (make clean in the same run) is written again
 $(SETTINGS_DIR)/%.json: | $(SETUP)
@@ -202,8 +200,8 @@ measures-%:
 	$(call unknown_experiment,$*,$@)
 
 # the size sweep from its full models (figures and the report use it as it is)
-$(SWEEP): $(if $(FIGURES_ONLY),,$(foreach e,$(SIZE_SWEEP),$(FULL_RESULT_$e)) scripts/sweep.py \
-	  scripts/memo/measures/copying.py scripts/memo/measures/measures.py $(wildcard $(SWEEP_SUMMARIES)/*.npz))
+$(SWEEP): $(if $(FIGURES_ONLY),,$(foreach e,$(SIZE_SWEEP),$(FULL_RESULT_$e)) $(SWEEP_DEPS) \
+	  $(wildcard $(SWEEP_SUMMARIES)/*.npz))
 	$(if $(FIGURES_ONLY),$(error $@ is missing: make sweep first),$(PY) scripts/sweep.py \
 	  --results-dir $(RESULTS) $(if $(DEVICE),--device $(DEVICE)) --sizes $(SIZE_SWEEP) \
 	  --summaries $(SWEEP_SUMMARIES) -o $@)

@@ -7,14 +7,20 @@
 #   analysis/bmnist_lr3.npz + analysis/bmnist_lr4.npz  ->  output/bmnist/<figure>.* (compared)
 #   all of them  ->  output/report.pdf
 #
-# Each figure is one grouped target, made from its summary (and nn file) and its own module,
-# so a changed summary or module rebuilds only the figures that read it; `make -j` safe.
+# Each figure is one grouped target, made from its summary (and nn file) and the code its
+# command runs, so a changed summary or module rebuilds only the figures that read it; `make -j`
+# safe. That code comes from the import graph (scripts/plan.py deps --analysis: FIGURE:FILE words
+# for each figure and report:FILE for the report), in AN_CODE: the Makefile's plan holds it, and
+# a makefile that includes this one without the plan gets it here.
 
 AN_IN  := $(or $(ANALYSIS),analysis)
 AN_OUT := output
 AN_FIG := scripts/memo/figures
 AN_EXT := pdf png pgf tex json
-AN_LIB := scripts/analysis.py $(AN_FIG)/__init__.py $(AN_FIG)/common.py scripts/memo/score/summary.py
+ifeq ($(origin AN_CODE),undefined)
+AN_CODE := $(if $(wildcard $(firstword $(PY))),$(shell $(PY) scripts/plan.py deps --analysis))
+endif
+an_code = $(patsubst $1:%,%,$(filter $1:%,$(AN_CODE)))
 
 # the other files beside the summaries: nearest neighbours, other measures, size sweeps
 AN_AUX := %_nn.npz %_measures.npz %_sweep.npz
@@ -34,7 +40,6 @@ AN_GROUP_bmnist := bmnist_lr3 bmnist_lr4
 # private training at several budgets (`make dp`; DP_SWEEP comes from the experiment table)
 AN_GROUP_privacy := $(DP_SWEEP)
 AN_GROUP_FIGURES_privacy := privacy
-AN_DEPS_privacy := scripts/memo/data/planted.py scripts/memo/score/rankstats.py   # beyond its module
 AN_BUILT_GROUPS := $(foreach g,$(AN_GROUPS),$(if $(AN_GROUP_$g),$(if $(filter-out $(AN_EXPS),$(AN_GROUP_$g)),,$g)))
 AN_GROUPED := $(foreach g,$(AN_BUILT_GROUPS),$(AN_GROUP_$g))
 
@@ -54,20 +59,20 @@ AN_FIGURES := $(call an_files,$(AN_STEMS))
 
 # One pattern rule per figure: $(call an_rule,FIGURE,EXTRA-PREREQUISITES)
 define an_rule
-$(foreach x,$(AN_EXT),$(AN_OUT)/%/$1.$x) &: $(AN_IN)/%.npz $2 $(AN_FIG)/$1.py $(AN_LIB)
+$(foreach x,$(AN_EXT),$(AN_OUT)/%/$1.$x) &: $(AN_IN)/%.npz $2 $(call an_code,$1)
 	$$(PY) scripts/analysis.py $1 $$< --out $$(@D)
 endef
 $(foreach f,calibration qualitative logprob $(AN_SERIES),$(eval $(call an_rule,$f)))
 $(eval $(call an_rule,neighbours,$(AN_IN)/%_nn.npz))
-$(eval $(call an_rule,measures,$(AN_IN)/%_measures.npz scripts/memo/measures/measures.py))
-$(eval $(call an_rule,uncertainty,scripts/memo/score/uncertainty.py))   # its ESS threshold rule
+$(eval $(call an_rule,measures,$(AN_IN)/%_measures.npz))
+$(eval $(call an_rule,uncertainty))
 
-$(call an_files,$(AN_OUT)/size_sweep/sweep) &: $(AN_IN)/fashion_sizes_sweep.npz $(AN_FIG)/sweep.py $(AN_LIB)
+$(call an_files,$(AN_OUT)/size_sweep/sweep) &: $(AN_IN)/fashion_sizes_sweep.npz $(call an_code,sweep)
 	$(PY) scripts/analysis.py sweep $< --out $(@D)
 
 # One explicit rule per (group, figure): the summaries in the group's order.
 define an_group_rule
-$(foreach x,$(AN_EXT),$(AN_OUT)/$1/$2.$x) &: $(patsubst %,$(AN_IN)/%.npz,$(AN_GROUP_$1)) $(AN_FIG)/$2.py $(AN_LIB) $(AN_DEPS_$2)
+$(foreach x,$(AN_EXT),$(AN_OUT)/$1/$2.$x) &: $(patsubst %,$(AN_IN)/%.npz,$(AN_GROUP_$1)) $(call an_code,$2)
 	$$(PY) scripts/analysis.py $2 $$(filter %.npz,$$^) --out $$(@D)
 endef
 $(foreach g,$(AN_BUILT_GROUPS),$(foreach f,$(AN_SERIES) $(AN_GROUP_FIGURES_$g),$(eval $(call an_group_rule,$g,$f))))
@@ -95,9 +100,7 @@ AN_REPORT_IN := $(filter %.json %.pdf %.png,$(AN_FIGURES))
 AN_LATEX := $(if $(MEMO_NO_LATEX),,$(shell command -v pdflatex || command -v lualatex))
 AN_REPORT := $(AN_OUT)/report.pdf $(if $(AN_LATEX),$(AN_OUT)/report.tex)
 
-$(AN_REPORT) &: $(AN_REPORT_IN) $(AN_SUMMARIES) $(AN_NNS) $(AN_MEASURES) scripts/report.py \
-		$(AN_FIG)/report.py $(AN_FIG)/__init__.py $(AN_FIG)/common.py $(AN_FIG)/uncertainty.py \
-		scripts/memo/score/uncertainty.py scripts/memo/score/summary.py scripts/memo/measures/measures.py
+$(AN_REPORT) &: $(AN_REPORT_IN) $(AN_SUMMARIES) $(AN_NNS) $(AN_MEASURES) $(call an_code,report)
 	$(PY) scripts/report.py --out $(AN_OUT)/report.pdf --summaries $(AN_SUMMARIES) --figures $(AN_JSON)
 
 analysis: ## summaries of every experiment whose result files are all present, then every figure and output/report.pdf

@@ -9,19 +9,32 @@ in memo/config/experiments.py (or EXPERIMENTS_FILE), and Make only knows what th
   python scripts/plan.py make -o build/experiments.mk --settings-dir build/settings
                                          # what the Makefile runs: files rewritten only on change
   python scripts/plan.py files EXP       # the result files of one experiment
+  python scripts/plan.py deps scripts/summarize.py
+                                         # every repository file a script imports, at any depth
+
+A command's outputs depend on the code it runs: the plan gives Make those prerequisites from the
+import graph (SUMMARIZE_DEPS, NN_DEPS, MEASURES_DEPS, SWEEP_DEPS, and AN_CODE for the figures
+and the report, analysis.mk), never from lists kept by hand. Result files are left out on
+purpose: a finished model is not trained again because the code changed.
 """
 from __future__ import annotations
 
 import argparse
+import ast
+import functools
 import json
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
 import cli
+from memo import figures
 from memo.config import experiments
 from memo import fileio
 from memo.files import results
+
+SCRIPTS = Path(__file__).absolute().parent   # not resolved: a linked scripts/ stays as linked
 
 
 def result_file(exp: experiments.Experiment, job: experiments.Job, root: str = "$(RESULTS)") -> str:
@@ -99,14 +112,106 @@ def write_settings(table: dict[str, experiments.Experiment], folder: Path,
         write_if_changed(folder / f"{name}.json", settings_json(exp, summarize_args))
 
 
+# ----------------------------------------------------------------------------------------------
+# the code each command runs: its imports, followed through the repository
+
+@functools.cache
+def _module_file(name: str) -> Path | None:
+    """The repository file of module `name` (scripts/ is the import root), or None."""
+    base = SCRIPTS.joinpath(*name.split("."))
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def _type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+@functools.cache
+def imported_modules(path: Path) -> frozenset[str]:
+    """The modules a file imports anywhere in it (inside functions too: that code runs as
+    well), without those under `if TYPE_CHECKING:`, which never run. A `from a import b` names
+    the module a.b when there is one, else a."""
+    package = list(path.relative_to(SCRIPTS).with_suffix("").parts[:-1])
+    out: set[str] = set()
+
+    def walk(statements: list[ast.stmt]) -> None:   # imports are statements: no expressions
+        for st in statements:
+            if isinstance(st, ast.Import):
+                out.update(a.name for a in st.names)
+            elif isinstance(st, ast.ImportFrom):
+                if st.level:   # relative: from the file's package, one level up per extra dot
+                    base = package[:len(package) - (st.level - 1)]
+                    source = ".".join(base + ([st.module] if st.module else []))
+                else:
+                    source = st.module
+                for a in st.names:
+                    sub = f"{source}.{a.name}"
+                    out.add(sub if _module_file(sub) else source)
+            elif isinstance(st, ast.If) and _type_checking(st.test):
+                walk(st.orelse)
+            else:
+                for block in ("body", "orelse", "finalbody", "handlers", "cases"):
+                    walk(getattr(st, block, None) or [])
+
+    walk(ast.parse(path.read_text(), str(path)).body)
+    return frozenset(out)
+
+
+def code_files(*paths: Path) -> list[str]:
+    """Every repository file that running `paths` (files under scripts/) imports, at any depth,
+    the packages each import runs first included, and `paths` themselves: sorted, relative to
+    the current folder (Make's)."""
+    seen: set[Path] = set()
+    todo = list(paths)
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for name in imported_modules(path):
+            parts = name.split(".")
+            for i in range(1, len(parts) + 1):   # memo, memo.data, memo.data.planted
+                found = _module_file(".".join(parts[:i]))
+                if found is not None:
+                    todo.append(found)
+    return sorted(os.path.relpath(p) for p in seen)
+
+
+def analysis_code() -> list[str]:
+    """FIGURE:FILE for every file each figure's command runs (scripts/analysis.py and the
+    figure's module, which memo.figures imports by name), and report:FILE for the report's."""
+    analysis = SCRIPTS / "analysis.py"
+    words = [f"{name}:{f}" for name in figures.FIGURES
+             for f in code_files(analysis, SCRIPTS / "memo" / "figures" / f"{name}.py")]
+    return words + [f"report:{f}" for f in code_files(SCRIPTS / "report.py")]
+
+
+def deps_fragment() -> list[str]:
+    """The Make variables of the code each command runs (from the import graph)."""
+    def var(name: str, files: list[str]) -> str:
+        return f"{name} := \\\n  " + " \\\n  ".join(files)
+    return [var("SUMMARIZE_DEPS", code_files(SCRIPTS / "summarize.py")),
+            var("NN_DEPS", code_files(SCRIPTS / "nearest_neighbours.py")),
+            var("MEASURES_DEPS", code_files(SCRIPTS / "measures.py")),
+            var("SWEEP_DEPS", code_files(SCRIPTS / "sweep.py")),
+            var("AN_CODE", analysis_code()), ""]
+
+
 def make_fragment(table: dict[str, experiments.Experiment], group: int = 1) -> str:
-    lines = ["# Generated by scripts/plan.py from the experiment table; do not edit.",
+    lines = ["# Generated by scripts/plan.py from the experiment table and the import graph; "
+             "do not edit.",
              f"EXPERIMENTS := {' '.join(table)}",
              f"PAPER_EXPERIMENTS := {' '.join(experiments.PAPER_EXPERIMENTS)}",
              f"DEMO := {experiments.DEMO_EXPERIMENT}",
              f"BENCHMARK := {experiments.BENCHMARK_EXPERIMENT}",
              f"SIZE_SWEEP := {' '.join(experiments.SIZE_SWEEP)}",
-             f"DP_SWEEP := {' '.join(experiments.DP_SWEEP)}", ""]
+             f"DP_SWEEP := {' '.join(experiments.DP_SWEEP)}", "",
+             "# the code each command runs (its prerequisites beside its input files)",
+             *deps_fragment()]
     for name, exp in table.items():
         files = result_files(exp)
         full_files = results.job_files(exp, experiments.FULL_JOB, "$(RESULTS)")
@@ -165,8 +270,11 @@ def make_fragment(table: dict[str, experiments.Experiment], group: int = 1) -> s
 
 def main(argv=None) -> int:
     p = cli.parser(__file__, __doc__.splitlines()[0])
-    p.add_argument("what", choices=["make", "files", "groups"])
-    p.add_argument("experiment", nargs="?")
+    p.add_argument("what", choices=["make", "files", "groups", "deps"])
+    p.add_argument("names", nargs="*", metavar="NAME", help="files, groups: the experiment; "
+                   "deps: the scripts (or library files) whose imports are followed")
+    p.add_argument("--analysis", action="store_true", help="deps: the code of each figure "
+                   "and of the report instead, as FIGURE:FILE words (analysis.mk reads them)")
     p.add_argument("--root", default="results")
     p.add_argument("--group", type=int, default=None, help="jobs per process (fold models "
                    "trained together); default: 1 for 'make', 10 for 'groups'")
@@ -181,13 +289,24 @@ def main(argv=None) -> int:
 
 
 def run(args: argparse.Namespace) -> None:
+    if args.what == "deps":
+        paths = [Path(n).absolute() for n in args.names]
+        with cli.usage():
+            bad = [n for n, p in zip(args.names, paths)
+                   if not (p.is_file() and p.suffix == ".py" and p.is_relative_to(SCRIPTS))]
+            if bad or not (paths or args.analysis):
+                raise cli.UsageError(f"deps: give Python files under {os.path.relpath(SCRIPTS)}/ "
+                                     f"({', '.join(bad) + ' are not' if bad else 'none given'})")
+        words = analysis_code() if args.analysis else code_files(*paths)
+        print(" ".join(words) if args.analysis else "\n".join(words))
+        return
     with cli.usage():  # the experiment table is this command's input: its errors are usage
         table = experiments.all_experiments()
         if args.what == "make":
             # everything is computed before anything is written: an error leaves no file behind
             fragment = make_fragment(table, args.group or 1)
         else:
-            exp = experiments.get(args.experiment or "")
+            exp = experiments.get(args.names[0] if args.names else "")
     if args.what == "make":
         if args.settings_dir:
             write_settings(table, args.settings_dir, args.summarize_args)

@@ -259,3 +259,48 @@ def test_a_lost_figure_or_report_file_is_rebuilt(analysed):
         (tree / "output/report.pdf").touch()
         (tree / "output/report.tex").unlink()
         assert [c for c in dry(tree, "report") if "report.py" in c]
+
+
+# ----------------------------------------------------------------------------------------------
+# the code each command runs: prerequisites from the import graph (plan.py deps)
+
+def test_prerequisites_are_the_code_each_command_imports(tmp_path):
+    import shutil
+    import sys
+    p = subprocess.run([sys.executable, "scripts/plan.py", "deps", "scripts/summarize.py"],
+                       cwd=ROOT, capture_output=True, text=True, check=True)
+    listed = p.stdout.split()
+    assert {"scripts/summarize.py", "scripts/cli.py", "scripts/memo/files/summary.py",
+            "scripts/memo/score/summary.py", "scripts/memo/score/calibration.py",
+            "scripts/memo/__init__.py"} <= set(listed)
+    assert not [f for f in listed if "/train/" in f or "/figures/" in f or "/measures/" in f]
+    fragment = plan.make_fragment(experiments.all_experiments())
+    for var in ("SUMMARIZE_DEPS", "NN_DEPS", "MEASURES_DEPS", "SWEEP_DEPS", "AN_CODE"):
+        assert f"\n{var} := \\\n  " in fragment, var
+    assert "measures:scripts/memo/score/rankstats.py" in fragment.split("AN_CODE := ")[1]
+
+    # a copy of scripts/ whose figures and report are all up to date; then one module changes
+    tree = tmp_path / "tree"
+    shutil.copytree(ROOT / "scripts", tree / "scripts",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (tree / "Makefile").write_text(
+        f"PY := {sys.executable}\ninclude {ROOT / 'analysis.mk'}\nprint-%: ; @echo $($*)\n")
+    inputs = ["analysis/demo.npz", "analysis/demo_nn.npz", "analysis/demo_measures.npz"]
+    for name in inputs:
+        (tree / name).parent.mkdir(exist_ok=True)
+        (tree / name).touch()
+    files = subprocess.run(["make", "-s", "-C", str(tree), "print-AN_FIGURES", "print-AN_REPORT"],
+                           capture_output=True, text=True, check=True).stdout.split()
+    for code in (tree / "scripts").rglob("*.py"):
+        os.utime(code, (1e9, 1e9))
+    for i, f in enumerate(inputs + files):
+        (tree / f).parent.mkdir(parents=True, exist_ok=True)
+        (tree / f).touch()
+        os.utime(tree / f, (2e9 + i, 2e9 + i))
+    assert dry(tree, "figures", "report") == []
+    os.utime(tree / "scripts/memo/score/rankstats.py", (3e9, 3e9))  # the measures' AUROC
+    cmds = dry(tree, "figures", "report")
+    assert any("analysis.py measures analysis/demo.npz" in c for c in cmds), cmds
+    assert any("report.py" in c for c in cmds), cmds
+    assert not any("analysis.py losses" in c or "analysis.py neighbours" in c for c in cmds)
+
