@@ -22,7 +22,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from memo.measures.influence import eval_mode
 from memo.measures.neighbours import check_blocks
 from memo.train.accel import exact_float32
 from memo.score.flagging import clopper_pearson
@@ -170,26 +169,17 @@ def copying(queries: torch.Tensor, training: torch.Tensor, threshold: float = 1 
 
 
 def sample_images(model, n: int, generator: torch.Generator, batch: int = 512) -> torch.Tensor:
-    """(n, C·H·W) float32 decoder means in pixel space [0, 1] of z ~ N(0, I), on the CPU: the
-    model's samples, for the 1/3 rule here, the nearest neighbours (scripts/nearest_neighbours.py
-    views them as images to pool them) and the size sweep alike.
+    """(n, C·H·W) float32 samples in pixel space [0, 1], on the CPU: the model's samples for the
+    1/3 rule here, the nearest neighbours (scripts/nearest_neighbours.py views them as images
+    to pool them) and the size sweep alike.
 
-    All z are drawn first, from `generator` (on its device), so a sample depends on the
-    generator and its position, not on `batch`. They are decoded `batch` at a time in eval mode
-    (BatchNorm with running statistics; restored afterwards) and in IEEE float32 (no TF32, as
-    every evaluation: devices agree). Every model's `pixel_mean` returns pixel-space means: the
-    MLP's sigmoid probabilities, the DCVAEs' logit-space mean mapped back by
+    The model's `sample` (memo/models/interface.py): all draws first, from `generator` (on its
+    device), so a sample depends on the generator and its position, not on `batch`; decoded
+    `batch` at a time in eval mode (restored afterwards) without gradients. Here also in IEEE
+    float32 (no TF32, as every evaluation: devices agree). The VAEs' samples are decoder means:
+    the MLP's sigmoid probabilities, the DCVAEs' logit-space mean mapped back by
     preprocess.from_logit (clamped to [0, 1]); the clamp here only guards rounding.
     """
-    if n < 1:
-        raise ValueError(f"n must be positive; got {n}")
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
-    z = torch.randn((n, model.latent_dim), generator=generator, device=generator.device,
-                    dtype=dtype)
-    out = []
-    with torch.no_grad(), eval_mode(model), exact_float32():
-        for s in range(0, n, batch):
-            mean = model.pixel_mean(z[s:s + batch].to(device))      # (b, C, H, W)
-            out.append(mean.flatten(1).clamp(0, 1).to("cpu", torch.float32))
-    return torch.cat(out)
+    with exact_float32():
+        images = model.sample(n, generator, batch)   # (n, C, H, W) on the model's device
+    return images.flatten(1).clamp(0, 1).to("cpu", torch.float32)
