@@ -1,12 +1,10 @@
 """Memorization scores for probabilistic deep generative models (van den Burg & Williams, 2021).
 
-Modules, one job each (README.md, "Layout"): experiments (the table), data (loaders), splits
-(K-fold), preprocess (batched binarization/dequantization), models, objectives (ELBO), estimator
-(importance-sampled log p(x)), evaluation (one model on a set of examples), training (the epoch
-loop), ensemble (a vectorized group of models), accel (speed options), results (result files
-and their names), checkpoints (resume and weight files), fileio (atomic writes), summary
-(U, V, M), uncertainty (bootstrap, reliability), calibration (permutation null), neighbours
-(distance ratio), planted (the planted benchmark's data), measures (the other memorization
-measures) with copying (1/3 rule), curvature (input-loss curvature), influence (TracIn
-self-influence), rankstats (AUROC, ranks), figures.
+A folder per stage of the pipeline, one job per module (README.md, "Layout"; who may import
+whom: tests/test_layout.py): config (the experiment table, splits, names; no torch), data (the
+images), models (the VAEs and the interface the pipeline uses them through), train (training
+and evaluating them: result files and weights), files (the files between the stages, one owner
+each; no torch), score (U, V, M and their calibration and flags; no torch), measures (the other
+memorization measures), figures (the figures and the report); errors (the base error) and fileio
+(atomic writes) serve them all.
 """
