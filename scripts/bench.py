@@ -6,7 +6,7 @@ ConstantGaussianDCVAE on 3x32x32) and each device, in one run:
 
   train one    run_job's inner loop: data resident on the device as uint8, batched
                preprocessing (preprocess.train_inputs), batch 64, Adam
-  train group  the same for G models at once (memo.ensemble: stacked parameters, vmap)
+  train group  the same for G models at once (memo/train/ensemble.py: stacked parameters, vmap)
   train base   the authors'-style pipeline: a Dataset whose __getitem__ makes one PIL image,
                applies torchvision transforms (pad / flip, ToTensor) and binarizes or
                dequantizes it, a DataLoader (batch 64, shuffle), one model, loss.item() per batch
@@ -114,7 +114,7 @@ def measure(fn, items: int, device, seconds: float, rounds: int) -> float:
 
 
 #----------------------------------------------------------------------------
-# Ours: one model at a time (run_job's loop and evaluation.evaluate) and grouped (memo.ensemble)
+# Ours: one model at a time (run_job's loop and evaluation.evaluate) and grouped (memo/train/ensemble.py)
 
 def _settings(name: str) -> tuple[Experiment, int, bool]:
     """(the model's paper experiment, input channels, random flips) of a model."""

@@ -22,7 +22,8 @@ from memo.measures import H, N_SAMPLES, N_VECTORS
 def parse_args(argv=None) -> argparse.Namespace:
     p = cli.parser(__file__, __doc__.split("\n\n")[0],
                    formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--experiment", required=True, help="experiment name (memo.experiments)")
+    p.add_argument("--experiment", required=True, help="experiment name (memo/config/experiments.py or "
+                   "EXPERIMENTS_FILE)")
     p.add_argument("--summary", type=Path, help="its summary (default: analysis/<exp>.npz)")
     cli.add_results_dir(p)
     cli.add_data_root(p)

@@ -29,7 +29,8 @@ from memo.files import results
 def parse_args(argv=None) -> argparse.Namespace:
     p = cli.parser(__file__, __doc__.split("\n\n")[0],
                    formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--experiment", required=True, help="experiment name (memo.experiments)")
+    p.add_argument("--experiment", required=True, help="experiment name (memo/config/experiments.py or "
+                   "EXPERIMENTS_FILE)")
     cli.add_results_dir(p)
     cli.add_data_root(p)
     cli.add_device(p)

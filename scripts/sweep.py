@@ -3,12 +3,12 @@
 rule, memo/measures/copying.py) as the training set grows, over nested subsets of Fashion-MNIST.
 
 Trains (or resumes, or reuses) the full-data model of each experiment of the sweep
-(memo.experiments.SIZE_SWEEP: the first n images, n = 250 ... 8000, each trained for about the
-same number of steps), then writes analysis/fashion_sizes_sweep.npz with, per size: the
-memorization ratio of G samples and its Clopper-Pearson interval, the same statistic for
+(memo/config/experiments.py SIZE_SWEEP: the first n images, n = 250 ... 8000, each trained for
+about the same number of steps), then writes analysis/fashion_sizes_sweep.npz with, per size:
+the memorization ratio of G samples and its Clopper-Pearson interval, the same statistic for
 held-out real images (the rule's false-alarm rate), the median and 1 % quantile of the ratio
-d1/d2 of both (how close they come to the rule's 1/3), the full model's final training and
-test loss, and, given the folder of the sweep experiments' summaries (--summaries; `make sweep`
+d1/d2 of both (how close they come to the rule's 1/3), the full model's final training and test
+loss, and, given the folder of the sweep experiments' summaries (--summaries; `make sweep`
 trains their K-fold models too), quantiles of M and M_corrected. The numbers come from
 memo/measures/sweep.py, the file is memo/files/sweep.py's.
 

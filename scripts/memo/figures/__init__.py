@@ -19,7 +19,7 @@ SERIES = ("losses", "quantiles", "distribution")   # take one summary or several
 
 NEEDS_IMAGES = ("qualitative", "logprob")
 NEEDS_NN = ("neighbours",)
-NEEDS_MEASURES = ("measures",)   # analysis/<exp>_measures.npz (memo.measures)
+NEEDS_MEASURES = ("measures",)   # analysis/<exp>_measures.npz (memo/files/measures.py)
 DEFAULT_SEED = 42  # example images of the logprob figure
 
 

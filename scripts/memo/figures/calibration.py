@@ -1,4 +1,4 @@
-"""Figure 0 (not in the paper): the calibrated memorization score (memo.calibration).
+"""Figure 0 (not in the paper): the calibrated memorization score (memo/score/calibration.py).
 
 (a) final-epoch M against M_corrected = M − the mean of M under the permutation null (the
 estimator's bias for that example), flagged examples marked; (b) histogram of the permutation

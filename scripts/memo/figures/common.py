@@ -90,7 +90,7 @@ def highly_memorized(M: np.ndarray, q: float = HIGH_Q) -> tuple[np.ndarray, floa
 
 
 def flag_info(s: Summary) -> dict | None:
-    """The calibrated flag of a summary (memo.calibration), None when it has none: mask of
+    """The calibrated flag of a summary (memo/score/calibration.py), None when it has none: mask of
     examples flagged by Benjamini–Hochberg, q, their count, and whether the design can flag."""
     if not s.calibrated or not isinstance(s.calibration, dict):
         return None  # also a summary with p-values but no record of how they were made

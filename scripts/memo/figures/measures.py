@@ -1,7 +1,7 @@
-"""Figure (not in the paper): the field's other memorization measures against M (memo.measures).
+"""Figure (not in the paper): the field's other memorization measures against M (memo/measures/).
 
 One panel per measure: its rank percentile against that of M, planted singletons and duplicates
-marked (the planted benchmark, memo.planted); with it the benchmark table (AUROC of singletons
+marked (the planted benchmark, memo/data/planted.py); with it the benchmark table (AUROC of singletons
 vs regular examples, the duplicates' mean rank percentile, Spearman with M over regular
 examples, models trained and CPU seconds). Needs analysis/<exp>_measures.npz.
 """

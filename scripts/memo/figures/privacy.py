@@ -3,7 +3,7 @@
 One experiment per privacy budget, the same data, folds and evaluation (docs/privacy.md):
 (a) quantiles of M and the median of M_corrected against ε; (b) the full model's test loss
 and the mean held-out log p (V) against ε: what privacy costs the model; (c) on the planted
-benchmark (memo.planted), the AUROC of M for the planted singletons against ε.
+benchmark (memo/data/planted.py), the AUROC of M for the planted singletons against ε.
 """
 from __future__ import annotations
 

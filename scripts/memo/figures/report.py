@@ -112,7 +112,7 @@ def key_numbers(s: Summary, nn=None, ms=None) -> list[tuple[str, str]]:
 
 
 def closest_measure(ms) -> str:
-    """The one-model measure whose ranking is closest to M's (memo.measures), with its
+    """The one-model measure whose ranking is closest to M's (memo/measures/), with its
     Spearman correlation over the regular examples: '0.21 (self-influence)'."""
     if ms is None:
         return "--"

@@ -17,7 +17,7 @@ from .common import (COLORS, HIGH_Q, TEXTWIDTH, Result, edges_for, finite,
 
 
 def ess_threshold(meta: dict) -> float | None:
-    """meta's "ess_threshold", else the flagging rule of memo.uncertainty for meta's N."""
+    """meta's "ess_threshold", else the flagging rule of memo/score/uncertainty.py for meta's N."""
     if meta.get("ess_threshold") is not None:
         return float(meta["ess_threshold"])
     if not meta.get("n_is"):

@@ -3,8 +3,8 @@
 Every measure is one number per training example, larger meaning "more memorized" in the
 sense its authors use it:
 
-  M               the K-fold score (memo.summary), K·L + 1 models
-  M_corrected     M minus its permutation-null mean (memo.calibration)
+  M               the K-fold score (memo/score/summary.py), K·L + 1 models
+  M_corrected     M minus its permutation-null mean (memo/score/calibration.py)
   neg_log_px      −log p(x) under the full model (IS, last epoch): the outlier score the paper
                   contrasts with memorization
   final_loss      negative ELBO of x under the final full model (eval mode, fixed input noise,
@@ -20,7 +20,7 @@ sense its authors use it:
                   (memo/measures/copying.py)
 
 All one-model measures use the full model (trained on all of D) and its weights kept at each
-evaluation epoch (memo/results.JobFiles.weights_at).
+evaluation epoch (memo/files/results.py, JobFiles.weights_at).
 """
 from __future__ import annotations
 
@@ -114,7 +114,7 @@ def layout_of(exp: Experiment, data_root=None) -> planted.Layout | None:
 def compute(exp: Experiment, summary, results_root="results", data_root=None, device="cpu",
             n_samples: int = N_SAMPLES, n_vectors: int = N_VECTORS, h: float = H,
             log=print) -> MeasureSet:
-    """Every measure for the examples of `summary` (a memo.summary.Summary of exp)."""
+    """Every measure for the examples of `summary` (a memo.files.summary.Summary of exp)."""
     device = torch.device(device)
     files = results.job_files(exp, FULL_JOB, results_root)
     full = results.read_result(files.result)
