@@ -133,7 +133,7 @@ def bench_ours(name, data, device, seconds, group, sizes, speed: accel.Speed | N
     rate = functools.partial(measure, device=device, seconds=seconds, rounds=sizes["rounds"])
     out = {}
 
-    # train one: the loop of training.run_job
+    # train one: the loop of runner.run_job
     model = training.init_model(exp, 0, c, device)
     optimizer = training.adam(model.parameters(), exp.lr)
     gen = torch.Generator(device=device).manual_seed(0)

@@ -112,7 +112,7 @@ def main(argv=None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from memo.train import accel, training  # heavy imports after --help
+    from memo.train import accel, runner  # heavy imports after --help
     from memo import data
     from memo.config import naming
     from memo.files import results
@@ -163,8 +163,8 @@ def run(args: argparse.Namespace) -> int:
             done = ensemble.run_group(exp, jobs, args.results_dir, device, jd=jd,
                                       stop_after=args.stop_after, speed=speed)
         else:
-            done = training.run_job(exp, jobs[0], args.results_dir, device, jd=jd,
-                                    stop_after=args.stop_after, speed=speed)
+            done = runner.run_job(exp, jobs[0], args.results_dir, device, jd=jd,
+                                      stop_after=args.stop_after, speed=speed)
     except KeyboardInterrupt:
         cli.say(__file__, f"interrupted; the last resume checkpoint (every "
                 f"{exp.checkpoint_every} epochs) is kept: run again to resume")

@@ -19,6 +19,7 @@ import torch
 
 import memorization
 from memo.train import accel, ensemble, evaluation, training
+from memo.train import runner
 from memo.config import experiments
 from memo.files import results
 from memo.models import estimator, objectives
@@ -90,8 +91,8 @@ def test_cli_names_a_bad_compile_mode(tiny_experiment, tmp_path, capsys):
 def test_compiled_training_gives_the_eager_numbers(tmp_path, monkeypatch):
     exp = _experiment(tmp_path, monkeypatch, n=45)
     job = experiments.Job(0, 1)
-    training.run_job(exp, job, tmp_path / "eager", log=_quiet)
-    training.run_job(exp, job, tmp_path / "compiled", log=_quiet,
+    runner.run_job(exp, job, tmp_path / "eager", log=_quiet)
+    runner.run_job(exp, job, tmp_path / "compiled", log=_quiet,
                      speed=accel.Speed(compile="auto"))
     eager, compiled = _read(tmp_path / "eager", exp, job), _read(tmp_path / "compiled", exp, job)
     assert compiled["meta"]["speed"]["compile"] == "default"
@@ -149,7 +150,7 @@ def _syncs_per_batch_size(tmp_path, monkeypatch, host_syncs, grouped=False) -> l
         if grouped:
             ensemble.run_group(exp, jobs, root, log=_quiet)
         else:
-            training.run_job(exp, jobs[0], root, log=_quiet)
+            runner.run_job(exp, jobs[0], root, log=_quiet)
         counts.append(dict(host_syncs))
     return counts
 
@@ -208,7 +209,7 @@ def test_compiled_training_keeps_batchnorm_statistics(tmp_path, monkeypatch, gro
         if grouped:
             ensemble.run_group(exp, jobs, tmp_path / name, log=_quiet, speed=speed)
         else:
-            training.run_job(exp, jobs[0], tmp_path / name, log=_quiet, speed=speed)
+            runner.run_job(exp, jobs[0], tmp_path / name, log=_quiet, speed=speed)
     for job in jobs:
         eager, compiled = _read(tmp_path / "eager", exp, job), _read(tmp_path / "compiled", exp, job)
         compiled["meta"]["speed"] = eager["meta"]["speed"]

@@ -25,6 +25,7 @@ import torch
 
 from conftest import write_tiny_npz
 from memo.train import ensemble, training
+from memo.train import runner
 from memo.config import experiments
 from memo import models
 from memo.models import objectives
@@ -67,7 +68,7 @@ def _assert_same_result(a, b, rtol, atol, ess_rtol=None):
 
 
 def _compare_group_with_jobs(tmp_path, exp, jobs, rtol, atol, ess_rtol=None):
-    one = [training.run_job(exp, job, tmp_path / "one", log=_quiet) for job in jobs]
+    one = [runner.run_job(exp, job, tmp_path / "one", log=_quiet) for job in jobs]
     grouped = ensemble.run_group(exp, jobs, tmp_path / "group", log=_quiet)
     assert len(grouped) == len(one)
     for job in jobs:
@@ -120,7 +121,7 @@ def test_each_model_draws_the_same_random_numbers_grouped_and_alone(tmp_path, mo
     monkeypatch.setattr(objectives, "neg_elbo", neg_elbo)
     for job in jobs:
         alone.append([])
-        training.run_job(exp, job, tmp_path / "one", log=_quiet)
+        runner.run_job(exp, job, tmp_path / "one", log=_quiet)
     monkeypatch.setattr(objectives, "neg_elbo", real_neg_elbo)
 
     grouped = [[] for _ in jobs]
@@ -148,7 +149,7 @@ def test_interrupted_group_resumes_and_shares_checkpoints_with_run_job(tmp_path,
     assert len(list(root.rglob("*_resume.pt"))) == 2
     messages = []
     # a group's resume file is a run_job resume file ...
-    training.run_job(exp, jobs[1], root, log=messages.append)
+    runner.run_job(exp, jobs[1], root, log=messages.append)
     assert any("resuming after epoch 1" in m for m in messages)
     _assert_same_result(_read(tmp_path / "whole", exp, jobs[1]), _read(root, exp, jobs[1]),
                         rtol=1e-5, atol=1e-3)

@@ -135,14 +135,14 @@ def test_tiny_experiment_scores_controls_apart(tmp_path):
     from conftest import write_tiny_npz
     from memo.files import results
     from memo.score import summary
-    from memo.train import training
+    from memo.train import runner
 
     npz = write_tiny_npz(tmp_path / "tiny.npz", n=60, n_test=50)
     exp = experiments.Experiment(name="tinyctl", data=f"npz:{npz}", model="BernoulliMLPVAE",
                                  latent_dim=2, lr=1e-3, epochs=2, eval_every=1, n_is=4,
                                  folds=2, repeats=2, controls=30)
     for job in exp.jobs()[:-1]:
-        training.run_job(exp, job, results_root=tmp_path, log=lambda *_: None)
+        runner.run_job(exp, job, results_root=tmp_path, log=lambda *_: None)
     files = [results.job_files(exp, job, tmp_path).result for job in exp.jobs()[:-1]]
     chosen = splits.control_choice(50, 30, exp.seed)
     for f in files:

@@ -7,6 +7,7 @@ import torch
 
 import memorization
 from memo.train import accel, ensemble, training
+from memo.train import runner
 from memo.models import estimator
 from memo.config import experiments
 from memo import models
@@ -98,7 +99,7 @@ def test_no_cuda_sync_per_training_step(tmp_path, monkeypatch, grouped):
             counts.append(_sync_warnings(lambda: ensemble.run_group(
                 exp, jobs, root, device="cuda", log=_quiet)))
         else:
-            counts.append(_sync_warnings(lambda: training.run_job(
+            counts.append(_sync_warnings(lambda: runner.run_job(
                 exp, jobs[0], root, device="cuda", log=_quiet)))
     assert counts[0] == counts[1]
 
@@ -111,7 +112,7 @@ def test_cuda_graphs_give_the_eager_numbers(tmp_path, monkeypatch, grouped):
         if grouped:
             ensemble.run_group(exp, jobs, tmp_path / name, "cuda", log=_quiet, speed=speed)
         else:
-            training.run_job(exp, jobs[0], tmp_path / name, "cuda", log=_quiet, speed=speed)
+            runner.run_job(exp, jobs[0], tmp_path / name, "cuda", log=_quiet, speed=speed)
     for job in jobs:
         eager, graphs = _read(tmp_path / "eager", exp, job), _read(tmp_path / "graphs", exp, job)
         assert graphs["meta"]["speed"]["compile"] == "reduce-overhead"
@@ -127,7 +128,7 @@ def test_tf32_training_stays_within_tolerance_of_float32(tmp_path, monkeypatch, 
                       latent_dim=8 if model != "BernoulliMLPVAE" else 4)
     job = experiments.Job(0, 1)
     for name, speed in (("fp32", accel.Speed()), ("tf32", accel.Speed(tf32=True))):
-        training.run_job(exp, job, tmp_path / name, "cuda", log=_quiet, speed=speed)
+        runner.run_job(exp, job, tmp_path / name, "cuda", log=_quiet, speed=speed)
     fp32, tf32 = _read(tmp_path / "fp32", exp, job), _read(tmp_path / "tf32", exp, job)
     tf32["meta"]["speed"] = fp32["meta"]["speed"]
     _assert_same_result(fp32, tf32, rtol=1e-2, atol=1e-1, ess_rtol=0.5)
@@ -141,7 +142,7 @@ def test_interrupted_cuda_jobs_resume_to_identical_numbers(tmp_path, monkeypatch
     def run(root, stop_after=None):
         if grouped:
             return ensemble.run_group(exp, jobs, root, "cuda", log=_quiet, stop_after=stop_after)
-        return [training.run_job(exp, job, root, "cuda", log=_quiet, stop_after=stop_after)
+        return [runner.run_job(exp, job, root, "cuda", log=_quiet, stop_after=stop_after)
                 for job in jobs]
     whole = run(tmp_path / "whole")
     assert run(tmp_path / "resumed", stop_after=1) in (None, [None, None])

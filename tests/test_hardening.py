@@ -10,6 +10,7 @@ import memorization
 import nearest_neighbours
 import summarize
 from memo.train import checkpoints, training
+from memo.train import runner
 from memo.config import experiments
 from memo import fileio
 from memo.files import results
@@ -189,7 +190,7 @@ def test_results_made_under_other_settings_are_refused_by_the_summary(tiny_exper
     exp_file, _ = tiny_experiment
     exp = experiments.get("tiny")
     for job in exp.jobs():
-        training.run_job(exp, job, tmp_path / "res", log=lambda *a: None)
+        runner.run_job(exp, job, tmp_path / "res", log=lambda *a: None)
     paths = [str(results.job_files(exp, job, tmp_path / "res").result) for job in exp.jobs()]
     out = tmp_path / "s.npz"
     assert summarize.main(["--result-files", *paths, "-o", str(out), "--experiment", "tiny",

@@ -37,7 +37,8 @@ FUNCTION_LEVEL = {
         "torch deferred: the benchmark of the measures only where a measures file exists",
     ("memo.figures.privacy", "memo.data"):
         "torch deferred: the planted layout is loaded only for a planted experiment",
-    ("memo.train.training", "memo.train.private"): "being restructured",
+    ("memo.train.runner", "memo.train.private"):
+        "opacus deferred: only private experiments load it",
 }
 
 

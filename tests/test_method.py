@@ -84,25 +84,25 @@ def test_grouped_training_equals_one_at_a_time_with_the_authors_method(tmp_path,
 
 
 def test_fresh_and_fixed_noise_give_other_values_from_the_same_training(tmp_path, monkeypatch):
-    from memo.train import training
+    from memo.train import runner
     fixed = _experiment(tmp_path, monkeypatch, n=40, epochs=1, eval_every=1)
     import dataclasses
     fresh = dataclasses.replace(fixed, eval_noise="fresh")
     job = experiments.Job(0, 0)
-    a = training.run_job(fixed, job, tmp_path / "a", log=_quiet)
-    b = training.run_job(fresh, job, tmp_path / "b", log=_quiet)
+    a = runner.run_job(fixed, job, tmp_path / "a", log=_quiet)
+    b = runner.run_job(fresh, job, tmp_path / "b", log=_quiet)
     assert a["losses"]["train"] == b["losses"]["train"]        # training is the same
     assert a["logpxs"]["1"]["test"] != b["logpxs"]["1"]["test"]  # evaluation inputs are not
 
 
 def test_a_summary_refuses_to_mix_methods(tmp_path, monkeypatch):
-    from memo.train import training
+    from memo.train import runner
     exp = _experiment(tmp_path, monkeypatch, n=30, epochs=1, eval_every=1, folds=2)
     import dataclasses
     other = dataclasses.replace(exp, eval_noise="fresh")
     for job in exp.jobs():
-        training.run_job(other if job == experiments.Job(0, 1) else exp, job, tmp_path,
-                         log=_quiet)
+        runner.run_job(other if job == experiments.Job(0, 1) else exp, job, tmp_path,
+                     log=_quiet)
     paths = [results.job_files(exp, job, tmp_path).result for job in exp.jobs()]
     with pytest.raises(summary.SummaryError, match="mixed methods"):
         summary.summarize(paths, progress=False, n_boot=10)

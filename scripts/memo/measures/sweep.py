@@ -15,7 +15,8 @@ from memo import data
 from memo.config.experiments import FULL_JOB
 from memo.files import results, summary
 from memo.measures import copying, measures
-from memo.train import checkpoints, training
+from memo.train import checkpoints
+from memo.train import runner
 
 
 def ratios(found, prefix: str) -> dict:
@@ -49,7 +50,7 @@ def one_size(exp, samples: int, root, data_root, device, log=print, summaries=No
     resume file is there); summaries: the folder of the sweep's summaries, or None."""
     files = results.job_files(exp, FULL_JOB, root)
     if not files.result.is_file():
-        training.run_job(exp, FULL_JOB, root, device, data_root, log=log)
+        runner.run_job(exp, FULL_JOB, root, device, data_root, log=log)
     content = results.read_result(files.result)
     train = data.load(exp.data, "train", root=data_root).images[:exp.subset]
     test = data.load(exp.data, "test", root=data_root).images

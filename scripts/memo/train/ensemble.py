@@ -1,7 +1,7 @@
 """Train a group of models (e.g. the K folds of one repeat) as one vectorized computation.
 
 `Group` is the trainer of `training.fit` for several jobs: `run_group(exp, jobs, ...)` gives every
-job exactly what `training.run_job` gives it, and writes the same result files; only the
+job exactly what `runner.run_job` gives it, and writes the same result files; only the
 arithmetic is batched over the group:
 
 * each model is initialised from its own seed (`training.init_model`) and keeps its own

@@ -25,7 +25,7 @@ from memo import fileio, models
 from memo.data import preprocess
 from memo.files import results
 from memo.config import splits
-from memo.data import JobData, load_job_data
+from memo.data import JobData
 from memo.config.experiments import Experiment, Job
 from memo.errors import MemoError
 
@@ -401,23 +401,3 @@ def finish_job(exp: Experiment, member: Member, jd: JobData, speed: dict | None 
         meta["privacy"] = member.extra["privacy"]
     results.write_result(member.files.result, meta, content)
     return content
-
-
-def run_job(exp: Experiment, job: Job, results_root="results", device="cpu",
-            data_root=None, download: bool = False, jd: JobData | None = None,
-            log=print, stop_after: int | None = None,
-            speed: accel.Speed = accel.Speed()) -> dict | None:
-    """Train one model and write its result file. Returns the result dict.
-
-    stop_after=E: checkpoint after epoch E and return None without a result file.
-    speed: TF32 and torch.compile for the training steps (memo/train/accel.py).
-    """
-    device = torch.device(device)
-    jd = jd or load_job_data(exp, device, job.full, data_root, download)
-    member = Member.of(exp, job, jd.train.shape[0], results_root, device)
-    trainer = OneModel
-    if exp.dp is not None:  # differentially private training (docs/privacy.md)
-        from memo.train.private import PrivateModel
-        trainer = PrivateModel
-    done = fit(trainer(exp, member, jd, speed), exp, jd, log, stop_after, speed.describe(device))
-    return None if done is None else done[0]
