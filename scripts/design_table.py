@@ -13,17 +13,17 @@ the same threshold with their 95 % interval, the FDR estimate and Storey's π₁
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
+import cli
+
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.parser(__file__, __doc__.splitlines()[0])
     p.add_argument("--experiment", required=True, help="experiment name (the table or "
                    "EXPERIMENTS_FILE); it must have control images")
-    p.add_argument("--results-dir", default="results", help="root of the result files")
+    cli.add_results_dir(p)
     p.add_argument("--fdr-q", type=float, default=0.05, help="BH level of the flags")
     p.add_argument("--tests", nargs="+", default=["moderated-t", "t"],
                    choices=("moderated-t", "t"), help="the flagging tests (a row each)")
@@ -32,8 +32,8 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=int, nargs="+", default=None, help="score the models as "
                    "they were after these evaluation epochs (default: the last); with Adam at a "
                    "constant rate a model read at epoch e is the model trained for e epochs")
-    p.add_argument("--data-root", default=None, help="data directory (planted roles)")
-    p.add_argument("-o", "--output", default=None, help="also write the table as CSV here")
+    cli.add_data_root(p)
+    cli.add_output(p, "also write the table as CSV here")
     return p.parse_args(argv)
 
 
@@ -46,7 +46,7 @@ def load_values(exp, root: Path):
     files = [results.job_files(exp, job, root).result for job in exp.jobs() if not job.full]
     missing = [str(f) for f in files if not f.exists()]
     if missing:
-        raise FileNotFoundError(f"{len(missing)} result files are missing, e.g. {missing[0]}; "
+        raise results.ResultFileError(f"{len(missing)} result files are missing, e.g. {missing[0]}; "
                                 f"train them first (make memorization-{exp.name})")
     epochs = exp.eval_epochs()
     R, K = exp.repeats, exp.folds
@@ -56,7 +56,8 @@ def load_values(exp, root: Path):
         r, k = int(c["meta"]["run"]), int(c["meta"]["fold_idx"])
         res = c["results"]
         if results.CONTROLS not in res:
-            raise ValueError(f"{f} has no control images; the design table needs them")
+            raise results.ResultFileError(f"{f} has no control images; the design table needs "
+                                          "them (train the experiment with controls)")
         for ei, e in enumerate(epochs):
             parts = res["logpxs"][str(e)]
             idx_tr, lp_tr = results.as_arrays(parts["train"], f)
@@ -108,18 +109,22 @@ def design_row(values, held_out, controls, control_held, q: float, roles=None, s
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    return cli.run(__file__, run, parse_args(argv))
+
+
+def run(args) -> int:
     import numpy as np
     import pandas as pd
 
     from memo.config import experiments, splits
 
-    try:
+    with cli.usage():
         exp = experiments.get(args.experiment)
-        epochs, values, held_out, controls = load_values(exp, Path(args.results_dir))
-    except (experiments.UnknownExperimentError, FileNotFoundError, ValueError) as e:
-        print(f"design_table.py: error: {e}", file=sys.stderr)
-        return 2
+        for epoch in args.epochs or []:
+            if epoch not in exp.eval_epochs():
+                raise ValueError(f"{epoch} is not an evaluation epoch of {exp.name} "
+                                 f"({exp.eval_epochs()})")
+    epochs, values, held_out, controls = load_values(exp, Path(args.results_dir))
     roles = None
     if exp.data == "planted":
         from memo import data
@@ -129,10 +134,6 @@ def main(argv=None) -> int:
                              for r in range(exp.repeats)])
     rows = []
     for epoch in args.epochs or [epochs[-1]]:
-        if epoch not in epochs:
-            print(f"design_table.py: error: {epoch} is not an evaluation epoch of "
-                  f"{exp.name} ({epochs})", file=sys.stderr)
-            return 2
         last = epochs.index(epoch) + 1
         for L in range(1, exp.repeats + 1):
             if exp.folds < 3 and L < 2:

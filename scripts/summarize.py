@@ -108,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
         buf = io.StringIO()
         controls.to_csv(buf, index=False, float_format="%.6g")
         fileio.atomic_write_bytes(controls_csv(out), buf.getvalue().encode())
+    else:  # none now: a file of an earlier summary would be stale
+        controls_csv(out).unlink(missing_ok=True)
 
     m = s.M[-1]
     q = np.nanquantile(m, [0.5, 0.95, 0.99, 0.999])
