@@ -127,10 +127,23 @@ def settings_mismatches(meta: dict, exp: Experiment) -> list[tuple[str, object, 
                     **{f: meta[k] for f, k in AUTHOR_SETTING_KEYS.items() if k in meta}}
         if "dataset" in meta and meta["dataset"] != naming.dataset_name(exp.data):
             return [("dataset", meta["dataset"], naming.dataset_name(exp.data))]
+    return differences(recorded, exp)
+
+
+def differences(recorded: dict, exp: Experiment) -> list[tuple[str, object, object]]:
+    """(field, recorded value, the experiment's value now) for every setting in `recorded`
+    (a file's record of RESULT_SETTINGS, or a part of it) that the experiment has differently;
+    settings a file leaves out count as UNRECORDED's values."""
     recorded = {**UNRECORDED, **recorded}
     if exp.controls is None:  # the default: as many as the data allow, whatever they were
         recorded.pop("controls")
     return [(f, v, getattr(exp, f)) for f, v in recorded.items() if v != getattr(exp, f)]
+
+
+def mismatch_message(what: str, exp: Experiment, field: str, recorded, now, fix: str) -> str:
+    """The one wording of a refusal to continue or mix work made under other settings."""
+    return (f"{what} was made with {field}={recorded!r} but experiment {exp.name} now has "
+            f"{field}={now!r}: {fix}, or restore {field}={recorded!r}")
 
 
 def check_siblings(exp: Experiment, root: str | Path = "results") -> None:
@@ -141,10 +154,9 @@ def check_siblings(exp: Experiment, root: str | Path = "results") -> None:
     if not existing:
         return
     for field, recorded, now in settings_mismatches(read_result(existing[0])["meta"], exp):
-        raise ResultFileError(
-            f"{existing[0]} was made with {field}={recorded!r} but experiment {exp.name} now has "
-            f"{field}={now!r}: training more of it would mix the two; delete {folder}/ to "
-            f"retrain the experiment, or restore {field}={recorded!r}")
+        raise ResultFileError(mismatch_message(
+            str(existing[0]), exp, field, recorded, now,
+            f"training more of it would mix the two; delete {folder}/ to retrain the experiment"))
 
 
 def write_result(path: str | Path, meta: dict, results: dict) -> None:

@@ -65,10 +65,9 @@ def _check_settings(contents: dict[Path, dict], exp) -> None:
     """Refuse result files made under other settings than the experiment has now."""
     for path, c in contents.items():
         for field, recorded, now in results.settings_mismatches(c["meta"], exp):
-            raise SummaryError(
-                f"{path} was made with {field}={recorded!r} but experiment {exp.name} now has "
-                f"{field}={now!r}: to retrain, delete {path.parent}/ and run `make "
-                f"memorization-{exp.name}`; or restore {field}={recorded!r} in the experiment")
+            raise SummaryError(results.mismatch_message(
+                str(path), exp, field, recorded, now,
+                f"to retrain, delete {path.parent}/ and run `make memorization-{exp.name}`"))
 
 
 def _compact(content: dict, path: Path) -> dict:

@@ -18,7 +18,7 @@ import torch
 from memo import models
 from memo.config.experiments import FULL_JOB, Experiment
 from memo.files import results
-from memo.files.results import RESULT_SETTINGS, UNRECORDED
+from memo.files.results import RESULT_SETTINGS
 from memo.fileio import atomic_write_bytes, one_line, torch_refusal
 from memo.errors import MemoError
 
@@ -81,14 +81,11 @@ def load_resume(path, model, optimizer, gen: torch.Generator,
     saved = state.get("settings")
     if exp is not None and saved is not None:
         # only what changes the numbers: checkpoint_every or the name may change meanwhile
-        changed = [k for k in RESULT_SETTINGS
-                   if saved.get(k, UNRECORDED.get(k)) != getattr(exp, k)
-                   and not (k == "controls" and exp.controls is None)]
-        if changed:
-            raise CheckpointError(
-                f"resume checkpoint {path} was written with other settings ("
-                + ", ".join(f"{k}={saved.get(k, UNRECORDED.get(k))!r}, now {getattr(exp, k)!r}" for k in changed)
-                + "); delete it to start this job afresh, or restore the settings")
+        recorded = {k: saved[k] for k in RESULT_SETTINGS if k in saved}
+        for field, was, now in results.differences(recorded, exp):
+            raise CheckpointError(results.mismatch_message(
+                f"resume checkpoint {path}", exp, field, was, now,
+                "it was written with other settings; delete it to start this job afresh"))
     saved_device = state.get("generator_device", "cpu")
     if saved_device != gen.device.type:  # the random streams of CPU and CUDA differ in kind
         raise CheckpointError(f"resume checkpoint {path} was written by a run on {saved_device}; "
