@@ -176,6 +176,15 @@ def test_benchmark_rows_on_a_planted_layout_with_known_answers():
     assert rows["neg_log_px"]["spearman_M"] == pytest.approx(1.0)
     assert rows["neg_log_px"]["duplicate_percentile"] > rows["M"]["duplicate_percentile"] - 1
     assert rows["M"]["cpu_seconds"] == 2.0
+    assert rows["M"]["flagged_singletons"] == ""        # no flags given: no counts
+    flagged = np.zeros(n, bool)
+    flagged[[0, 8, 9, 10]] = True                       # a regular, both singletons, a duplicate
+    rows = {r["measure"]: r for r in measures.benchmark(
+        ms, n_boot=0, flagged=flagged, control_flagged=np.array([True, False, False]))}
+    assert (rows["M"]["flagged_singletons"], rows["M"]["flagged_duplicates"],
+            rows["M"]["flagged_regular"], rows["M"]["flagged_controls"]) == (
+        "2/2", "1/2", "1/8", "1/3")
+    assert rows["neg_log_px"]["flagged_singletons"] == ""   # the flags are M's
 
 
 def test_measures_over_training_need_every_evaluation_epochs_weights(trained, tmp_path):

@@ -222,11 +222,17 @@ trained on it: which one held it out was decided by the random partition alone. 
 $M_i$ with every other choice of held-out model per repeat ($K^L$ labellings, enumerated, or a
 random sample of them) gives the null distribution of $M_i$: its mean is the bias for $x_i$,
 $M_{\mathrm{corrected}} = M_i - \text{bias}$, and the share of labellings scoring at least $M_i$
-is a permutation p-value. Observations are \emph{flagged as memorized} by the
-Benjamini--Hochberg procedure over the p-values of an experiment, which keeps the expected share
-of false flags among the flagged at $q$. The smallest attainable p-value is $1/K^L$ (or
-$1/(B+1)$ with $B$ drawn labellings); if it exceeds $q/n$, an experiment can flag nothing unless
-many observations reach it. The assumption fails when anything besides $x_i$ itself
+is a permutation p-value, whose smallest value $1/K^L$ is too large to flag anything at small
+designs. Our flags therefore come, unless a summary says otherwise, from a \emph{moderated
+repeat-paired $t$-test}: per repeat, the mean of the $K-1$ in-values minus the held-out value,
+against the in-values' spread, shrunk towards a variance prior fitted on all observations
+(Smyth 2004). Observations are \emph{flagged as memorized} by the Benjamini--Hochberg procedure
+over the p-values of an experiment, which keeps the expected share of false flags among the
+flagged at $q$ when the p-values are valid. Whether they are is measured: \emph{control
+images} from the test split, which no model trains on, are scored by every model and tested
+alike; the share of them passing the threshold is the false-positive rate of the flag, and it
+implies an estimate of the false discovery rate. Storey's $\pi_1$ estimates the share of
+observations whose probability rises when trained on. The assumption fails when anything besides $x_i$ itself
 systematically separates the held-out model from the others for $x_i$, such as in- and held-out
 values computed in different ways; effects of one model on every example (one fold model simply
 better than another) are permuted along and do not matter. The test detects that $x_i$'s

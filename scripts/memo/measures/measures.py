@@ -269,7 +269,8 @@ def benchmark(ms: MeasureSet, n_boot: int = 1000, flagged=None, control_flagged=
         row = {"measure": name, "auroc": np.nan, "auroc_low": np.nan, "auroc_high": np.nan,
                "duplicate_percentile": np.nan, "spearman_M": np.nan,
                "models": ms.models[name],
-               "cpu_seconds": ms.train_seconds[name] + ms.seconds[name]}
+               "cpu_seconds": ms.train_seconds[name] + ms.seconds[name],
+               **dict.fromkeys(FLAG_COLUMNS, "")}
         if v is None or not np.isfinite(v).any():
             rows.append(row)
             continue
@@ -282,7 +283,6 @@ def benchmark(ms: MeasureSet, n_boot: int = 1000, flagged=None, control_flagged=
                                                                                 n_boot)
             pct = rankstats.rank_percentile(np.where(ok, v, -np.inf))
             row["duplicate_percentile"] = float(pct[ms.role == planted.DUPLICATE].mean())
-        row.update(dict.fromkeys(FLAG_COLUMNS, ""))
         if name == "M" and flagged is not None:
             flagged = np.asarray(flagged, bool)
             roles = (() if ms.role is None else
@@ -319,7 +319,7 @@ def csv_text(ms: MeasureSet) -> str:
 
 
 TABLE_COLUMNS = ("measure", "auroc", "auroc_low", "auroc_high", "duplicate_percentile",
-                 "spearman_M", "models", "cpu_seconds")
+                 "spearman_M", "models", "cpu_seconds", *FLAG_COLUMNS)
 
 
 def table_csv(rows: list[dict]) -> str:
@@ -339,6 +339,9 @@ def table_text(rows: list[dict], ms: MeasureSet) -> str:
               f"{r['auroc']:.3f} [{r['auroc_low']:.3f}, {r['auroc_high']:.3f}]")
         out.append(f"{r['measure']:<16} {au:>24} {r['duplicate_percentile']:>9.1f} "
                    f"{r['spearman_M']:>11.3f} {r['models']:>6d} {r['cpu_seconds']:>8.1f}")
+        flags = [f"{c.removeprefix('flagged_')} {r[c]}" for c in FLAG_COLUMNS if r.get(c)]
+        if flags:
+            out.append(f"{'':<16} flagged: " + ", ".join(flags))
     c = ms.copying
     if c:
         out.append(f"memorization ratio (1/3 rule): {c['ratio']:.4f} [{c['low']:.4f}, "
