@@ -29,8 +29,12 @@ AN_EXPS      := $(patsubst $(AN_IN)/%.npz,%,$(AN_SUMMARIES))
 AN_NN_EXPS   := $(filter $(AN_EXPS),$(patsubst $(AN_IN)/%_nn.npz,%,$(wildcard $(AN_IN)/*_nn.npz)))
 AN_MEASURES_EXPS := $(filter $(AN_EXPS),$(patsubst $(AN_IN)/%_measures.npz,%,$(wildcard $(AN_IN)/*_measures.npz)))
 
-AN_SINGLE := calibration qualitative logprob uncertainty   # one experiment each
-AN_SERIES := losses quantiles distribution     # one experiment, or a comparison group
+# The figures drawn for one experiment each (AN_SINGLE) and for one experiment or a comparison
+# group (AN_SERIES): memo/figures/__init__.py's lists, which scripts/plan.py writes into the plan
+ifeq ($(origin AN_SINGLE),undefined)
+AN_SINGLE := $(if $(wildcard $(firstword $(PY))),$(shell $(PY) scripts/plan.py figures | sed -n 1p))
+AN_SERIES := $(if $(wildcard $(firstword $(PY))),$(shell $(PY) scripts/plan.py figures | sed -n 2p))
+endif
 
 # Comparison groups, drawn when every member has a summary; members then get no single
 # versions of the AN_SERIES figures. A group: AN_GROUPS += name, AN_GROUP_name := members.
@@ -62,10 +66,9 @@ define an_rule
 $(foreach x,$(AN_EXT),$(AN_OUT)/%/$1.$x) &: $(AN_IN)/%.npz $2 $(call an_code,$1)
 	$$(PY) scripts/analysis.py $1 $$< --out $$(@D)
 endef
-$(foreach f,calibration qualitative logprob $(AN_SERIES),$(eval $(call an_rule,$f)))
+$(foreach f,$(AN_SINGLE) $(AN_SERIES),$(eval $(call an_rule,$f)))
 $(eval $(call an_rule,neighbours,$(AN_IN)/%_nn.npz))
 $(eval $(call an_rule,measures,$(AN_IN)/%_measures.npz))
-$(eval $(call an_rule,uncertainty))
 
 $(call an_files,$(AN_OUT)/size_sweep/sweep) &: $(AN_IN)/fashion_sizes_sweep.npz $(call an_code,sweep)
 	$(PY) scripts/analysis.py sweep $< --out $(@D)

@@ -198,7 +198,14 @@ def deps_fragment() -> list[str]:
             var("NN_DEPS", code_files(SCRIPTS / "nearest_neighbours.py")),
             var("MEASURES_DEPS", code_files(SCRIPTS / "measures.py")),
             var("SWEEP_DEPS", code_files(SCRIPTS / "sweep.py")),
-            var("AN_CODE", analysis_code()), ""]
+            var("AN_CODE", analysis_code()),
+            *figure_lists(), ""]
+
+
+def figure_lists() -> list[str]:
+    """analysis.mk's lists of figures, from memo.figures (the one list of what exists)."""
+    return [f"AN_SINGLE := {' '.join(figures.ONE_EXPERIMENT)}",
+            f"AN_SERIES := {' '.join(figures.SERIES)}"]
 
 
 def make_fragment(table: dict[str, experiments.Experiment], group: int = 1) -> str:
@@ -270,7 +277,7 @@ def make_fragment(table: dict[str, experiments.Experiment], group: int = 1) -> s
 
 def main(argv=None) -> int:
     p = cli.parser(__file__, __doc__.splitlines()[0])
-    p.add_argument("what", choices=["make", "files", "groups", "deps"])
+    p.add_argument("what", choices=["make", "files", "groups", "deps", "figures"])
     p.add_argument("names", nargs="*", metavar="NAME", help="files, groups: the experiment; "
                    "deps: the scripts (or library files) whose imports are followed")
     p.add_argument("--analysis", action="store_true", help="deps: the code of each figure "
@@ -289,6 +296,9 @@ def main(argv=None) -> int:
 
 
 def run(args: argparse.Namespace) -> None:
+    if args.what == "figures":  # analysis.mk on its own: its figure lists, one per line
+        print("\n".join(line.split(" := ", 1)[1] for line in figure_lists()))
+        return
     if args.what == "deps":
         paths = [Path(n).absolute() for n in args.names]
         with cli.usage():

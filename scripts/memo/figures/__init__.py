@@ -20,6 +20,8 @@ SERIES = ("losses", "quantiles", "distribution")   # take one summary or several
 NEEDS_IMAGES = ("qualitative", "logprob")
 NEEDS_NN = ("neighbours",)
 NEEDS_MEASURES = ("measures",)   # analysis/<exp>_measures.npz (memo/files/measures.py)
+# drawn for every experiment from its summary alone (analysis.mk's AN_SINGLE, through plan.py)
+ONE_EXPERIMENT = tuple(f for f in PER_EXPERIMENT if f not in SERIES + NEEDS_NN + NEEDS_MEASURES)
 DEFAULT_SEED = 42  # example images of the logprob figure
 
 
