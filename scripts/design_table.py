@@ -88,7 +88,7 @@ def design_row(values, held_out, controls, control_held, q: float, roles=None, s
     tt = flagging.p_values(test, values, held_out)
     p = tt.p
     flags, cutoff = calibration.benjamini_hochberg(p, q)
-    at = flagging.threshold(cutoff, q, n)
+    at = flagging.threshold(int(flags.sum()), q, n)
     p_c = flagging.p_values(test, controls, control_held, tt.prior if tt.prior_df else None).p
     ctl = flagging.control_report(p_c, at, n, int(flags.sum()))
     lo, hi = flagging.storey_interval(p, seed=seed)

@@ -57,12 +57,10 @@ def run(args: argparse.Namespace) -> Path:
     try:
         dataset = naming.dataset_name(exp.data)
         split = reference_split(dataset)
-        train = data.load(exp.data, "train", root=args.data_root).images
+        train = data.training_images(exp, args.data_root)
         valid = data.load(exp.data, split, root=args.data_root).images
     except (data.DataMissingError, ValueError) as e:  # missing files, bad spec or file contents
         raise type(e)(f"experiment {exp.name!r}: {e}") from None
-    if exp.subset:
-        train = train[:exp.subset]
     model = checkpoints.load_full_model(exp, args.results_dir, device, train.shape[1])
     ckpt = results.job_files(exp, experiments.FULL_JOB, args.results_dir).checkpoint
 

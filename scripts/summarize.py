@@ -28,7 +28,8 @@ def parse_args(argv=None):
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates over repeats")
     p.add_argument("--n-perm", type=int, default=2000, help="labellings of the held-out model "
                    "drawn per example for the permutation null (all K^L are enumerated when "
-                   "there are no more); 0: no calibration")
+                   "there are no more); 0: no calibration at all (no p-values, flags or control "
+                   "images' scores, whatever --test)")
     p.add_argument("--fdr-q", type=float, default=0.05, help="false discovery rate of the "
                    "'memorized' flag (Benjamini-Hochberg over the examples)")
     p.add_argument("--test", choices=("moderated-t", "t", "permutation"), default="moderated-t",
@@ -130,8 +131,9 @@ def run(args: argparse.Namespace) -> int:
               f"null mean (bias) median {np.nanmedian(s.null_mean):.2f}; M_corrected median "
               f"{np.nanmedian(mc):.2f}, max {np.nanmax(mc):.2f}, "
               f"{np.mean(mc > 0):.1%} above 0")
-        test = {"moderated-t": f"moderated repeat-paired t-test, df {c.get('df', 0):.1f}",
-                "t": f"repeat-paired t-test, df {c.get('df', 0):g}",
+        df = c.get("df") or float("inf")
+        test = {"moderated-t": f"moderated repeat-paired t-test, df {df:.1f}",
+                "t": f"repeat-paired t-test, df {df:g}",
                 "permutation": "permutation p-values"}[c.get("test", "permutation")]
         print(f"  flagged as memorized ({test}, Benjamini-Hochberg at q={c['fdr_q']:g}): "
               f"{c['flagged']} of {n} ({c['flagged'] / n:.2%}), at p <= {c['threshold']:.3g}")
@@ -139,13 +141,14 @@ def run(args: argparse.Namespace) -> int:
         if ctl:
             lo, hi = ctl["rate_ci"]
             fdr = ("" if not c["flagged"] else f"; FDR estimate {ctl['fdr_estimate']:.1%} "
-                   f"(upper {ctl['fdr_upper']:.1%})")
+                   f"(95% upper bound {ctl['fdr_upper']:.1%})")
             print(f"  control images (never trained on) flagged at that threshold: "
                   f"{ctl['flagged']} of {ctl['n']} ({ctl['rate']:.2%}, 95% CI {lo:.2%}-{hi:.2%})"
                   f"{fdr}")
         else:
-            print("  no control images: the false-positive rate of the flag is not measured "
-                  "(the authors' method and archive have none)")
+            print("  no control images in this experiment (\"controls\": 0, data without a test "
+                  "split, or the authors' method and archive, which have none): the "
+                  "false-positive rate of the flag is not measured")
         lo, hi = c["pi1_ci"]
         print(f"  share of examples whose log p rises when trained on (Storey's pi1): "
               f"{c['pi1']:.1%} (95% CI {lo:.1%}-{hi:.1%})")

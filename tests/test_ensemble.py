@@ -33,8 +33,8 @@ from memo.data import preprocess
 from memo.files import results
 
 
-def _experiment(tmp_path, monkeypatch, n, **overrides):
-    npz = write_tiny_npz(tmp_path / "tiny.npz", n=n, n_test=10)
+def _experiment(tmp_path, monkeypatch, n, n_test=10, **overrides):
+    npz = write_tiny_npz(tmp_path / "tiny.npz", n=n, n_test=n_test)
     spec = {"data": f"npz:{npz}", "model": "BernoulliMLPVAE", "latent_dim": 4, "lr": 1e-3,
             "epochs": 3, "eval_every": 2, "n_is": 8, "batch_size": 16, "folds": 3,
             "repeats": 1, "checkpoint_every": 1, **overrides}
@@ -65,6 +65,16 @@ def _assert_same_result(a, b, rtol, atol, ess_rtol=None):
                 assert da.keys() == db.keys()
                 np.testing.assert_allclose([db[k] for k in da], [da[k] for k in da],
                                            rtol=tol, atol=atol, err_msg=f"{key} {epoch} {part}")
+    assert ("controls" in ra) == ("controls" in rb)
+    if "controls" in ra:   # the control images, scored alike on both paths
+        for key, tol in (("logpxs", rtol), ("ess", ess_rtol or rtol)):
+            ca, cb = ra["controls"][key], rb["controls"][key]
+            assert ca.keys() == cb.keys() and ca
+            for epoch in ca:
+                assert ca[epoch].keys() == cb[epoch].keys()
+                np.testing.assert_allclose([cb[epoch][k] for k in ca[epoch]],
+                                           [ca[epoch][k] for k in ca[epoch]], rtol=tol,
+                                           atol=atol, err_msg=f"controls {key} {epoch}")
 
 
 def _compare_group_with_jobs(tmp_path, exp, jobs, rtol, atol, ess_rtol=None):
@@ -80,7 +90,8 @@ def _compare_group_with_jobs(tmp_path, exp, jobs, rtol, atol, ess_rtol=None):
 def test_grouped_mlp_matches_one_at_a_time_with_ragged_folds(tmp_path, monkeypatch):
     # n = 61, K = 3: folds of 21, 20, 20 -> 40, 41, 41 training examples, last batches 8, 9, 9;
     # the full model (61 examples, 4 batches, test split) is in the same group.
-    exp = _experiment(tmp_path, monkeypatch, n=61, epochs=2, eval_every=2)
+    # 300 test images: the control images span two evaluation batches
+    exp = _experiment(tmp_path, monkeypatch, n=61, n_test=300, epochs=2, eval_every=2)
     jobs = [experiments.Job(0, k) for k in range(3)] + [experiments.Job(0, None)]
     _compare_group_with_jobs(tmp_path, exp, jobs, rtol=1e-5, atol=1e-3)
     ckpt = "*_full_repeat0_epoch2.params"

@@ -102,7 +102,8 @@ def test_control_report_counts_and_fdr():
     assert lo == pytest.approx(stats.beta.ppf(0.025, 1, 4)) and hi == pytest.approx(
         stats.beta.ppf(0.975, 2, 3))
     assert np.isnan(flagging.control_report(p, 0.0015, 1000, 0)["fdr_estimate"])
-    assert flagging.threshold(float("nan"), 0.05, 2000) == 0.05 / 2000
+    assert flagging.threshold(0, 0.05, 2000) == 0.05 / 2000
+    assert flagging.threshold(7, 0.05, 2000) == 0.05 * 7 / 2000
 
 
 @pytest.mark.parametrize("C,K", [(1000, 5), (7, 3), (503, 10)])
@@ -176,7 +177,7 @@ def test_tiny_experiment_scores_controls_apart(tmp_path):
     ok = np.flatnonzero(order <= 0.05 * np.arange(1, 61) / 60)
     expect = p_direct <= order[ok[-1]] if ok.size else np.zeros(60, bool)
     assert np.array_equal(expect, s.memorized)
-    at = order[ok[-1]] if ok.size else 0.05 / 60
+    at = 0.05 * max(int(expect.sum()), 1) / 60             # BH's boundary for those flags
     assert np.array_equal(s.control_flagged, s.control_p_value <= at)
     path = tmp_path / "s.npz"
     summary.save(s, path)
@@ -259,3 +260,32 @@ def test_a_summary_that_stored_its_derived_values_loads_and_they_agree(tmp_path)
         assert not {"M", "n_in", "M_corrected", "reliability"} & set(z.files)
     t = summary_file.load(again)
     assert np.array_equal(t.M, s.M) and np.array_equal(t.M_corrected, s.M_corrected)
+
+
+def test_more_controls_than_the_test_split_is_one_clear_error(tmp_path):
+    import torch
+
+    from conftest import write_tiny_npz
+    from memo import data
+
+    npz = write_tiny_npz(tmp_path / "t.npz", n=30, n_test=10)
+    exp = experiments.Experiment(name="many", data=f"npz:{npz}", model="BernoulliMLPVAE",
+                                 latent_dim=2, lr=1e-3, epochs=1, eval_every=1, n_is=2,
+                                 controls=30)
+    with pytest.raises(data.NoControlsError, match="at most 10"):
+        data.load_job_data(exp, torch.device("cpu"), full=False)
+    default = experiments.Experiment(**{**exp.__dict__, "controls": None})
+    assert len(data.load_job_data(default, torch.device("cpu"), full=False).controls) == 10
+
+
+def test_the_default_number_of_controls_is_resolved_before_settings_are_compared():
+    from memo.files import results
+
+    exp = experiments.get("fashion_demo")              # controls: the default
+    assert exp.controls is None
+    assert results.differences({"controls": 1000}, exp) == []
+    assert results.differences({"controls": None}, exp) == []   # a resume file's record
+    assert results.differences({"controls": 500}, exp) == [("controls", 500, 1000)]
+    assert results.differences({}, exp) == [("controls", 0, 1000)]   # files from before
+    paper = experiments.get("bmnist_lr3")               # controls: 0, recorded by omission
+    assert results.differences({}, paper) == []

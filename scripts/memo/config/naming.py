@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from memo.config.experiments import Experiment, Job
+from memo.config.experiments import DEFAULT_CONTROLS, Experiment, Job
 
 # ----------------------------------------------------------------------------------------------
 # data sets
@@ -54,6 +54,16 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
     if spec in DATASET_NAMES:
         return spec, None
     raise ValueError(f"unknown data set {spec!r}; valid choices: {VALID_SPECS}")
+
+
+def controls_count(exp: Experiment) -> int | None:
+    """The number of control images an experiment scores: its own number, or by default
+    DEFAULT_CONTROLS capped at a standard data set's test split (None for npz data, whose test
+    split is known only once the file is read)."""
+    if exp.controls is not None:
+        return exp.controls
+    kind, _ = parse_spec(exp.data)
+    return min(DEFAULT_CONTROLS, FACTS[kind].n_test) if kind in FACTS else None
 
 
 def dataset_name(spec: str) -> str:

@@ -167,11 +167,11 @@ class JobData:
         return self.control_index + self.train.shape[0]
 
 
-def n_controls(setting: int | None, has_test_split: bool) -> int:
+def n_controls(setting: int | None, n_test: int | None) -> int:
     """The number of control images an experiment asks for (Experiment.controls): its own
-    number, or the default where the data set has a test split to take them from."""
+    number, or by default DEFAULT_CONTROLS capped at the test split (none without one)."""
     if setting is None:
-        return DEFAULT_CONTROLS if has_test_split else 0
+        return min(DEFAULT_CONTROLS, n_test or 0)
     return setting
 
 
@@ -179,12 +179,18 @@ class NoControlsError(DataMissingError):
     """An experiment asks for control images but its data set has no test split."""
 
 
+def training_images(exp, root=None, download: bool = False) -> torch.Tensor:
+    """D of an experiment: its data set's training split, or the first `subset` of it."""
+    images = load(exp.data, "train", root=root, download=download).images
+    return images[: exp.subset] if exp.subset else images
+
+
 def load_job_data(exp, device: torch.device, full: bool, root=None,
                   download: bool = False) -> JobData:
     """The data of an experiment (experiments.Experiment) on `device`; full: also the test
     split, when the data set has one. Every job also gets the experiment's control images."""
     train = load(exp.data, "train", root=root, download=download)
-    images = train.images[: exp.subset] if exp.subset else train.images
+    images = train.images[: exp.subset] if exp.subset else train.images   # training_images
     test = None
     if full or exp.controls != 0:
         try:
@@ -201,7 +207,12 @@ def load_job_data(exp, device: torch.device, full: bool, root=None,
             # npz data without x_test: the full model reports no test loss
     hflip = train.hflip if exp.hflip is None else exp.hflip
     jd = JobData(images.to(device), test if full else None, hflip, naming.dataset_name(exp.data))
-    count = n_controls(exp.controls, test is not None)
+    count = n_controls(exp.controls, None if test is None else len(test))
+    if test is not None and count > len(test):
+        raise NoControlsError(
+            f"experiment {exp.name} asks for {count} control images but the test split of "
+            f"{exp.data} has {len(test)}: set \"controls\" to at most {len(test)}, or to null "
+            f"(the default: up to {DEFAULT_CONTROLS})")
     if count:
         index = torch.from_numpy(splits.control_choice(len(test), count, exp.seed))
         jd.control_index = index.to(device)

@@ -112,16 +112,17 @@ def controls_text(s: Summary) -> str:
     or that there is none (the authors' method and archive have no controls)."""
     ctl = (s.calibration or {}).get("controls")
     if not ctl:
-        return ("There are no control images: the false-positive rate of the flag is not "
-                "measured (the authors' method and their published results have none). ")
+        return ("This experiment has no control images (none asked for, data without a test "
+                "split, or the authors' method and their published results, which have none): "
+                "the false-positive rate of the flag is not measured. ")
     lo, hi = ctl["rate_ci"]
     text = (f"Control images, never trained on and scored alike: {count(ctl['flagged'])} of "
-            f"{count(ctl['n'])} flagged at the same threshold ({pct(ctl['rate'])}, 95"
+            f"{count(ctl['n'])} pass BH's boundary for these flags ({pct(ctl['rate'])}, 95"
             r"\,\% "
             f"interval {pct(lo)}--{pct(hi)})")
     if np.isfinite(ctl.get("fdr_estimate", np.nan)):
         text += (f"; the false discovery rate they imply is {pct(ctl['fdr_estimate'])} "
-                 f"(at most {pct(ctl['fdr_upper'])})")
+                 f"(95\\,\\% upper bound {pct(ctl['fdr_upper'])})")
     return text + ". "
 
 

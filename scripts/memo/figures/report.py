@@ -60,7 +60,7 @@ def key_numbers(s: Summary, nn=None, ms=None) -> list[tuple[str, str]]:
             controls = (f"{count(ctl['flagged'])} of {count(ctl['n'])} ({pct(ctl['rate'])}; "
                         f"{pct(lo)}--{pct(hi)})")
             if np.isfinite(ctl.get("fdr_estimate", np.nan)):
-                fdr = f"{pct(ctl['fdr_estimate'])} (at most {pct(ctl['fdr_upper'])})"
+                fdr = f"{pct(ctl['fdr_estimate'])} (upper bound {pct(ctl['fdr_upper'])})"
         if "pi1" in cal:
             lo, hi = cal["pi1_ci"]
             pi1 = f"{pct(cal['pi1'])} ({pct(lo)}--{pct(hi)})"

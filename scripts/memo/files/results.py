@@ -135,9 +135,16 @@ def differences(recorded: dict, exp: Experiment) -> list[tuple[str, object, obje
     (a file's record of RESULT_SETTINGS, or a part of it) that the experiment has differently;
     settings a file leaves out count as UNRECORDED's values."""
     recorded = {**UNRECORDED, **recorded}
-    if exp.controls is None:  # the default: as many as the data allow, whatever they were
-        recorded.pop("controls")
-    return [(f, v, getattr(exp, f)) for f, v in recorded.items() if v != getattr(exp, f)]
+    now = {f: getattr(exp, f) for f in recorded}
+    if "controls" in recorded:  # the default resolved on both sides (a resume file keeps None)
+        expected = naming.controls_count(exp)
+        if recorded["controls"] is None:
+            recorded["controls"] = expected
+        if expected is None:     # npz data: known once the file is read; not compared
+            recorded.pop("controls")
+        else:
+            now["controls"] = expected
+    return [(f, v, now[f]) for f, v in recorded.items() if v != now[f]]
 
 
 def mismatch_message(what: str, exp: Experiment, field: str, recorded, now, fix: str) -> str:

@@ -118,8 +118,7 @@ def compute(exp: Experiment, summary, results_root="results", data_root=None, de
     device = torch.device(device)
     files = results.job_files(exp, FULL_JOB, results_root)
     full = results.read_result(files.result)
-    train = data.load(exp.data, "train", root=data_root).images
-    train = train[: exp.subset] if exp.subset else train
+    train = data.training_images(exp, data_root)
     index = np.asarray(summary.index, dtype=np.int64)
     if index.max(initial=-1) >= len(train):
         raise MeasuresError(f"summary of {exp.name} names example {index.max()} but the data "

@@ -52,7 +52,7 @@ def one_size(exp, samples: int, root, data_root, device, log=print, summaries=No
     if not files.result.is_file():
         runner.run_job(exp, FULL_JOB, root, device, data_root, log=log)
     content = results.read_result(files.result)
-    train = data.load(exp.data, "train", root=data_root).images[:exp.subset]
+    train = data.training_images(exp, data_root)
     test = data.load(exp.data, "test", root=data_root).images
     model = checkpoints.load_full_model(exp, root, device, train.shape[1])
     pixels = (train.to(device, torch.float32) / 255).flatten(1)

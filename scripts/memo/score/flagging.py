@@ -130,10 +130,12 @@ def p_values(test: str, values, held_out, prior=None) -> TTest:
     return t_test(values, held_out, moderate=test == "moderated-t", prior=prior)
 
 
-def threshold(cutoff: float, q: float, n: int) -> float:
-    """The p-value threshold the flags were made at: BH's cutoff, or, with nothing flagged,
-    the first threshold q/n that no example reached."""
-    return cutoff if np.isfinite(cutoff) else q / n
+def threshold(flagged: int, q: float, n: int) -> float:
+    """Where the controls are counted: BH's boundary q·k/n for the k examples flagged (q/n,
+    the first boundary, when none is). Counting them at the largest flagged p-value instead,
+    which lies below the boundary and is chosen by the data, would understate the false
+    discovery rate when few examples are flagged."""
+    return q * max(int(flagged), 1) / n
 
 
 def storey_pi1(p: np.ndarray, lam: float = STOREY_LAMBDA) -> float:

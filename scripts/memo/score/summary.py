@@ -288,7 +288,10 @@ def _p_values(test: str, values, held_out, perm, prior=None) -> tuple[np.ndarray
         tt = flagging.p_values(test, values, held_out, prior)
     except flagging.FlaggingError as e:
         raise SummaryError(f"{e}; summarize with --test permutation") from None
-    return tt.p, {"df": tt.df, "prior_df": tt.prior_df, "prior_var": tt.prior_var}
+    # JSON has no infinity: one variance for all (d0 infinite) is recorded as null
+    finite = (lambda v: v if np.isfinite(v) else None)
+    return tt.p, {"df": finite(tt.df), "prior_df": finite(tt.prior_df),
+                  "prior_var": finite(tt.prior_var)}
 
 
 def score_controls(values, held_out, test: str, n_perm: int, seed: int, prior=None) -> dict:
@@ -335,11 +338,14 @@ def calibrate_summary(s: Summary, values, held_out, n_perm: int, fdr_q: float, n
     s.null_mean = c.null_mean
     s.p_value = p_value
     s.memorized = flags
-    at = flagging.threshold(cutoff, fdr_q, n)
+    at = flagging.threshold(int(flags.sum()), fdr_q, n)
     control_record = None
     if controls is not None:
         s.control_index, s.control_values, s.control_held_out = controls
-        prior = (test_record["prior_df"], test_record["prior_var"]) if test_record else None
+        prior = None
+        if test_record.get("prior_var") is not None:   # moderated: the training examples' prior
+            d0 = test_record["prior_df"]
+            prior = (float("inf") if d0 is None else d0, test_record["prior_var"])
         scored = score_controls(s.control_values, s.control_held_out, test, n_perm, seed, prior)
         s.control_M, s.control_M_corrected = scored["M"], scored["M_corrected"]
         s.control_p_value = scored["p_value"]
@@ -365,7 +371,7 @@ def calibrate_summary(s: Summary, values, held_out, n_perm: int, fdr_q: float, n
     s.timings["calibration uncertainty"] = time.perf_counter() - t0
 
     min_p = c.min_p if test == "permutation" else 0.0
-    pi1_low, pi1_high = flagging.storey_interval(p_value, n_boot=max(n_boot, 2), seed=seed)
+    pi1_low, pi1_high = flagging.storey_interval(p_value, n_boot=n_boot, seed=seed)
     s.meta["calibration"] = {
         "test": test, **test_record,
         "n_perm": n_perm, "exact": c.exact, "labellings": calibration.labellings(K, R),
