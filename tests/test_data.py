@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from memo import data
+from memo.data import celeba, mnist
 from memo.config import naming
 
 IDX_NAMES = {
@@ -124,7 +125,7 @@ def test_bad_split(tmp_path):
 
 @pytest.mark.parametrize("spec,cls", [("bmnist", "MNIST"), ("fashion", "FashionMNIST")])
 def test_mnist_like_idx(tmp_path, monkeypatch, spec, cls):
-    monkeypatch.setattr(data, "FASHION_DEBIAN_DIR", str(tmp_path / "no-debian"))
+    monkeypatch.setattr(mnist, "FASHION_DEBIAN_DIR", str(tmp_path / "no-debian"))
     xtr, ytr = mnist_arrays(7, 1)
     xte, yte = mnist_arrays(4, 2)
     write_idx_dir(tmp_path / cls / "raw", {"train": (xtr, ytr), "test": (xte, yte)})
@@ -153,7 +154,7 @@ def test_fashion_from_debian_gz(tmp_path, monkeypatch):
     xtr, ytr = mnist_arrays(5, 3)
     xte, yte = mnist_arrays(2, 4)
     write_idx_dir(deb, {"train": (xtr, ytr), "test": (xte, yte)}, gz=True)
-    monkeypatch.setattr(data, "FASHION_DEBIAN_DIR", str(deb))
+    monkeypatch.setattr(mnist, "FASHION_DEBIAN_DIR", str(deb))
     root = tmp_path / "root"
     d = data.load("fashion", split="train", root=root)
     raw = root / "FashionMNIST" / "raw"
@@ -166,7 +167,7 @@ def test_fashion_from_debian_gz(tmp_path, monkeypatch):
 
 
 def test_mnist_missing(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "FASHION_DEBIAN_DIR", str(tmp_path / "no-debian"))
+    monkeypatch.setattr(mnist, "FASHION_DEBIAN_DIR", str(tmp_path / "no-debian"))
     with pytest.raises(data.DataMissingError) as e:
         data.load("bmnist", root=tmp_path)
     msg = str(e.value)
@@ -322,7 +323,7 @@ def test_celeba_bad_images_named(tmp_path):
 
 
 def test_celeba_order_across_batches(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "_CELEBA_BATCH", 2)
+    monkeypatch.setattr(celeba, "_CELEBA_BATCH", 2)
     folder = tmp_path / "celeba"
     (folder / "img_align_celeba").mkdir(parents=True)
     greys = [20, 60, 100, 140, 180]

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from memo import data
+from memo.data import cifar, mnist
 from test_data import mnist_arrays, write_celeba, write_cifar
 
 
@@ -187,7 +188,7 @@ def test_cifar_batch_payload_never_runs(tmp_path, monkeypatch, kind, protocol):
     batch.write_bytes(pickle.dumps(obj, protocol=protocol))
     assert unsafe_load_makes_marker("pickle", batch, marker)  # the payload works
     if kind == "stealthy":  # ... and the unsafe reader would have used the batch without a sign
-        monkeypatch.setattr(data, "_CifarUnpickler", pickle.Unpickler)
+        monkeypatch.setattr(cifar, "_CifarUnpickler", pickle.Unpickler)
         assert data.load("cifar10", root=tmp_path).n == 11 and marker.exists()  # 3+2+3+1+2
         marker.unlink()
         monkeypatch.undo()
@@ -279,7 +280,7 @@ def test_mnist_legacy_file_payload_never_runs(tmp_path, monkeypatch):
 def test_mnist_bad_idx_is_one_line(tmp_path):
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
-    for name in data._IDX_FILES:
+    for name in mnist.IDX_FILES:
         (raw / name).write_bytes(b"\x00\x00\x08\x03" + b"\x00" * 5)  # header cut short
     with pytest.raises(ValueError) as e:
         data.load("bmnist", root=tmp_path)
