@@ -231,8 +231,10 @@ TORCH_FREE = ["memo.config.naming", "memo.files.results", "memo.files.summary",
               "memo.score.summary", "memo.score.calibration", "cli", "plan"]
 
 
-def test_files_score_naming_and_planning_import_without_torch():
-    code = textwrap.dedent(f"""
+def _refusing_heavy_imports() -> str:
+    """Python code that makes torch (and the other heavy packages) unimportable, then puts
+    scripts/ on the path."""
+    return textwrap.dedent(f"""
         import sys
         class Refuse:
             def find_spec(self, name, path=None, target=None):
@@ -240,6 +242,11 @@ def test_files_score_naming_and_planning_import_without_torch():
                     raise ImportError(name + " is not importable here")
         sys.meta_path.insert(0, Refuse())
         sys.path.insert(0, {str(SCRIPTS)!r})
+    """)
+
+
+def test_files_score_naming_and_planning_import_without_torch():
+    code = _refusing_heavy_imports() + textwrap.dedent(f"""
         import importlib
         for name in {TORCH_FREE!r}:
             importlib.import_module(name)
@@ -252,14 +259,8 @@ def test_files_score_naming_and_planning_import_without_torch():
 
 @pytest.mark.parametrize("script", sorted(p.name for p in SCRIPTS.glob("*.py") if p.stem != "cli"))
 def test_every_help_runs_without_torch(script):
-    code = textwrap.dedent(f"""
+    code = _refusing_heavy_imports() + textwrap.dedent(f"""
         import runpy, sys
-        class Refuse:
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in {HEAVY!r}:
-                    raise ImportError(name + " is not importable here")
-        sys.meta_path.insert(0, Refuse())
-        sys.path.insert(0, {str(SCRIPTS)!r})
         sys.argv = [{script!r}, "--help"]
         runpy.run_path({str(SCRIPTS / script)!r}, run_name="__main__")
     """)
