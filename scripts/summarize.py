@@ -149,6 +149,13 @@ def run(args: argparse.Namespace) -> int:
             print("  no control images in this experiment (\"controls\": 0, data without a test "
                   "split, or the authors' method and archive, which have none): the "
                   "false-positive rate of the flag is not measured")
+        if c.get("variance_ratio") is not None:
+            ratio = c["variance_ratio"]
+            ctl_ratio = c.get("variance_ratio_controls")
+            print(f"  the t-test's variance model (spread of in - out over repeats / predicted; "
+                  f"~1 when it holds): {ratio:.2f} for the examples"
+                  + (f", {ctl_ratio:.2f} for the control images" if ctl_ratio is not None
+                     else ""))
         lo, hi = c["pi1_ci"]
         print(f"  share of examples whose log p rises when trained on (Storey's pi1): "
               f"{c['pi1']:.1%} (95% CI {lo:.1%}-{hi:.1%})")

@@ -289,3 +289,19 @@ def test_the_default_number_of_controls_is_resolved_before_settings_are_compared
     assert results.differences({}, exp) == [("controls", 0, 1000)]   # files from before
     paper = experiments.get("bmnist_lr3")               # controls: 0, recorded by omission
     assert results.differences({}, paper) == []
+
+
+def test_variance_ratio_is_one_under_the_model_and_sees_narrowed_in_values():
+    rng = np.random.default_rng(11)
+    R, K, n = 4, 5, 20_000
+    held = _held_out(R, K, n, rng)
+    values = _null_values(R, K, n, rng)
+    assert flagging.variance_ratio(values, held) == pytest.approx(1.0, abs=0.05)
+    # in-values drawn with half the spread of the held-out value: the t-test's standard
+    # error is too small, and the ratio says so (expected (1/4/4 + 1) / (1/4 · 1.25) ≈ 3.4)
+    ins = np.ones((R, K, n), bool)
+    np.put_along_axis(ins, held[:, None, :].astype(np.int64), False, axis=1)
+    narrowed = np.where(ins, values * 0 + rng.normal(0, 1.5, (R, K, n)),
+                        rng.normal(0, 3, (R, K, n)))
+    assert flagging.variance_ratio(narrowed, held) > 2.5
+    assert np.isnan(flagging.variance_ratio(values[:1], held[:1]))

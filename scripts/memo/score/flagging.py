@@ -73,6 +73,21 @@ def _differences(values, held_out):
     return d, d.var(0, ddof=1), R - 1, 1 / R     # K = 2: the differences' spread over repeats
 
 
+def variance_ratio(values, held_out) -> float:
+    """A check of the test's variance model: the spread of d_r over repeats against what the
+    in-values' spread predicts for it, s²·(1 + 1/(K−1)), each averaged over the examples. Both
+    estimate Var(d_r) when the held-out value varies as an in-value does; a ratio well above 1
+    means the test's standard errors are too small (training on x_i narrowing its in-values,
+    say), which the control images, whose values are all held-out ones, cannot show. nan with
+    one repeat or K = 2 (then the test uses the spread over repeats itself)."""
+    values = np.asarray(values, dtype=np.float64)
+    R, K, _ = values.shape
+    if R < 2 or K < 3:
+        return float("nan")
+    d, s2, _, factor = _differences(values, held_out)
+    return float(d.var(0, ddof=1).mean() / (s2.mean() * factor * R))
+
+
 def _trigamma_inverse(y: float) -> float:
     """x with trigamma(x) = y (y > 0), by Smyth's (2004) Newton iteration."""
     x = 0.5 + 1 / y

@@ -278,6 +278,11 @@ def summarize(paths: list[str | Path], progress: bool = True, n_boot: int = 1000
     return s
 
 
+def _finite_or_none(v: float) -> float | None:
+    """JSON has no infinity or nan: such a number is recorded as null."""
+    return float(v) if np.isfinite(v) else None
+
+
 def _p_values(test: str, values, held_out, perm, prior=None) -> tuple[np.ndarray, dict]:
     """The flagging test's p-values (memo.score.flagging) and its record; perm: the
     permutation calibration of the same values; prior: the training examples' variance prior
@@ -288,10 +293,9 @@ def _p_values(test: str, values, held_out, perm, prior=None) -> tuple[np.ndarray
         tt = flagging.p_values(test, values, held_out, prior)
     except flagging.FlaggingError as e:
         raise SummaryError(f"{e}; summarize with --test permutation") from None
-    # JSON has no infinity: one variance for all (d0 infinite) is recorded as null
-    finite = (lambda v: v if np.isfinite(v) else None)
-    return tt.p, {"df": finite(tt.df), "prior_df": finite(tt.prior_df),
-                  "prior_var": finite(tt.prior_var)}
+    # one variance for all (d0 infinite) is recorded as null
+    return tt.p, {"df": _finite_or_none(tt.df), "prior_df": _finite_or_none(tt.prior_df),
+                  "prior_var": _finite_or_none(tt.prior_var)}
 
 
 def score_controls(values, held_out, test: str, n_perm: int, seed: int, prior=None) -> dict:
@@ -382,6 +386,10 @@ def calibrate_summary(s: Summary, values, held_out, n_perm: int, fdr_q: float, n
         "seed": seed, "interval": interval, "split_half_corrected_splits": splits,
         "pi1": flagging.storey_pi1(p_value), "pi1_ci": [pi1_low, pi1_high],
         "controls": control_record,
+        # the variance model's check (memo.score.flagging.variance_ratio): ~1 when it holds
+        "variance_ratio": _finite_or_none(flagging.variance_ratio(values, held_out)),
+        "variance_ratio_controls": (None if controls is None else _finite_or_none(
+            flagging.variance_ratio(s.control_values, s.control_held_out))),
     }
 
 
