@@ -17,6 +17,10 @@ import sys
 from pathlib import Path
 
 import cli
+from memo.files import measures as measures_file
+from memo.files import neighbours as neighbours_file
+from memo.files import summary
+from memo.files import sweep as sweep_file
 from memo import figures  # light: no matplotlib until a figure is drawn
 from memo.errors import FileFormatError
 
@@ -63,10 +67,6 @@ def draw(args: argparse.Namespace, names: tuple[str, ...]) -> None:
     figure needs is an error, except for `all`, which leaves that figure out."""
     # numpy and matplotlib: after the command line is read
     from memo.figures import common
-    from memo.files import measures as measures_file
-    from memo.files import neighbours as neighbours_file
-    from memo.files import summary
-    from memo.files import sweep as sweep_file
     engine = None if args.no_latex else common.latex_engine()
     inputs = {"nn": None, "images": None, "measures_set": None, "sweep": None}
     if args.figure in figures.STANDALONE:  # drawn from its own file, not from summaries

@@ -17,6 +17,10 @@ import sys
 from pathlib import Path
 
 import cli
+from memo.files import results
+from memo.score import calibration, flagging, summary, uncertainty
+from memo.config import experiments, splits
+from memo import fileio
 
 
 def parse_args(argv=None):
@@ -41,7 +45,6 @@ def load_values(exp, root: Path):
     """(epochs, values (E, R, K, n), held_out (R, n), controls (E, R, K, C)) from the files."""
     import numpy as np
 
-    from memo.files import results
 
     files = [results.job_files(exp, job, root).result for job in exp.jobs() if not job.full]
     missing = [str(f) for f in files if not f.exists()]
@@ -80,7 +83,6 @@ def design_row(values, held_out, controls, control_held, q: float, roles=None, s
     """One design's numbers (values (R, K, n) etc. of its repeats and epoch averaging)."""
     import numpy as np
 
-    from memo.score import calibration, flagging, summary, uncertainty
 
     R, K, n = values.shape
     terms = summary.terms_from_values(values, held_out)
@@ -116,7 +118,6 @@ def run(args) -> int:
     import numpy as np
     import pandas as pd
 
-    from memo.config import experiments, splits
 
     with cli.usage():
         exp = experiments.get(args.experiment)
@@ -154,7 +155,6 @@ def run(args) -> int:
                            "display.float_format", "{:.3f}".format):
         print(table.drop(columns=["repeats", "folds"]).to_string(index=False))
     if args.output:
-        from memo import fileio
         fileio.atomic_write_bytes(args.output, table.to_csv(index=False,
                                                             float_format="%.6g").encode())
     return 0

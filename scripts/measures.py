@@ -15,6 +15,9 @@ import sys
 from pathlib import Path
 
 import cli
+from memo import fileio
+from memo.files import measures as measures_file
+from memo.files import summary
 from memo.config import experiments
 from memo.measures import H, N_SAMPLES, N_VECTORS
 
@@ -52,10 +55,7 @@ def run(args: argparse.Namespace) -> None:
             raise cli.UsageError(f"--h {args.h} is not allowed (a number > 0)")
         exp = experiments.get(args.experiment)
     device = cli.device(args.device)   # imports torch: after the command line is read
-    from memo import fileio
-    from memo.files import measures as measures_file
     from memo.measures import measures
-    from memo.files import summary
     s = summary.load(args.summary or Path("analysis") / f"{exp.name}.npz")
     if s.name != exp.name:
         raise cli.UsageError(f"{s.path} is the summary of {s.name}, not {exp.name}")

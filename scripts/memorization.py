@@ -18,6 +18,9 @@ import sys
 from pathlib import Path
 
 import cli
+from memo.config import naming
+from memo.files import results
+from memo.config.experiments import FULL_JOB, Job
 import memo.config.experiments as experiments
 
 # (flag, Experiment field, type, help): every setting can override the experiment's value
@@ -114,9 +117,6 @@ def main(argv=None) -> int:
 def run(args: argparse.Namespace) -> int:
     from memo.train import accel, runner  # heavy imports after --help
     from memo import data
-    from memo.config import naming
-    from memo.files import results
-    from memo.config.experiments import FULL_JOB, Job
 
     with cli.usage():
         exp = resolve(args)

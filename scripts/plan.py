@@ -60,9 +60,7 @@ def grouped_rules(exp: experiments.Experiment, size: int) -> tuple[list[str], li
     Each group is one grouped target (GNU make >= 4.3, `a b c &: ...`): its recipe runs once
     and writes all of the group's files.
     """
-    if exp.dp is not None:
-        from memo.train.ensemble import refuse_private  # private training: one model per process
-        refuse_private(exp)
+    experiments.refuse_private(exp)
     lines, single = [], []
     for i, jobs in enumerate(groups(exp, size)):
         files = [result_file(exp, job) for job in jobs]

@@ -15,6 +15,10 @@ import sys
 from pathlib import Path
 
 import cli
+from memo.config import experiments
+from memo import fileio
+from memo.score import summary
+from memo.score import calibration
 
 
 def parse_args(argv=None):
@@ -72,9 +76,6 @@ def main(argv=None) -> int:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
     import pandas as pd
-    from memo.config import experiments
-    from memo import fileio
-    from memo.score import summary
 
     with cli.usage():
         exp = experiments.get(args.experiment) if args.experiment else None
@@ -161,7 +162,6 @@ def run(args: argparse.Namespace) -> int:
               f"{c['pi1']:.1%} (95% CI {lo:.1%}-{hi:.1%})")
         print(f"  reliability of M_corrected: split-half Spearman {s.split_half_corrected:.3f}"
               f"; Spearman-Brown {s.reliability_corrected:.3f}")
-        from memo.score import calibration
         note = (calibration.design_note(s.meta["folds"], L, c["n_perm"], n, c["fdr_q"])
                 if c.get("test", "permutation") == "permutation" else None)
         if note:

@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 import cli
+from memo.files import sweep as sweep_file
 from memo.config import experiments
 from memo.measures import N_SAMPLES
 
@@ -59,7 +60,6 @@ def run(args: argparse.Namespace) -> None:
         if bad:
             raise cli.UsageError(f"{', '.join(bad)}: a sweep experiment needs a subset size")
     device = cli.device(args.device)   # imports torch: after the command line is read
-    from memo.files import sweep as sweep_file
     from memo.measures import sweep
     rows = []
     for exp in sorted(exps, key=lambda e: e.subset):

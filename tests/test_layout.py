@@ -266,3 +266,25 @@ def test_every_help_runs_without_torch(script):
     """)
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 0 and p.stdout.startswith("usage: "), p.stderr
+
+
+# What an entry point may import inside a function: the packages that load torch or
+# matplotlib, so that --help and a usage error cost no such import. Everything else (the
+# table, the file formats, the scores) is imported at the top, where a reader sees it.
+HEAVY_MEMO = ("memo.data", "memo.models", "memo.train", "memo.measures.", "memo.figures.")
+
+
+def test_entry_points_defer_only_heavy_imports():
+    late = []
+    for path in sorted(SCRIPTS.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for fn in ast.walk(tree):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(fn):
+                if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("memo"):
+                    for alias in node.names:
+                        target = f"{node.module}.{alias.name}"
+                        if not target.startswith(HEAVY_MEMO):
+                            late.append(f"{path.name}:{node.lineno} {target}")
+    assert not late, "import these at the top of the entry point: " + ", ".join(late)

@@ -214,6 +214,14 @@ class Experiment:
         return [job for r in range(self.repeats) for job in self.cv_jobs(r)] + [FULL_JOB]
 
 
+def refuse_private(exp: Experiment) -> None:
+    """Private training (memo/train/private.py) is one model per process; a group refuses it."""
+    if exp.dp is not None:
+        raise ValueError(f"experiment {exp.name} trains with differential privacy (dp), one "
+                         f"model per process, and cannot be trained as a group: use GROUP=1 "
+                         f"(one --job per process)")
+
+
 # The paper's settings (PAPER.md §5; supplement B.3): Adam, batch 64, seed 42, K = L = 10, the
 # authors' method and result directories, so their published results are read as they are.
 # `fashion_demo` is the offline default, sized to finish in minutes on a 2-core CPU:

@@ -45,7 +45,7 @@ from tqdm import tqdm
 from memo.train import accel, evaluation, training
 from memo.data import preprocess
 from memo.data import JobData, load_job_data
-from memo.config.experiments import Experiment, Job
+from memo.config.experiments import Experiment, Job, refuse_private
 
 # Decoder rows alive at once in importance sampling, over the whole group (CPU: measured
 # best for the grouped DCVAE; GPU: a guess, to be tuned with `make bench`).
@@ -351,14 +351,6 @@ def group_test_loss(stack: StackedVAEs, sources: list, gens: list[torch.Generato
 
 
 #----------------------------------------------------------------------------
-
-def refuse_private(exp: Experiment) -> None:
-    """Private training (memo/train/private.py) is one model per process; a group refuses it."""
-    if exp.dp is not None:
-        raise ValueError(f"experiment {exp.name} trains with differential privacy (dp), one "
-                         f"model per process, and cannot be trained as a group: use GROUP=1 "
-                         f"(one --job per process)")
-
 
 class Group:
     """The trainer of several jobs of one experiment, trained together (see the module
