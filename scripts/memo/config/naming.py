@@ -56,14 +56,18 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
     raise ValueError(f"unknown data set {spec!r}; valid choices: {VALID_SPECS}")
 
 
-def controls_count(exp: Experiment) -> int | None:
+def controls_count(exp: Experiment, n_test: int | None = None) -> int | None:
     """The number of control images an experiment scores: its own number, or by default
-    DEFAULT_CONTROLS capped at a standard data set's test split (None for npz data, whose test
-    split is known only once the file is read)."""
+    DEFAULT_CONTROLS capped at the test split (n_test, 0 without one; for a standard data set
+    known without reading it; None for npz data until its file is read)."""
     if exp.controls is not None:
         return exp.controls
-    kind, _ = parse_spec(exp.data)
-    return min(DEFAULT_CONTROLS, FACTS[kind].n_test) if kind in FACTS else None
+    if n_test is None:
+        kind, _ = parse_spec(exp.data)
+        if kind not in FACTS:
+            return None
+        n_test = FACTS[kind].n_test
+    return min(DEFAULT_CONTROLS, n_test)
 
 
 def dataset_name(spec: str) -> str:

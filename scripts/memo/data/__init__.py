@@ -113,19 +113,14 @@ class JobData:
     controls: torch.Tensor | None = None
     control_index: torch.Tensor | None = None   # (C,) their positions in the test split
 
+    def test_noise_index(self, positions: torch.Tensor) -> torch.Tensor:
+        """The keys of test-split images' fixed evaluation noise: past D's, so that one test
+        image has one binarization, whether the full model's test loss or a control uses it."""
+        return positions + self.train.shape[0]
+
     @property
     def control_noise_index(self) -> torch.Tensor:
-        """The keys of the controls' fixed evaluation noise: past D's, as the full model's test
-        images (memo/train/evaluation.py heldout_set), so one test image has one binarization."""
-        return self.control_index + self.train.shape[0]
-
-
-def n_controls(setting: int | None, n_test: int | None) -> int:
-    """The number of control images an experiment asks for (Experiment.controls): its own
-    number, or by default DEFAULT_CONTROLS capped at the test split (none without one)."""
-    if setting is None:
-        return min(DEFAULT_CONTROLS, n_test or 0)
-    return setting
+        return self.test_noise_index(self.control_index)
 
 
 class NoControlsError(DataMissingError):
@@ -160,7 +155,7 @@ def load_job_data(exp, device: torch.device, full: bool, root=None,
             # npz data without x_test: the full model reports no test loss
     hflip = train.hflip if exp.hflip is None else exp.hflip
     jd = JobData(images.to(device), test if full else None, hflip, naming.dataset_name(exp.data))
-    count = n_controls(exp.controls, None if test is None else len(test))
+    count = naming.controls_count(exp, 0 if test is None else len(test))
     if test is not None and count > len(test):
         raise NoControlsError(
             f"experiment {exp.name} asks for {count} control images but the test split of "

@@ -54,6 +54,13 @@ class TTest:
         return self.prior_df, self.prior_var
 
 
+def out_mask(shape: tuple, held_out) -> np.ndarray:
+    """(R, K, n) bool: True where fold model k held example i out in repeat r."""
+    mask = np.zeros(shape, dtype=bool)
+    np.put_along_axis(mask, np.asarray(held_out)[:, None, :].astype(np.int64), True, axis=1)
+    return mask
+
+
 def _differences(values, held_out):
     """(d (R, n): mean in-value − out-value per repeat, s² (n,) and its df, the variance
     factor f with Var(mean_r d_r) = f·σ²)."""
@@ -61,10 +68,9 @@ def _differences(values, held_out):
     R, K, n = values.shape
     if K < 2:
         raise FlaggingError(f"the t-test needs K >= 2 folds (got {K})")
-    out_mask = np.zeros((R, K, n), dtype=bool)
-    np.put_along_axis(out_mask, np.asarray(held_out)[:, None, :].astype(np.int64), True, axis=1)
-    out = np.where(out_mask, values, 0.0).sum(1)                        # (R, n)
-    ins = np.where(out_mask, np.nan, values)                            # (R, K, n)
+    held = out_mask(values.shape, held_out)
+    out = np.where(held, values, 0.0).sum(1)                            # (R, n)
+    ins = np.where(held, np.nan, values)                                # (R, K, n)
     d = np.nanmean(ins, axis=1) - out                                   # (R, n)
     if K >= 3:   # the in-values' spread within each repeat, pooled over repeats
         return d, np.nanvar(ins, axis=1, ddof=1).mean(0), R * (K - 2), (1 + 1 / (K - 1)) / R

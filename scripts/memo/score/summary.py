@@ -312,11 +312,10 @@ def terms_from_values(values, held_out):
     """Per-repeat (in logsumexp, in count, out logsumexp, out count), each (R, m), of one
     evaluation epoch from every fold model's values (R, K, m) and the held-out folds (R, m)."""
     values = np.asarray(values, dtype=np.float64)
-    out_mask = np.zeros(values.shape, dtype=bool)
-    np.put_along_axis(out_mask, held_out[:, None, :].astype(np.int64), True, axis=1)
+    held = flagging.out_mask(values.shape, held_out)
     with np.errstate(divide="ignore"):
-        in_lse = np.logaddexp.reduce(np.where(out_mask, -np.inf, values), axis=1)
-        out_lse = np.logaddexp.reduce(np.where(out_mask, values, -np.inf), axis=1)
+        in_lse = np.logaddexp.reduce(np.where(held, -np.inf, values), axis=1)
+        out_lse = np.logaddexp.reduce(np.where(held, values, -np.inf), axis=1)
     K = values.shape[1]
     count = np.ones(held_out.shape, dtype=np.int64)
     return in_lse, count * (K - 1), out_lse, count

@@ -54,7 +54,7 @@ def heldout_set(job, jd, test_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     D's; empty when the data set has no test split)."""
     if job.full and jd.test is not None:
         k = torch.arange(len(jd.test), device=jd.test.device)
-        return jd.test, k, k + jd.train.shape[0]
+        return jd.test, k, jd.test_noise_index(k)
     return jd.train, test_idx, test_idx
 
 
