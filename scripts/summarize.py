@@ -19,6 +19,7 @@ from memo.config import experiments
 from memo import fileio
 from memo.score import summary
 from memo.score import calibration
+from memo.score import privacy
 
 
 def parse_args(argv=None):
@@ -99,6 +100,9 @@ def run(args: argparse.Namespace) -> int:
         "M_corrected": s.M_corrected, "M_corrected_ci_low": s.M_corrected_ci_low,
         "M_corrected_ci_high": s.M_corrected_ci_high, "null_mean": s.null_mean,
         "p_value": s.p_value, "memorized": memorized})
+    bound = privacy.summary_bound(s)
+    if bound is not None:  # private experiments: what the fold models' guarantee allows M
+        table["privacy_bound"] = bound
     buf = io.StringIO()
     table.to_csv(buf, index=False, float_format="%.6g")
     fileio.atomic_write_bytes(out.with_suffix(".csv"), buf.getvalue().encode())
@@ -122,6 +126,14 @@ def run(args: argparse.Namespace) -> int:
           f"99.9% {q[3]:.2f}, max {np.nanmax(m):.2f}")
     print(f"  reliability of M: split-half Spearman ({h[0]} vs {h[1]} repeats) "
           f"{s.split_half:.3f}; Spearman-Brown for all {L} repeats {s.reliability:.3f}")
+    if L == 2 and np.isfinite(s.M_ci_low).any():
+        print("  note: with 2 repeats the bootstrap has 3 distinct replicates, so M's \"95% "
+              "interval\" is the range of the two single-repeat scores")
+    if bound is not None:
+        print(f"  privacy bound on M (Renyi DP of the fold models, docs/privacy.md): median "
+              f"{np.nanmedian(bound):.2f}, max {np.nanmax(bound):.2f}; M above it for "
+              f"{int(np.sum(m > bound))} of {n} (estimation noise: the bound is on the "
+              f"expectation M estimates)")
     if s.calibrated:
         c = s.calibration
         how = (f"all {c['labellings']} labellings" if c["exact"]

@@ -4,7 +4,10 @@ Opacus, on the tiny npz data set of conftest.py."""
 import dataclasses
 import json
 import math
+from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn as nn
@@ -17,6 +20,7 @@ from memo.config import experiments, naming
 from memo.models import objectives
 from memo.files import results
 from memo.score import summary
+from memo.score import privacy as privacy_bound
 from memo.config.experiments import Experiment, Job, SettingsError
 
 # tiny runs have few steps, for which the accountant's largest order is the best one
@@ -242,6 +246,16 @@ def test_private_and_non_private_files_never_mix(tiny_experiment, tmp_path, caps
     assert "other settings" in err and "max_grad_norm" in err and "delete it" in err
 
 
+def test_delta_not_below_one_over_n_is_refused_in_one_line(tiny_dp, tmp_path, capsys):
+    exp_file, _ = tiny_dp
+    _set_experiment(exp_file, dp={**DP, "delta": 0.5})
+    assert memorization.main(_args(tmp_path)) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "below 1/n" in err and '"delta"' in err
+    assert not (tmp_path / "res" / "tiny" / "results").exists() or not any(
+        (tmp_path / "res" / "tiny" / "results").glob("*.json.gz"))
+
+
 def test_groups_refuse_dp_naming_the_fix(tiny_dp, tmp_path, capsys):
     exp = experiments.get("tiny")
     with pytest.raises(ValueError, match="GROUP=1"):
@@ -277,3 +291,88 @@ def test_summary_of_a_private_experiment_records_its_privacy(tiny_dp, tmp_path):
     assert privacy["epsilon_spent"] <= 10 * 1.05
     # fold models see fewer examples than the full model: a larger sample rate, another σ
     assert privacy["noise_multiplier_full"] != privacy["noise_multiplier_folds"]
+    # the bound on M of every example, from the fold models' recorded schedules
+    fold_metas = [m for f, m in zip(files, metas) if "full" not in Path(f).name]
+    assert {(r["sample_rate"], r["noise_multiplier"], r["steps"])
+            for r in privacy["fold_models"]} == {
+        (m["sample_rate"], m["noise_multiplier"], m["steps"]) for m in fold_metas}
+    s = summary.load(out)
+    bound = privacy_bound.summary_bound(s)
+    assert bound.shape == (s.n,) and np.all(bound > 0)
+    table = pd.read_csv(out.with_suffix(".csv"))
+    np.testing.assert_allclose(table["privacy_bound"], bound, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# the Rényi-DP bound on M (memo/score/privacy.py)
+
+
+@pytest.mark.parametrize("q,sigma", [(0.04, 5.234375), (0.04, 0.964), (0.04, 0.4), (0.5, 0.7)])
+def test_sampled_gaussian_rdp_agrees_with_opacus(q, sigma):
+    from opacus.accountants.analysis.rdp import compute_rdp
+    ours = privacy_bound.sampled_gaussian_rdp(q, sigma, 1000)
+    theirs = np.array(compute_rdp(q=q, noise_multiplier=sigma, steps=1000,
+                                  orders=list(privacy_bound.ORDERS)))
+    np.testing.assert_allclose(ours, theirs, rtol=1e-6)
+
+
+def test_rdp_without_subsampling_is_the_gaussian_mechanisms():
+    orders = np.array([1.5, 2.0, 10.0])
+    np.testing.assert_allclose(privacy_bound.sampled_gaussian_rdp(1.0, 2.0, 3, orders),
+                               3 * orders / 8)
+
+
+def test_bound_holds_and_is_near_tight_for_two_gaussian_mechanisms():
+    """A toy where everything is exact: a model's parameter is θ ~ N(μ, 1) with μ = Δ when it
+    trained on x and 0 when not, and p(x | θ) = exp(2θ − θ²) (largest at θ = Δ = 1). The in- and out-
+    distributions differ by one substitution whose two halves (remove, add) are Gaussian
+    mechanisms with Rényi curve α (Δ/2)² / 2 each. E_in p, E_out p and E_out p^γ have closed
+    forms, so the bound can be checked against the true M, and against a brute-force
+    minimisation written out directly."""
+    half = 0.5   # each half of the substitution moves the mean by Δ/2
+    orders = privacy_bound.ORDERS
+    eps = orders * half ** 2 / 2
+
+    def log_mean_p_pow(mu, g):  # log E[p(x|θ)^g], θ ~ N(mu, 1): a Gaussian integral
+        a, b = g, 2 * g      # g (2θ − θ²) = b θ − a θ²
+        return (-0.5 * np.log(1 + 2 * a) + (b + mu) ** 2 / (2 * (1 + 2 * a)) - mu ** 2 / 2)
+
+    true_M = log_mean_p_pow(2 * half, 1) - log_mean_p_pow(0, 1)
+    # the out-distribution as many equally likely out-values: quantiles of θ ~ N(0, 1)
+    from scipy.stats import norm
+    theta = norm.ppf((np.arange(20000) + 0.5) / 20000)
+    v = (2 * theta - theta ** 2)[:, None]
+    bound = privacy_bound.substitution_bound(v, eps)[0]
+    # brute force: each pair (α, β) written out from the formula
+    conj = orders / (orders - 1)
+    brute = min((1 - 1 / a) * ea + (1 - 1 / b) * eb / ca
+                + log_mean_p_pow(0, ca * cb) / (ca * cb) - log_mean_p_pow(0, 1)
+                for a, ea, ca in zip(orders, eps, conj) for b, eb, cb in zip(orders, eps, conj))
+    assert true_M > 0
+    assert bound >= true_M
+    assert bound == pytest.approx(brute, abs=2e-3)
+    assert bound < 4 * true_M     # and it is not vacuous here
+
+
+def test_bound_grows_with_the_spread_of_the_out_values_and_is_zero_without_privacy_loss():
+    eps = privacy_bound.sampled_gaussian_rdp(0.04, 5.234375, 1000)
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((4000, 1))
+    narrow, wide = (privacy_bound.substitution_bound(s * z, eps)[0] for s in (1.0, 3.0))
+    assert 0 < narrow < wide
+    # no privacy loss and no spread: M cannot rise
+    flat = privacy_bound.substitution_bound(np.zeros((3, 5)), np.zeros_like(eps))
+    np.testing.assert_allclose(flat, 0, atol=1e-12)
+    # a missing out-value gives nan, not a number
+    v = np.zeros((3, 2))
+    v[1, 0] = np.nan
+    assert np.isnan(privacy_bound.substitution_bound(v, eps)[0])
+
+
+def test_out_values_are_the_held_out_models_values():
+    values = np.arange(2 * 3 * 4, dtype=float).reshape(2, 3, 4)
+    held = np.array([[0, 1, 2, 0], [2, 2, 1, 0]])
+    out = privacy_bound.out_values(values, held)
+    for r in range(2):
+        for i in range(4):
+            assert out[r, i] == values[r, held[r, i], i]

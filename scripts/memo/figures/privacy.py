@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 
 from memo.measures import measures
 from memo.data import planted
+from memo.score import privacy
 
 from .common import SERIES_COLORS, TEXTWIDTH, Result, finite, num, placeholder, tex_escape, warn
 
@@ -47,6 +48,8 @@ def rows(summaries) -> list[dict]:
         p = s.meta.get("privacy") or {}
         role = roles(s)
         a = (np.nan,) * 3 if role is None else measures.singleton_auroc(s.M_final, role)
+        bound = privacy.summary_bound(s) if p else None
+        ok = None if bound is None else np.isfinite(bound) & np.isfinite(s.M_final)
         out.append({"name": s.name, "epsilon": epsilon(s), "spent": spent(s),
                     "sigma": float(p.get("noise_multiplier", np.nan)) if p else np.nan,
                     "median": q[0], "q95": q[1], "q999": q[2],
@@ -55,7 +58,12 @@ def rows(summaries) -> list[dict]:
                     "test_loss": (float(s.full_losses_test[-1]) if s.full_losses_test.size
                                   else np.nan),
                     "heldout_logp": float(np.nanmean(s.V[-1])),
-                    "auroc": a[0], "auroc_low": a[1], "auroc_high": a[2]})
+                    "auroc": a[0], "auroc_low": a[1], "auroc_high": a[2],
+                    # the Rényi-DP bound on each example's M (memo/score/privacy.py)
+                    "bound_median": (np.nan if not (ok is not None and ok.any())
+                                     else float(np.median(bound[ok]))),
+                    "above_bound": (np.nan if not (ok is not None and ok.any())
+                                    else float(np.mean(s.M_final[ok] > bound[ok])))})
     return out
 
 
@@ -78,6 +86,10 @@ def figure(rs: list[dict]) -> Figure:
                               SERIES_COLORS[4])):
         ax.plot(x, [r[key] for r in rs], marker="o", ms=3, color=color, label=name,
                 ls="--" if "corrected" in key else "-")
+    bounds = np.array([r["bound_median"] for r in rs])
+    if np.isfinite(bounds).any():
+        ax.plot(x, bounds, marker="v", ms=3, color="k", ls=":",
+                label="median bound on $M$ (R\\'enyi DP)")
     ax.set_ylabel("$M$ (nats)")
     ax.set_title("(a) memorization score", loc="left")
     ax.legend(fontsize=5)
@@ -113,9 +125,12 @@ def table(rs: list[dict]) -> dict:
     def c(v, digits=3):
         return num(v, digits) if np.isfinite(v) else "--"
     head = ["target $\\varepsilon$", "spent", "$\\sigma$", "median $M$", "95\\,\\%", "99.9\\,\\%",
-            "$M_{\\mathrm{corr}}$ median", "95\\,\\%", "test loss", "held-out $\\log p$", "AUROC"]
+            "$M_{\\mathrm{corr}}$ median", "95\\,\\%", "bound median", "$M >$ bound",
+            "test loss", "held-out $\\log p$", "AUROC"]
     body = [[label(r["epsilon"]), c(r["spent"]), c(r["sigma"]), c(r["median"]), c(r["q95"]),
              c(r["q999"]), c(r["median_corrected"]), c(r["q95_corrected"]),
+             c(r["bound_median"]),
+             "--" if not np.isfinite(r["above_bound"]) else f"{100 * r['above_bound']:.1f}\\,\\%",
              c(r["test_loss"], 4),
              c(r["heldout_logp"], 4),
              "--" if not np.isfinite(r["auroc"]) else
@@ -140,10 +155,12 @@ def caption(rs: list[dict]) -> str:
         text += ("$\\varepsilon$ spent by the accountant: " + "; ".join(
             f"target {label(r['epsilon'])}: {num(r['spent'])} ($\\sigma = {num(r['sigma'])}$)"
             for r in priv) + ". ")
-    text += ("$\\varepsilon$-DP bounds how much one example can change the distribution of "
-             "the trained model, but $M$ compares models whose training sets differ by a whole "
-             "fold, and $\\delta > 0$ allows rare larger changes: a small $M$ is consistent "
-             "with the guarantee, not a proof of it.")
+    text += ("$M$'s in- and out-terms average over training sets that differ from each other "
+             "by one substitution, so the fold models' R\\'enyi-DP curve bounds it, whatever "
+             "$\\delta$ (docs/privacy.md): the dotted line is the median over examples of that "
+             "bound, computed per example from its out-values (a plug-in estimate: with few "
+             "repeats it sees little of their spread); ``$M >$ bound'' is the share of examples "
+             "whose estimate exceeds it, which only the noise of the estimate allows.")
     return text
 
 

@@ -411,6 +411,13 @@ def _privacy(contents: dict[Path, dict]) -> dict | None:
         out["noise_multiplier_full"] = records[True]["noise_multiplier"]
     if False in records:
         out["noise_multiplier_folds"] = records[False]["noise_multiplier"]
+        # what bounds M (memo.score.privacy): each distinct schedule of the fold models (their
+        # training sets differ in size by one when K does not divide n)
+        folds = {(r["sample_rate"], r["noise_multiplier"], r["steps"]): r
+                 for c in contents.values() if c["meta"]["mode"] != "full"
+                 for r in [c["meta"].get("privacy")] if r}
+        out["fold_models"] = [{"sample_rate": q, "noise_multiplier": sigma, "steps": steps}
+                              for q, sigma, steps in sorted(folds)]
     return out
 
 

@@ -82,8 +82,15 @@ class PrivateModel(training.OneModel):
         if speed.compile is not None:
             raise ValueError("--compile is not supported with dp (Opacus's per-example "
                              "gradient hooks); drop --compile")
+        n = len(member.train_idx)
+        if exp.dp["delta"] >= 1 / n:
+            # δ is the chance the guarantee fails outright; at δ ≥ 1/n a mechanism that
+            # publishes one random training example in full would meet it
+            raise ValueError(f"dp delta = {exp.dp['delta']:g} is not below 1/n = {1 / n:.3g} "
+                             f"for this model's {n} training examples; set \"delta\" in the "
+                             f"experiment's dp below {1 / n:.3g}")
         super().__init__(exp, member, jd, speed)
-        self.sample_rate, self.steps_per_epoch = schedule(len(member.train_idx), exp.batch_size)
+        self.sample_rate, self.steps_per_epoch = schedule(n, exp.batch_size)
         self.steps = self.steps_per_epoch * exp.epochs
         self.sigma = noise_multiplier(exp.dp, self.sample_rate, self.steps)
 
