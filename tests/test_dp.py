@@ -301,6 +301,12 @@ def test_summary_of_a_private_experiment_records_its_privacy(tiny_dp, tmp_path):
     assert bound.shape == (s.n,) and np.all(bound > 0)
     table = pd.read_csv(out.with_suffix(".csv"))
     np.testing.assert_allclose(table["privacy_bound"], bound, rtol=1e-5)
+    # the report's key numbers carry the same bound
+    from memo.figures import report
+    numbers = dict(report.key_numbers(s))
+    ok = np.isfinite(s.M_final)
+    assert numbers["share with $M$ above the privacy bound"].startswith(
+        f"{100 * np.mean(s.M_final[ok] > bound[ok]):.1f}")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from memo.files import measures as measures_file
 from memo.files import neighbours as neighbours_file
 from memo.files import summary
 from memo.files.summary import Summary
+from memo.score import privacy
 
 from . import FIGURES
 from .common import (HIGH_Q, PREAMBLE, REPRODUCIBLE, TEST_NAMES, count, finite, flag_info,
@@ -92,7 +93,8 @@ def key_numbers(s: Summary, nn=None, ms=None) -> list[tuple[str, str]]:
         ("learning rate", lr_label(s.meta.get("lr"))),
         ("$n$", count(s.n)),
         ("folds $K$", str(s.meta.get("folds", "--"))),
-        ("repeats $L$", str(s.repeats or s.meta.get("repeats", "--"))),
+        ("repeats $L$", str(s.repeats or s.meta.get("repeats", "--")) + (
+            " (intervals: range of 2 scores)" if s.repeats == 2 else "")),
         ("epochs (last evaluated)", f"{s.meta.get('epochs', '--')} ({s.epochs[-1]})"),
         ("median of $M$", num(q[0])),
         ("95\\,\\% quantile of $M$", num(q[1])),
@@ -108,7 +110,20 @@ def key_numbers(s: Summary, nn=None, ms=None) -> list[tuple[str, str]]:
          f"{rel(s.reliability_corrected)}" if np.isfinite(s.split_half_corrected) else "--"),
         ("median ESS, in / out", ess_median),
         ("ESS below the threshold, in / out", ess_low),
-    ]
+    ] + privacy_rows(s)
+
+
+def privacy_rows(s: Summary) -> list[tuple[str, str]]:
+    """A private experiment's bound on M from its fold models' guarantee (docs/privacy.md);
+    "--" for the others (every experiment of a table has the same rows)."""
+    bound = privacy.summary_bound(s)
+    ok = (np.isfinite(bound) & np.isfinite(s.M_final)) if bound is not None else None
+    median = above = "--"
+    if ok is not None and ok.any():
+        median = num(float(np.median(bound[ok])))
+        above = pct(float((s.M_final[ok] > bound[ok]).mean()))
+    return [("privacy bound on $M$, median (R\\'enyi DP)", median),
+            ("share with $M$ above the privacy bound", above)]
 
 
 def closest_measure(ms) -> str:
