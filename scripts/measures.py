@@ -4,7 +4,8 @@
 Reads the experiment's summary (M), the full model's result file and its weights at the
 evaluation epochs, and the training images; writes analysis/<exp>_measures.npz, its CSV
 (one row per example, one column per measure) and analysis/<exp>_benchmark.csv (one row per
-measure: AUROC of planted singletons, duplicates' rank percentile, Spearman with M, cost).
+measure: AUROC of the planted one-offs and rare-class singletons, duplicates' rank percentile,
+Spearman with M, cost).
 
     python scripts/measures.py --experiment fashion_planted [--device cuda]
 """
@@ -36,7 +37,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--vectors", type=int, default=N_VECTORS,
                    help="Rademacher vectors of the curvature estimate (default: %(default)s)")
     p.add_argument("--h", type=float, default=H,
-                   help="finite-difference step of the curvature estimate (default: %(default)s)")
+                   help="curvature by the sources' forward difference of this step instead of "
+                   "exact Hessian-vector products (default: exact)")
     cli.add_output(p, "the measures (.npz; its CSV and the benchmark table beside it)",
                    "analysis/<exp>_measures.npz")
     return p.parse_args(argv)
@@ -51,7 +53,7 @@ def run(args: argparse.Namespace) -> None:
         for name, value in (("--samples", args.samples), ("--vectors", args.vectors)):
             if value < 1:
                 raise cli.UsageError(f"{name} {value} is not allowed (an integer >= 1)")
-        if not args.h > 0:
+        if args.h is not None and not args.h > 0:
             raise cli.UsageError(f"--h {args.h} is not allowed (a number > 0)")
         exp = experiments.get(args.experiment)
     device = cli.device(args.device)   # imports torch: after the command line is read

@@ -157,36 +157,102 @@ def _quadratic(d=4, seed=0):
     return a, (lambda x: 0.5 * ((x @ a) * x).sum(1))
 
 
-def test_curvature_of_a_quadratic_is_norm_of_av_per_vector_and_trace_on_average():
+SIGNS4 = torch.tensor(list(itertools.product([-1.0, 1.0], repeat=4)), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("h", [None, 1e-3])
+def test_curvature_of_a_quadratic_is_norm_of_av_per_vector_and_trace_over_all_signs(h):
     a, loss = _quadratic()
-    signs = torch.tensor(list(itertools.product([-1.0, 1.0], repeat=4)), dtype=torch.float64)
     x = torch.randn((16, 4), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    per_vector = curvature.curvature_along(loss, x, signs, h=1e-3)
-    want = ((signs @ a) ** 2).sum(1)                         # ‖Av‖² per sign vector
+    per_vector = curvature.curvature_along(loss, x, SIGNS4, h=h)
+    want = ((SIGNS4 @ a) ** 2).sum(1)                        # ‖Av‖² per sign vector
     torch.testing.assert_close(per_vector, want, rtol=1e-8, atol=0)
+    # the mean over all 2^d sign vectors is E‖Av‖² = tr(AᵀA) exactly
     torch.testing.assert_close(per_vector.mean(), torch.trace(a.T @ a), rtol=1e-8, atol=0)
 
 
-def test_curvature_of_a_quadratic_does_not_depend_on_h():
+def test_curvature_of_a_quadratic_does_not_depend_on_h_and_equals_the_exact_form():
     a, loss = _quadratic()
     x = torch.randn((5, 4), generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    values = [curvature.input_curvature(loss, x, 3, h, torch.Generator().manual_seed(0))
-              for h in (1e-4, 1e-3, 0.1, 10.0)]
-    for v in values[1:]:
-        torch.testing.assert_close(v, values[0], rtol=1e-6, atol=0)
+    exact = curvature.input_curvature(loss, x, 3, None, torch.Generator().manual_seed(0))
+    for h in (1e-4, 1e-3, 0.1, 10.0):
+        v = curvature.input_curvature(loss, x, 3, h, torch.Generator().manual_seed(0))
+        torch.testing.assert_close(v, exact, rtol=1e-6, atol=0)
 
 
 def test_input_curvature_estimates_the_trace_and_each_value_is_a_sign_vectors():
     a, loss = _quadratic()
     x = torch.zeros((4000, 4), dtype=torch.float64)
-    one = curvature.input_curvature(loss, x, 1, 1e-3, torch.Generator().manual_seed(0))
-    signs = torch.tensor(list(itertools.product([-1.0, 1.0], repeat=4)), dtype=torch.float64)
-    possible = ((signs @ a) ** 2).sum(1)
-    assert ((one[:, None] - possible[None, :]).abs().min(1).values < 1e-6).all()
+    one = curvature.input_curvature(loss, x, 1, None, torch.Generator().manual_seed(0))
+    possible = ((SIGNS4 @ a) ** 2).sum(1)
+    assert ((one[:, None] - possible[None, :]).abs().min(1).values < 1e-9).all()
     exact = torch.trace(a.T @ a).item()
     assert one.mean().item() == pytest.approx(exact, rel=0.03)
-    many = curvature.input_curvature(loss, x[:50], 200, 1e-3, torch.Generator().manual_seed(1))
-    assert many.mean().item() == pytest.approx(exact, rel=0.03)
+
+
+def test_a_difference_across_a_relu_kink_is_not_the_curvature_and_the_exact_form_is():
+    # ℓ(x) = 3·relu(a·x) + ½‖x‖²: H = I wherever a·x ≠ 0, so tr(HᵀH) = d; the gradient jumps
+    # by 3a at the kink, and a step across it adds about ‖3a‖²/h²
+    d = 6
+    a = torch.linspace(-1, 1, d, dtype=torch.float64)
+
+    def loss(x):
+        return 3 * torch.relu(x @ a) + 0.5 * x.pow(2).sum(1)
+    x = (1e-5 * a / a.dot(a))[None]                          # a·x = 1e-5: next to the kink
+    v = torch.where(a > 0, -1.0, 1.0).to(torch.float64)[None]   # a·v < 0: the step crosses it
+    assert curvature.curvature_along(loss, x, v).item() == pytest.approx(d, rel=1e-12)
+    for h in (1e-3, 1e-4):
+        fd = curvature.curvature_along(loss, x, v, h).item()
+        assert fd > 1e3 * d and fd == pytest.approx(9 * a.dot(a).item() / h ** 2, rel=0.05)
+
+
+def _vae_pairs(model, x, k, seed):
+    """The (v_j, eps_j) vae_input_curvature draws from a generator of that seed."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(k):
+        v = curvature.rademacher(x.shape, g).double()
+        out.append((v, model.noise(x.shape[0], g, "cpu", torch.float64)))
+    return out
+
+
+def test_vae_curvature_equals_a_brute_force_hessian_and_its_mean_the_trace():
+    model = _tiny_mlp().double().eval()                      # inputs 1×8×8: 64-d Hessians
+    g = torch.Generator().manual_seed(3)
+    x = (torch.rand((3, 1, 8, 8), generator=g) < 0.5).double()
+    pairs = _vae_pairs(model, x, 2, seed=7)
+    got = curvature.vae_input_curvature(model, x, n_vectors=2,
+                                        generator=torch.Generator().manual_seed(7), batch=2)
+    want = torch.zeros(3, dtype=torch.float64)
+    hessians = []
+    for i in range(3):
+        for v, eps in pairs:
+            h = torch.autograd.functional.hessian(
+                lambda y: model.loss(y.view(1, 1, 8, 8), eps[i:i + 1]).sum(),
+                x[i].flatten()).detach()
+            hessians.append((h, eps[i:i + 1]))
+            want[i] += (h @ v[i].flatten()).pow(2).sum() / 2
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=0)
+    # the Rademacher mean with the noise fixed estimates ‖H‖_F² (= tr(HᵀH), H symmetric)
+    h, eps = hessians[0]
+    exact = h.pow(2).sum().item()
+    k = 3000
+    draws = curvature.curvature_along(
+        lambda y: model.loss(y, eps.expand(k, -1)), x[:1].expand(k, -1, -1, -1),
+        curvature.rademacher((k, 1, 8, 8), torch.Generator().manual_seed(9)))
+    se = draws.std().item() / math.sqrt(k)
+    assert abs(draws.mean().item() - exact) < 4 * se and se < 0.05 * exact
+
+
+def test_vae_curvature_by_difference_approaches_the_exact_form_where_smooth():
+    # the DCVAE's loss of logit-space inputs, where no step of 1e-6 crosses a kink: the
+    # difference is the exact value to O(h), with the same pairs (v, eps)
+    model = _tiny_dcvae()
+    x = torch.randn((4, 1, 32, 32), generator=torch.Generator().manual_seed(0))
+    exact = curvature.vae_input_curvature(model, x, 2, None, torch.Generator().manual_seed(1))
+    fd = curvature.vae_input_curvature(model, x, 2, 1e-6, torch.Generator().manual_seed(1))
+    assert (exact > 0).all()
+    torch.testing.assert_close(fd, exact, rtol=1e-3, atol=0)
 
 
 @pytest.mark.parametrize("make", [_tiny_mlp, _tiny_dcvae])
@@ -202,7 +268,8 @@ def test_vae_input_curvature_is_finite_non_negative_and_leaves_the_model(make):
     c = curvature.vae_input_curvature(model, x, n_vectors=3,
                                       generator=torch.Generator().manual_seed(4), batch=2)
     c_one_batch = curvature.vae_input_curvature(model, x, n_vectors=3,
-                                                generator=torch.Generator().manual_seed(4))
+                                                generator=torch.Generator().manual_seed(4),
+                                                batch=5)
     assert c.shape == (5,) and c.dtype == torch.float64
     assert torch.isfinite(c).all() and (c >= 0).all() and (c > 0).any()
     torch.testing.assert_close(c, c_one_batch, rtol=1e-10, atol=0)   # independent of batch
@@ -214,30 +281,34 @@ def test_vae_input_curvature_is_finite_non_negative_and_leaves_the_model(make):
 # --- TracIn self-influence and losses --------------------------------------------------------
 
 def _brute_grad_sq_norms(model, x, eps):
+    """One backward per example of its loss averaged over its draws eps (D, n, L)."""
     model.eval()
     out = []
-    for i in range(x.shape[0]):                              # one backward per example
+    for i in range(x.shape[0]):
         model.zero_grad()
-        neg_elbo(model, x[i:i + 1], eps=eps[i:i + 1]).sum().backward()
+        draws = eps[:, i]
+        neg_elbo(model, x[i:i + 1].expand(len(draws), *x.shape[1:]),
+                 eps=draws).mean().backward()
         out.append(sum(p.grad.double().pow(2).sum() for p in model.parameters()).item())
     return torch.tensor(out, dtype=torch.float64)
 
 
-@pytest.mark.parametrize("make", [_tiny_mlp, _tiny_dcvae])
-def test_self_influence_equals_a_loop_over_examples(make):
+@pytest.mark.parametrize("make,draws", [(_tiny_mlp, 1), (_tiny_mlp, 3), (_tiny_dcvae, 2)])
+def test_self_influence_equals_a_loop_over_examples(make, draws):
     # float64: in float32 the two summation orders can put a ReLU input on either side of 0
     # (seen: 0.3 % on one example of the perturbed MLP), which is rounding, not a defect
     model = make().double()
     g = torch.Generator().manual_seed(0)
     x = ((torch.rand((7, 1, 8, 8), generator=g) < 0.5).double() if model.binary
          else torch.randn((7, 1, 32, 32), generator=g, dtype=torch.float64))
-    eps = torch.randn((7, 4), generator=g, dtype=torch.float64)
+    eps = torch.randn((draws, 7, 4), generator=g, dtype=torch.float64)
     second = {k: v + 0.05 * torch.randn(v.shape, generator=g, dtype=v.dtype)
               if v.is_floating_point() else v for k, v in model.state_dict().items()}
     states, lrs = [model.state_dict(), second], [0.1, 0.03]
     before = {k: v.clone() for k, v in model.state_dict().items()}
     model.train()
-    got = influence.self_influence(model, states, lrs, x, eps, batch=3)
+    got = influence.self_influence(model, states, lrs, x, eps[0] if draws == 1 else eps,
+                                   batch=3)
     assert model.training
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     brute = torch.zeros(7, dtype=torch.float64)
@@ -307,8 +378,11 @@ def test_linear_shortcut_equals_the_general_per_example_gradients():
     assert influence._linear_only(model) and not influence._linear_only(_tiny_dcvae())
     g = torch.Generator().manual_seed(5)
     x = (torch.rand((9, 1, 8, 8), generator=g) < 0.5).double()
-    eps = torch.randn((9, 4), generator=g, dtype=torch.float64)
+    eps = torch.randn((5, 9, 4), generator=g, dtype=torch.float64)     # 5 draws each
     fast = influence.per_example_grad_sq_norms(model, x, eps, batch=4)
     general = influence.per_example_grad_sq_norms(model, x, eps, batch=4, general=True)
     torch.testing.assert_close(fast, general, rtol=1e-10, atol=0)
     torch.testing.assert_close(fast, _brute_grad_sq_norms(model, x, eps), rtol=1e-10, atol=0)
+    # averaging draws is not averaging squared norms: the draws' noise partly cancels
+    one_each = torch.stack([influence.per_example_grad_sq_norms(model, x, e) for e in eps])
+    assert (fast < one_each.mean(0)).all()

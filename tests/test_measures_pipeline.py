@@ -1,6 +1,7 @@
 """The other memorization measures in the pipeline: the planted data set, what the full model's
 training records for them, and measures.compute end to end on a tiny experiment."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from memo.config import experiments
 from memo.errors import FileFormatError
 from memo.files import measures as measures_file
 from memo.measures import measures
-from memo.data import planted
+from memo.data import mnist, planted
 from memo.files import results
 from memo.config.experiments import FULL_JOB
 
@@ -32,12 +33,19 @@ def test_planted_layout_has_the_designed_roles_and_is_deterministic():
     assert np.array_equal(a.source, b.source) and np.array_equal(a.role, b.role)
     assert len(a.source) == planted.N == 2000
     assert np.bincount(a.role).tolist() == [planted.N_REGULAR, planted.N_SINGLETONS,
-                                            planted.N_GROUPS * planted.GROUP_SIZE]
-    # singletons: distinct images of the withheld class, the only ones of it
+                                            planted.N_GROUPS * planted.GROUP_SIZE,
+                                            planted.N_ONEOFFS]
+    assert np.array_equal(planted._roles(planted.N), a.role)
+    # rare-class singletons: distinct images of the withheld class, the only ones of it
     single = a.source[a.role == planted.SINGLETON]
     assert len(set(single.tolist())) == planted.N_SINGLETONS
-    assert (labels[a.source] == planted.WITHHELD_CLASS).sum() == planted.N_SINGLETONS
+    real = a.source[a.source >= 0]
+    assert (labels[real] == planted.WITHHELD_CLASS).sum() == planted.N_SINGLETONS
     assert (labels[single] == planted.WITHHELD_CLASS).all()
+    # one-offs: no source image, no group
+    assert (a.source[a.role == planted.ONEOFF] == -1).all()
+    assert (a.source[a.role != planted.ONEOFF] >= 0).all()
+    assert (a.group[a.role != planted.DUPLICATE] == -1).all()
     # duplicates: each group is GROUP_SIZE copies of one source image, not used elsewhere
     for g in range(planted.N_GROUPS):
         src = a.source[a.group == g]
@@ -45,18 +53,71 @@ def test_planted_layout_has_the_designed_roles_and_is_deterministic():
         assert (a.source == src[0]).sum() == planted.GROUP_SIZE
     regular = a.source[a.role == planted.REGULAR]
     assert len(set(regular.tolist())) == planted.N_REGULAR
-    # shuffled: the planted examples are spread over the set, not at its end
-    assert np.flatnonzero(a.role != planted.REGULAR).min() < planted.N // 4
+    # shuffled: every planted kind is spread over the set, not at its end
+    for role in (planted.SINGLETON, planted.DUPLICATE, planted.ONEOFF):
+        assert np.flatnonzero(a.role == role).min() < planted.N // 4
 
 
-def test_planted_build_copies_images_and_drops_the_withheld_class_from_test():
+def test_planted_build_copies_images_plants_oneoffs_and_drops_the_withheld_class_from_test():
     labels = torch.as_tensor(_labels())
-    images = torch.arange(len(labels), dtype=torch.int64).view(-1, 1, 1, 1).expand(-1, 1, 2, 2)
+    images = torch.arange(len(labels), dtype=torch.int64).view(-1, 1, 1, 1).expand(-1, 1, 32,
+                                                                                     32)
     x, y = planted.build(images, labels, "train")
     lay = planted.layout(labels.numpy())
-    assert torch.equal(x[:, 0, 0, 0], torch.as_tensor(lay.source))
+    kept = lay.source >= 0
+    assert torch.equal(x[kept, 0, 0, 0], torch.as_tensor(lay.source[kept]))
+    assert torch.equal(y[kept], labels[lay.source[kept]]) and (y[~kept] == -1).all()
+    oneoffs = x[torch.as_tensor(~kept)]
+    assert torch.equal(oneoffs, torch.as_tensor(planted.oneoff_images((1, 32, 32))).long())
+    # the same built from numpy arrays
+    xn, yn = planted.build(images.numpy(), labels.numpy(), "train")
+    assert np.array_equal(xn, x.numpy()) and np.array_equal(yn, y.numpy())
     xt, yt = planted.build(images, labels, "test")
     assert (yt != planted.WITHHELD_CLASS).all() and len(yt) == (labels != 8).sum()
+
+
+def test_oneoffs_are_distinct_blocks_in_the_image_area():
+    pats = planted.oneoff_images((1, 32, 32))
+    assert pats.shape == (planted.N_ONEOFFS, 1, 32, 32) and pats.dtype == np.uint8
+    assert set(np.unique(pats).tolist()) == {0, 255}
+    assert (pats[..., :2, :] == 0).all() and (pats[..., 30:, :] == 0).all()   # the border
+    inner = pats[:, 0, 2:30, 2:30].reshape(planted.N_ONEOFFS, 7, 4, 7, 4)
+    assert (inner == inner[:, :, :1, :, :1]).all()                         # 4×4 blocks
+    flat = pats.reshape(planted.N_ONEOFFS, -1).astype(float) / 255
+    d = np.sqrt(((flat[:, None] - flat[None]) ** 2).sum(-1))
+    assert d[~np.eye(len(d), dtype=bool)].min() > planted.ONEOFF_MIN_DISTANCE
+    with pytest.raises(ValueError, match="28"):
+        planted.oneoff_images((1, 20, 20))
+
+
+def test_build_refuses_a_oneoff_close_to_another_image():
+    labels = torch.as_tensor(_labels())
+    lay = planted.layout(labels.numpy())
+    images = torch.zeros((len(labels), 1, 32, 32), dtype=torch.uint8)
+    # the image sitting where the first one-off's neighbour comes from is a near copy of it
+    first = planted.oneoff_images((1, 32, 32))[0]
+    victim = lay.source[lay.role == planted.REGULAR][0]
+    images[victim] = torch.as_tensor(first)
+    images[victim, 0, 10, 10] ^= 255
+    with pytest.raises(ValueError, match="one-off lies"):
+        planted.build(images, labels, "train")
+
+
+@pytest.mark.skipif(not Path(mnist.FASHION_DEBIAN_DIR).is_dir(),
+                    reason="Fashion-MNIST (Debian's dataset-fashion-mnist) is not installed")
+def test_oneoffs_on_real_data_lie_farther_from_everything_than_any_ordinary_image(tmp_path):
+    from memo import data
+    d = data.load("planted", "train", root=tmp_path)
+    lay = data.planted_layout(root=tmp_path)
+    x = d.images.flatten(1).double() / 255
+    dist = torch.cdist(x, x)
+    dist.fill_diagonal_(float("inf"))
+    nearest = dist.min(1).values.numpy()
+    oneoff, regular = lay.role == planted.ONEOFF, lay.role == planted.REGULAR
+    # measured: one-offs ≥ 13.7 from any other image; ordinary ones ≤ 9.0 from their nearest
+    assert nearest[oneoff].min() > planted.ONEOFF_MIN_DISTANCE > nearest[regular].max()
+    assert (nearest[lay.role == planted.DUPLICATE] < 1e-5).all()          # exact copies
+    np.testing.assert_allclose(nearest[oneoff], planted.oneoff_distances(d.images.numpy()))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -144,6 +205,9 @@ def test_measures_cli_writes_every_measure_for_every_example(trained, tmp_path):
     assert ms.values["copies"].sum() <= 200
     assert 0 <= ms.copying["ratio"] <= 1 and ms.copying["control_n"] == 20
     assert ms.models["M"] == exp.folds * exp.repeats + 1 and ms.models["curvature"] == 1
+    # self-influence is evaluated twice: the reliability is a Spearman correlation, kept
+    assert -1 <= ms.reliability["self_influence"] <= 1
+    assert ms.settings["curvature_h"] is None and ms.settings["curvature_vectors"] == 2
     # the CSV and the table beside it
     csv = out.with_suffix(".csv").read_text().splitlines()
     assert csv[0].split(",") == ["index", *measures.MEASURES] and len(csv) == 61
@@ -161,30 +225,37 @@ def test_measures_refuse_a_summary_of_another_experiment(trained, tmp_path, caps
 
 
 def test_benchmark_rows_on_a_planted_layout_with_known_answers():
-    n = 12
-    role = np.array([0] * 8 + [1, 1] + [2, 2])
+    n = 14
+    role = np.array([0] * 8 + [1, 1] + [2, 2] + [3, 3])
     values = {k: np.zeros(n) for k in measures.MEASURES}
-    values["M"] = np.arange(n, dtype=float)                      # singletons rank 9, 10 of 12
-    values["neg_log_px"] = np.r_[np.arange(8.0), -1.0, -2.0, 100.0, 100.0]
+    values["M"] = np.r_[np.arange(12.0), 3.5, 20.0]     # singletons rank 9, 10; one-offs split
+    values["neg_log_px"] = np.r_[np.arange(8.0), -1.0, -2.0, 100.0, 100.0, 50.0, 60.0]
     ms = measures_file.MeasureSet("x", np.arange(n), values, {k: 0.0 for k in measures.MEASURES},
                                   {k: 1 for k in measures.MEASURES},
                                   {k: 2.0 for k in measures.MEASURES}, role=role,
-                                  group=np.array([-1] * 10 + [0, 0]))
+                                  group=np.array([-1] * 10 + [0, 0, -1, -1]),
+                                  reliability={"self_influence": 0.75})
     rows = {r["measure"]: r for r in measures.benchmark(ms, n_boot=20)}
     assert rows["M"]["auroc"] == 1.0                    # both singletons above every regular
     assert rows["neg_log_px"]["auroc"] == 0.0           # both below
+    # one-offs against the 8 regular examples only: 3.5 beats 4 of them, 20 all
+    assert rows["M"]["oneoff_auroc"] == pytest.approx((4 / 8 + 1) / 2)
+    assert rows["neg_log_px"]["oneoff_auroc"] == 1.0
     assert rows["neg_log_px"]["spearman_M"] == pytest.approx(1.0)
     assert rows["neg_log_px"]["duplicate_percentile"] > rows["M"]["duplicate_percentile"] - 1
     assert rows["M"]["cpu_seconds"] == 2.0
+    assert rows["self_influence"]["reliability"] == 0.75 and np.isnan(rows["M"]["reliability"])
     assert rows["M"]["flagged_singletons"] == ""        # no flags given: no counts
     flagged = np.zeros(n, bool)
-    flagged[[0, 8, 9, 10]] = True                       # a regular, both singletons, a duplicate
+    flagged[[0, 8, 9, 10, 13]] = True        # a regular, both singletons, a duplicate, a one-off
     rows = {r["measure"]: r for r in measures.benchmark(
         ms, n_boot=0, flagged=flagged, control_flagged=np.array([True, False, False]))}
-    assert (rows["M"]["flagged_singletons"], rows["M"]["flagged_duplicates"],
-            rows["M"]["flagged_regular"], rows["M"]["flagged_controls"]) == (
-        "2/2", "1/2", "1/8", "1/3")
+    assert (rows["M"]["flagged_oneoffs"], rows["M"]["flagged_singletons"],
+            rows["M"]["flagged_duplicates"], rows["M"]["flagged_regular"],
+            rows["M"]["flagged_controls"]) == ("1/2", "2/2", "1/2", "1/8", "1/3")
     assert rows["neg_log_px"]["flagged_singletons"] == ""   # the flags are M's
+    text = measures.table_text(list(rows.values()), ms)
+    assert "Spearman 0.750 between two independent evaluations" in text
 
 
 def test_measures_over_training_need_every_evaluation_epochs_weights(trained, tmp_path):

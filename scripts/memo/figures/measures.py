@@ -1,9 +1,10 @@
 """Figure (not in the paper): the field's other memorization measures against M (memo/measures/).
 
-One panel per measure: its rank percentile against that of M, planted singletons and duplicates
-marked (the planted benchmark, memo/data/planted.py); with it the benchmark table (AUROC of singletons
-vs regular examples, the duplicates' mean rank percentile, Spearman with M over regular
-examples, models trained and CPU seconds). Needs analysis/<exp>_measures.npz.
+One panel per measure: its rank percentile against that of M, the planted one-offs, rare-class
+singletons and duplicates marked (the planted benchmark, memo/data/planted.py); with it the
+benchmark table (AUROC of one-offs and of rare-class singletons vs regular examples, the
+duplicates' mean rank percentile, Spearman with M over regular examples, models trained and CPU
+seconds). Needs analysis/<exp>_measures.npz.
 """
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ from memo.score import rankstats
 from .common import COLORS, TEXTWIDTH, Result, count, num, placeholder, tex_escape
 
 ROLE_STYLE = {planted.REGULAR: ("regular", COLORS["regular"], 1.5, 0.35),
-              planted.SINGLETON: ("singleton (withheld class)", "#D55E00", 9, 1.0),
-              planted.DUPLICATE: ("duplicated image", "#009E73", 9, 1.0)}
+              planted.SINGLETON: ("rare-class singleton", "#D55E00", 9, 1.0),
+              planted.DUPLICATE: ("duplicated image", "#009E73", 9, 1.0),
+              planted.ONEOFF: ("one-off", "#CC79A7", 9, 1.0)}
 COLS = 4
 SHORT = {"M_corrected": r"$M_{\mathrm{corrected}}$", "neg_log_px": r"$-\log p(x)$",
          "final_loss": "final loss", "loss_sum": "summed training loss",
@@ -64,19 +66,25 @@ def _cell(v, digits=3) -> str:
     return num(v, digits) if np.isfinite(v) else "--"
 
 
+def _auroc(r: dict, key: str) -> str:
+    if not np.isfinite(r[key]):
+        return "--"
+    return f"{num(r[key], 2)} ({num(r[key + '_low'], 2)}--{num(r[key + '_high'], 2)})"
+
+
 def table(rows: list[dict], planted_set: bool) -> dict:
     """The benchmark table for the report: column heads and LaTeX cells."""
     head = ["measure"]
     if planted_set:
-        head += ["AUROC singletons (95\\,\\% CI)", "duplicates' rank pct."]
+        head += ["AUROC one-offs (95\\,\\% CI)", "AUROC rare-class singletons",
+                 "duplicates' rank pct."]
     head += ["Spearman with $M$", "models", "CPU s"]
     cells = []
     for r in rows:
         row = [measures.MEASURES[r["measure"]]]
         if planted_set:
-            au = ("--" if not np.isfinite(r["auroc"]) else
-                  f"{num(r['auroc'], 2)} ({num(r['auroc_low'], 2)}--{num(r['auroc_high'], 2)})")
-            row += [au, _cell(r["duplicate_percentile"], 1)]
+            row += [_auroc(r, "oneoff_auroc"), _auroc(r, "auroc"),
+                    _cell(r["duplicate_percentile"], 1)]
         row += ["" if r["measure"] == "M" else _cell(r["spearman_M"], 2), count(r["models"]),
                 _cell(r["cpu_seconds"], 0)]
         cells.append(row)
@@ -90,17 +98,21 @@ def caption(ms: MeasureSet, rows: list[dict]) -> str:
             "measures use the model trained on all of $\\mathcal{D}$ (its weights at epochs "
             + ", ".join(map(str, ms.epochs)) + "). ")
     if ms.role is not None:
+        n_o = int((ms.role == planted.ONEOFF).sum())
         n_s = int((ms.role == planted.SINGLETON).sum())
         n_d = int((ms.role == planted.DUPLICATE).sum())
-        text += (f"Planted: {n_s} singletons of a class the rest of the set lacks (a correct "
-                 f"measure scores them high) and {n_d} copies of "
+        text += (f"Planted: {n_o} one-offs, synthetic images unlike any other training image, "
+                 f"and {n_s} singletons of a class the rest of the set lacks (a correct "
+                 f"measure scores both high), and {n_d} copies of "
                  f"{len(set(ms.group[ms.group >= 0].tolist()))} duplicated images (removing one "
-                 "copy leaves the others, so a correct leave-out measure scores them low). ")
-        best = max((r for r in rows if np.isfinite(r["auroc"])), key=lambda r: r["auroc"],
-                   default=None)
-        if best is not None:
-            text += (f"Highest AUROC of singletons against regular examples: "
-                     f"{measures.MEASURES[best['measure']]} ({num(best['auroc'], 2)}). ")
+                 "copy leaves the others, so a correct leave-out measure does not score them "
+                 "high). ")
+        for key, what in (("oneoff_auroc", "one-offs"), ("auroc", "rare-class singletons")):
+            best = max((r for r in rows if np.isfinite(r[key])), key=lambda r: r[key],
+                       default=None)
+            if best is not None:
+                text += (f"Highest AUROC of {what} against regular examples: "
+                         f"{measures.MEASURES[best['measure']]} ({num(best[key], 2)}). ")
     c = ms.copying
     if c:
         text += (f"By the 1/3 rule, {num(100 * c['ratio'], 2)}\\,\\% of {count(c['samples'])} "

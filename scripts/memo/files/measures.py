@@ -4,7 +4,9 @@ its CSV), read by the figures and the report.
 
 Arrays: value_<measure> (float64, NaN where not available), index (positions in D), role and
 group of a planted layout when there is one, and meta (a JSON string: the experiment, CPU
-seconds, models, training seconds, the copying record, the full model's epochs used). Written
+seconds, models, training seconds, the copying record, the full model's epochs used, the
+settings measures were computed with, and the Spearman correlation between two independent
+evaluations of a noisy measure). Written
 whole and compressed (fileio.atomic_write_npz); read without pickles.
 """
 from __future__ import annotations
@@ -33,6 +35,8 @@ class MeasureSet:
     epochs: list[int] = field(default_factory=list)   # the full model's epochs used
     role: np.ndarray | None = None         # planted layout (memo/data/planted.py), or None
     group: np.ndarray | None = None
+    settings: dict = field(default_factory=dict)  # how measures were computed (draws, h, ...)
+    reliability: dict = field(default_factory=dict)   # measure -> Spearman of two evaluations
 
     @property
     def n(self) -> int:
@@ -47,7 +51,8 @@ def path_for(summary_path: str | os.PathLike) -> Path:
 
 def save(ms: MeasureSet, path: str | os.PathLike) -> None:
     meta = {"experiment": ms.experiment, "seconds": ms.seconds, "models": ms.models,
-            "train_seconds": ms.train_seconds, "copying": ms.copying, "epochs": ms.epochs}
+            "train_seconds": ms.train_seconds, "copying": ms.copying, "epochs": ms.epochs,
+            "settings": ms.settings, "reliability": ms.reliability}
     arrays = {f"value_{k}": v for k, v in ms.values.items()}
     arrays["index"] = ms.index
     if ms.role is not None:
@@ -70,7 +75,8 @@ def load(path: str | os.PathLike) -> MeasureSet:
             group = z["group"].astype(np.int64) if "group" in z.files else None
         ms = MeasureSet(meta["experiment"], index, values, meta["seconds"], meta["models"],
                         meta["train_seconds"], meta.get("copying", {}), meta.get("epochs", []),
-                        role, group)
+                        role, group, settings=meta.get("settings", {}),
+                        reliability=meta.get("reliability", {}))
     except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
         raise FileFormatError(f"cannot read measures file {path} ({e}); delete it and run make "
                               "again") from None

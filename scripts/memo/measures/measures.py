@@ -8,13 +8,17 @@ sense its authors use it:
   neg_log_px      −log p(x) under the full model (IS, last epoch): the outlier score the paper
                   contrasts with memorization
   final_loss      negative ELBO of x under the final full model (eval mode, fixed input noise,
-                  mean over EPS_DRAWS reparameterization draws)
+                  mean over EPS_DRAWS reparameterization draws): high for atypical, poorly
+                  fitted examples (the opposite orientation of loss-based membership inference)
   loss_sum        x's training loss added up over every epoch of the full model's training
                   (recorded by the training loop itself, memo/train/training.py)
-  self_influence  TracIn self-influence, Σ_c lr·‖∇θ ℓ(x; θ_c)‖² over the full model's weights
-                  at its evaluation epochs (memo/measures/influence.py)
-  curvature       input-loss curvature, Hutchinson estimate of tr(HᵀH) of ℓ at x (memo/
-                  curvature.py), mean over the evaluation epochs' weights
+  self_influence  TracIn self-influence (SGD form), Σ_c lr·‖∇θ ℓ(x; θ_c)‖² over the full
+                  model's weights at its evaluation epochs, ℓ averaged over EPS_DRAWS draws;
+                  the mean of two independent evaluations, whose Spearman correlation is
+                  kept as its reliability (memo/measures/influence.py)
+  curvature       input-loss curvature, Hutchinson estimate of tr(HᵀH) of ℓ at x from exact
+                  Hessian-vector products (memo/measures/curvature.py), mean over the
+                  evaluation epochs' weights
   curvature_final the same at the final weights alone
   copies          the number of the full model's samples that copy x by the 1/3 rule
                   (memo/measures/copying.py)
@@ -80,7 +84,7 @@ def _training_seconds(exp: Experiment, root) -> tuple[float, float]:
     return sum(cpu(j) for j in exp.jobs()), cpu(FULL_JOB)
 
 
-STREAMS = ("final_loss", "self_influence", "curvature", "samples")
+STREAMS = ("final_loss", "self_influence", "curvature", "samples", "self_influence_2")
 
 
 def stream(exp: Experiment, device, measure: str, epoch: int = 0) -> torch.Generator:
@@ -112,7 +116,7 @@ def layout_of(exp: Experiment, data_root=None) -> planted.Layout | None:
 
 
 def compute(exp: Experiment, summary, results_root="results", data_root=None, device="cpu",
-            n_samples: int = N_SAMPLES, n_vectors: int = N_VECTORS, h: float = H,
+            n_samples: int = N_SAMPLES, n_vectors: int = N_VECTORS, h: float | None = H,
             log=print) -> MeasureSet:
     """Every measure for the examples of `summary` (a memo.files.summary.Summary of exp)."""
     device = torch.device(device)
@@ -166,14 +170,24 @@ def compute(exp: Experiment, summary, results_root="results", data_root=None, de
             "published without them): self_influence and curvature (mean over epochs) are "
             "not available; retrain the full model to have them")
     values["self_influence"], seconds["self_influence"] = np.full(len(index), np.nan), 0.0
+    reliability = {}
     if every:
-        log(f"[{exp.name}] self-influence over the weights of epochs {epochs}")
-        si_eps = model.noise(len(index), stream(exp, device, "self_influence"), device)
-        v, seconds["self_influence"] = _cpu(lambda: influence.self_influence(
-            model, states, [exp.lr] * len(states), x, si_eps))
-        values["self_influence"] = v.double().cpu().numpy()
+        log(f"[{exp.name}] self-influence over the weights of epochs {epochs}, twice "
+            f"({EPS_DRAWS} noise draws each)")
 
-    log(f"[{exp.name}] input curvature ({n_vectors} vectors, h = {h:g}, float64)")
+        def si(name):
+            draws = model.noise((EPS_DRAWS, len(index)), stream(exp, device, name), device)
+            return influence.self_influence(model, states, [exp.lr] * len(states), x, draws)
+        (a, b), seconds["self_influence"] = _cpu(
+            lambda: [si(k).double().cpu().numpy() for k in ("self_influence",
+                                                            "self_influence_2")])
+        values["self_influence"] = (a + b) / 2
+        reliability["self_influence"] = rankstats.spearman(a, b)
+        log(f"[{exp.name}] self-influence: Spearman {reliability['self_influence']:.3f} "
+            "between two independent evaluations")
+
+    how = "exact Hessian-vector products" if h is None else f"forward difference, h = {h:g}"
+    log(f"[{exp.name}] input curvature ({n_vectors} vectors, {how}, float64)")
     per_epoch, total = [], 0.0
     used = list(zip(epochs, states)) if every else [(epochs[-1], states[-1])]
     for epoch, state in used:
@@ -217,7 +231,9 @@ def compute(exp: Experiment, summary, results_root="results", data_root=None, de
                        for k in MEASURES},
         copying=record, epochs=epochs,
         role=None if lay is None else lay.role[index].astype(np.int64),
-        group=None if lay is None else lay.group[index])
+        group=None if lay is None else lay.group[index],
+        settings={"eps_draws": EPS_DRAWS, "curvature_vectors": n_vectors, "curvature_h": h},
+        reliability=reliability)
 
 
 def _by_index(index: np.ndarray, idx: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -235,13 +251,14 @@ def _by_index(index: np.ndarray, idx: np.ndarray, v: np.ndarray) -> np.ndarray:
 # the benchmark table
 
 
-def singleton_auroc(scores: np.ndarray, role: np.ndarray,
-                    n_boot: int = 1000) -> tuple[float, float, float]:
-    """(AUROC, low, high) of the planted singletons against the regular examples under
-    `scores` (duplicates and non-finite scores left out); the 95 % bootstrap interval is nan
-    for n_boot = 0, everything nan when one of the two groups is empty."""
-    pool = np.isfinite(scores) & (role != planted.DUPLICATE)
-    positive = role[pool] == planted.SINGLETON
+def singleton_auroc(scores: np.ndarray, role: np.ndarray, n_boot: int = 1000,
+                    target: int = planted.SINGLETON) -> tuple[float, float, float]:
+    """(AUROC, low, high) of the planted examples of role `target` (the rare-class
+    singletons by default, or the one-offs) against the regular examples under `scores`
+    (other planted examples and non-finite scores left out); the 95 % bootstrap interval is
+    nan for n_boot = 0, everything nan when one of the two groups is empty."""
+    pool = np.isfinite(scores) & ((role == planted.REGULAR) | (role == target))
+    positive = role[pool] == target
     if positive.all() or not positive.any():
         return (np.nan,) * 3
     a = rankstats.auroc(scores[pool], positive)
@@ -250,23 +267,30 @@ def singleton_auroc(scores: np.ndarray, role: np.ndarray,
     return (a, *rankstats.auroc_interval(scores[pool], positive, n_boot=n_boot))
 
 
-FLAG_COLUMNS = ("flagged_singletons", "flagged_duplicates", "flagged_regular",
-                "flagged_controls")
+FLAG_COLUMNS = ("flagged_oneoffs", "flagged_singletons", "flagged_duplicates",
+                "flagged_regular", "flagged_controls")
+FLAG_ROLES = (("oneoffs", planted.ONEOFF), ("singletons", planted.SINGLETON),
+              ("duplicates", planted.DUPLICATE), ("regular", planted.REGULAR))
 
 
 def benchmark(ms: MeasureSet, n_boot: int = 1000, flagged=None, control_flagged=None
               ) -> list[dict]:
-    """Per measure: AUROC of singletons vs regular examples (with its bootstrap interval), the
-    mean rank percentile of duplicates, Spearman with M over regular examples, and cost. Without
-    a planted layout only the Spearman and cost columns are filled. flagged (n,) and
+    """Per measure: AUROC of the one-offs and of the rare-class singletons against regular
+    examples (with bootstrap intervals), the mean rank percentile of duplicates, Spearman with
+    M over regular examples, the reliability of a noisy measure (Spearman between two
+    independent evaluations, where kept), and cost. Without a planted layout only the
+    Spearman, reliability and cost columns are filled. flagged (n,) and
     control_flagged (C,): the summary's flags; M's row then counts them per planted role and
     among the control images ("k/of")."""
     rows = []
     regular = np.ones(ms.n, bool) if ms.role is None else ms.role == planted.REGULAR
     for name in MEASURES:
         v = ms.values.get(name)
-        row = {"measure": name, "auroc": np.nan, "auroc_low": np.nan, "auroc_high": np.nan,
+        row = {"measure": name, "oneoff_auroc": np.nan, "oneoff_auroc_low": np.nan,
+               "oneoff_auroc_high": np.nan,
+               "auroc": np.nan, "auroc_low": np.nan, "auroc_high": np.nan,
                "duplicate_percentile": np.nan, "spearman_M": np.nan,
+               "reliability": float(ms.reliability.get(name, np.nan)),
                "models": ms.models[name],
                "cpu_seconds": ms.train_seconds[name] + ms.seconds[name],
                **dict.fromkeys(FLAG_COLUMNS, "")}
@@ -280,15 +304,16 @@ def benchmark(ms: MeasureSet, n_boot: int = 1000, flagged=None, control_flagged=
         if ms.role is not None:
             row["auroc"], row["auroc_low"], row["auroc_high"] = singleton_auroc(v, ms.role,
                                                                                 n_boot)
+            (row["oneoff_auroc"], row["oneoff_auroc_low"],
+             row["oneoff_auroc_high"]) = singleton_auroc(v, ms.role, n_boot, planted.ONEOFF)
             pct = rankstats.rank_percentile(np.where(ok, v, -np.inf))
             row["duplicate_percentile"] = float(pct[ms.role == planted.DUPLICATE].mean())
         if name == "M" and flagged is not None:
             flagged = np.asarray(flagged, bool)
-            roles = (() if ms.role is None else
-                     (("singletons", planted.SINGLETON), ("duplicates", planted.DUPLICATE),
-                      ("regular", planted.REGULAR)))
-            for label, role in roles:
+            for label, role in (() if ms.role is None else FLAG_ROLES):
                 sel = ms.role == role
+                if not sel.any():
+                    continue
                 row[f"flagged_{label}"] = f"{int(flagged[sel].sum())}/{int(sel.sum())}"
             if ms.role is None:
                 row["flagged_regular"] = f"{int(flagged.sum())}/{flagged.size}"
@@ -317,8 +342,9 @@ def csv_text(ms: MeasureSet) -> str:
     return "\n".join(lines) + "\n"
 
 
-TABLE_COLUMNS = ("measure", "auroc", "auroc_low", "auroc_high", "duplicate_percentile",
-                 "spearman_M", "models", "cpu_seconds", *FLAG_COLUMNS)
+TABLE_COLUMNS = ("measure", "oneoff_auroc", "oneoff_auroc_low", "oneoff_auroc_high", "auroc",
+                 "auroc_low", "auroc_high", "duplicate_percentile", "spearman_M", "reliability",
+                 "models", "cpu_seconds", *FLAG_COLUMNS)
 
 
 def table_csv(rows: list[dict]) -> str:
@@ -331,16 +357,26 @@ def table_csv(rows: list[dict]) -> str:
 
 def table_text(rows: list[dict], ms: MeasureSet) -> str:
     """The table for a terminal, and the copying ratio."""
-    out = [f"{'measure':<16} {'AUROC singletons':>24} {'dup. pct':>9} {'Spearman M':>11} "
-           f"{'models':>6} {'CPU s':>8}"]
+    def au(r, key):
+        return ("--" if not np.isfinite(r[key]) else
+                f"{r[key]:.3f} [{r[key + '_low']:.3f}, {r[key + '_high']:.3f}]")
+    out = [f"{'measure':<16} {'AUROC one-offs':>24} {'AUROC rare singletons':>24} "
+           f"{'dup. pct':>9} {'Spearman M':>11} {'models':>6} {'CPU s':>8}"]
     for r in rows:
-        au = ("--" if not np.isfinite(r["auroc"]) else
-              f"{r['auroc']:.3f} [{r['auroc_low']:.3f}, {r['auroc_high']:.3f}]")
-        out.append(f"{r['measure']:<16} {au:>24} {r['duplicate_percentile']:>9.1f} "
-                   f"{r['spearman_M']:>11.3f} {r['models']:>6d} {r['cpu_seconds']:>8.1f}")
+        out.append(f"{r['measure']:<16} {au(r, 'oneoff_auroc'):>24} {au(r, 'auroc'):>24} "
+                   f"{r['duplicate_percentile']:>9.1f} {r['spearman_M']:>11.3f} "
+                   f"{r['models']:>6d} {r['cpu_seconds']:>8.1f}")
         flags = [f"{c.removeprefix('flagged_')} {r[c]}" for c in FLAG_COLUMNS if r.get(c)]
         if flags:
             out.append(f"{'':<16} flagged: " + ", ".join(flags))
+        if np.isfinite(r["reliability"]):
+            out.append(f"{'':<16} reliability: Spearman {r['reliability']:.3f} between two "
+                       "independent evaluations")
+    h = ms.settings.get("curvature_h", "absent")
+    if h != "absent":
+        out.append("curvature: " + ("exact Hessian-vector products" if h is None else
+                                    f"forward difference, h = {h:g}")
+                   + f", {ms.settings.get('curvature_vectors')} Rademacher vectors")
     c = ms.copying
     if c:
         out.append(f"memorization ratio (1/3 rule): {c['ratio']:.4f} [{c['low']:.4f}, "
