@@ -21,6 +21,8 @@ class SettingsError(ValueError, MemoError):
 
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # safe in file names and Make targets
+# a built-in model's name, or a user's class 'package.module:ClassName' (docs/models.md)
+_MODEL = re.compile(r"^(?:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:)?[A-Za-z_]\w*$")
 
 
 METHOD_CHOICES = {"splits": ("ours", "authors"), "eval_noise": ("fixed", "fresh"),
@@ -79,7 +81,13 @@ def setting_problems(exp) -> list[str]:
          "letters, digits, '_', '.', '-'")
     need("data", isinstance(exp.data, str) and bool(exp.data),
          "bmnist, fashion, cifar10, celeba or npz:PATH")
-    need("model", isinstance(exp.model, str) and bool(exp.model), "a model name")
+    need("model", isinstance(exp.model, str) and bool(_MODEL.match(exp.model)),
+         "a built-in model's name, or your own class as 'module.path:ClassName'")
+    need("model_args", exp.model_args is None or (
+        isinstance(exp.model_args, dict) and ":" in str(exp.model)
+        and all(isinstance(k, str) and k.isidentifier() for k in exp.model_args)),
+         "null, or for a model given as 'module:Class' an object of keyword arguments of "
+         "its from_settings")
     for field, low in (("latent_dim", 1), ("epochs", 1), ("n_is", 1), ("batch_size", 1),
                        ("seed", 0), ("folds", 2), ("repeats", 1), ("subset", 0),
                        ("checkpoint_every", 1)):
@@ -148,7 +156,7 @@ def eval_epochs(epochs: int, eval_every: int) -> list[int]:
 class Experiment:
     name: str
     data: str                  # data set spec: bmnist, fashion, cifar10, celeba or npz:PATH
-    model: str                 # key of memo.models.MODELS
+    model: str                 # key of memo.models.MODELS, or a user's 'module:Class'
     latent_dim: int
     lr: float
     epochs: int
@@ -175,6 +183,9 @@ class Experiment:
     # measured false-positive rate. 0: none (the paper's experiments: the authors had none);
     # None: DEFAULT_CONTROLS where the data set has a test split, else none
     controls: int | None = None
+    # keyword arguments of a user model's from_settings (docs/models.md), JSON values; only for
+    # a model given as 'module:Class'
+    model_args: dict | None = None
 
     def __post_init__(self):
         problems = setting_problems(self)

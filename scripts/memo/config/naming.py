@@ -6,6 +6,8 @@ neither torch nor the loaders, so that naming a file never loads a framework.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,18 +86,45 @@ NORMS = ("batch", "group")
 PAPER_NF = 32   # the DCVAEs' width F at the paper's size (the authors' num_feature)
 
 
+def is_user_model(name: str) -> bool:
+    """A user's own model class, named by import path 'package.module:ClassName'
+    (docs/models.md), rather than a built-in model's name."""
+    return isinstance(name, str) and ":" in name
+
+
+def model_tag(name: str) -> str:
+    """The <Model> of a file name: a built-in model's name, or a user model's class name."""
+    return name.rpartition(":")[2]
+
+
 def check_model(name: str, norm: str = "batch") -> None:
-    """ValueError (one line, with the valid choices) for an unknown model or norm."""
-    if name not in MODEL_NAMES:
-        raise ValueError(f"unknown model {name!r}; valid choices: {', '.join(MODEL_NAMES)}")
+    """ValueError (one line, with the valid choices) for an unknown model or norm. A user
+    model ('module:Class') is only checked when it is imported (memo/models/interface.py)."""
+    if name not in MODEL_NAMES and not is_user_model(name):
+        raise ValueError(f"unknown model {name!r}; valid choices: {', '.join(MODEL_NAMES)}, "
+                         f"or your own class as 'module.path:ClassName'")
     if norm not in NORMS:
         raise ValueError(f"unknown norm {norm!r}; valid choices: {', '.join(NORMS)}")
 
 
-def model_description(name: str, latent_dim: int, norm: str = "batch", nf: int = PAPER_NF) -> str:
+def args_tag(model_args: dict | None) -> str:
+    """'' without arguments, else '-' and 8 hex digits of their canonical JSON: files of the
+    same class under other arguments get other names."""
+    if not model_args:
+        return ""
+    text = json.dumps(model_args, sort_keys=True, separators=(",", ":"))
+    return "-" + hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def model_description(name: str, latent_dim: int, norm: str = "batch", nf: int = PAPER_NF,
+                      model_args: dict | None = None) -> str:
     """The authors' file-name tag of a model: "512-256-16" (MLP), "NF32-L64" (DCVAEs, "-GN"
-    with GroupNorm); the MLP has no normalization layer and the same tag under either norm."""
+    with GroupNorm); the MLP has no normalization layer and the same tag under either norm.
+    A user model's tag is formed from the settings without importing it: "L16", "-GN" under
+    group norm, then args_tag(model_args) ("L16-3f2a9c01")."""
     check_model(name, norm)
+    if is_user_model(name):
+        return f"L{latent_dim}" + ("-GN" if norm == "group" else "") + args_tag(model_args)
     if name == "BernoulliMLPVAE":
         return f"512-256-{latent_dim}"
     return f"NF{nf}-L{latent_dim}" + ("-GN" if norm == "group" else "")
@@ -103,9 +132,9 @@ def model_description(name: str, latent_dim: int, norm: str = "batch", nf: int =
 
 def num_feature(name: str) -> int | None:
     """The authors' `num_feature` of a model at the paper's width: F for the DCVAEs, None for
-    the MLP (as their result files record it)."""
+    the MLP and for user models (as their result files record it)."""
     check_model(name)
-    return None if name == "BernoulliMLPVAE" else PAPER_NF
+    return None if name == "BernoulliMLPVAE" or is_user_model(name) else PAPER_NF
 
 
 # ----------------------------------------------------------------------------------------------
@@ -117,13 +146,14 @@ _STEM = re.compile(r"^(?P<prefix>.+)_seed(?P<seed>\d+)_(?P<job>cv_repeat\d+_fold
 def description(exp: Experiment) -> str:
     """The <desc> of a file name: the model's tag, then the privacy tag of a private run
     ("512-256-16-dp-eps10", "NF32-L64-GN-dp-eps1"), so private files never mix with others."""
-    desc = model_description(exp.model, exp.latent_dim, exp.norm)
+    desc = model_description(exp.model, exp.latent_dim, exp.norm, model_args=exp.model_args)
     return desc if exp.dp is None else f"{desc}-dp-eps{exp.dp['epsilon']:g}"
 
 
 def file_stem(exp: Experiment, job: Job) -> str:
     """'<Dataset>_<Model>_<desc>_seed<S>_<job tag>', the authors' name of a job's files."""
-    return f"{dataset_name(exp.data)}_{exp.model}_{description(exp)}_seed{exp.seed}_{job.tag}"
+    return (f"{dataset_name(exp.data)}_{model_tag(exp.model)}_{description(exp)}"
+            f"_seed{exp.seed}_{job.tag}")
 
 
 def parse_stem(name: str) -> tuple[str, int, Job]:

@@ -100,10 +100,10 @@ AUTHOR_SETTING_KEYS = {"lr": "learning_rate", "epochs": "epochs", "n_is": "num_i
 OUR_METHOD = {field: choices[0] for field, choices in METHOD_CHOICES.items()}
 RESULT_SETTINGS = ("data", "model", "latent_dim", "lr", "epochs", "eval_every", "n_is",
                    "batch_size", "seed", "folds", "repeats", "subset", "hflip", "splits",
-                   "eval_noise", "flip", "dp", "controls")
+                   "eval_noise", "flip", "dp", "controls", "model_args")
 # what a file records of a setting it leaves out: files of non-private runs and of runs without
 # control images stay as they were before those settings existed
-UNRECORDED = {"dp": None, "controls": 0}
+UNRECORDED = {"dp": None, "controls": 0, "model_args": None}
 
 
 def recorded_method(meta: dict) -> dict:

@@ -40,7 +40,8 @@ from memo.config import naming
 from memo.data import preprocess
 from memo.models import estimator, objectives
 from memo.models.interface import (MODELS, Model, build, eval_mode, model_class,
-                                   norm_layer_name, register)
+                                   norm_layer_name, of_experiment, refuse_group, register,
+                                   user_class)
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -48,6 +49,8 @@ _LOG_2PI = math.log(2 * math.pi)
 class _VAE(Model):
     """The interface (memo/models/interface.py) in terms of encode, decode, log_likelihood and
     pixel_mean: thin calls of objectives.neg_elbo and estimator.log_px."""
+
+    groupable = True
 
     @property
     def latent_dim(self) -> int:
@@ -267,7 +270,8 @@ class ConstantGaussianDCVAE(_DCVAE):
 # registry itself (MODELS, register, model_class) are memo/models/interface.py's
 __all__ = ["MODELS", "Model", "BernoulliMLPVAE", "DiagonalGaussianDCVAE", "ConstantGaussianDCVAE",
            "SharedLogVariance", "build", "eval_mode", "group_norm", "load_weights",
-           "model_class", "norm_layer_name", "register"]
+           "model_class", "norm_layer_name", "of_experiment", "refuse_group", "register",
+           "user_class"]
 
 
 def _layout(keys) -> str:

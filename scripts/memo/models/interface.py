@@ -23,22 +23,35 @@ memo/models neither calls an encoder or decoder nor draws a model's latent noise
   log_jacobian(x) -> (B,)                          added to log p of model inputs x gives log p
                                                    of the 8-bit pixels (0 for binary models)
   description: str                                 the file-name tag (memo/config/naming.py)
-  from_settings(latent_dim, in_channels, norm)     (class) the model of an experiment's settings
+  from_settings(latent_dim, in_channels, norm, **model_args)
+                                                   (class) the model of an experiment's settings
   norm_layer(norm) -> str | None                   (class) its normalization layers' class name
+  groupable: bool                                  (class) whether several copies may train as
+                                                   one vectorized group (torch.func.vmap over
+                                                   functional_call of loss and log_px)
 
 A model class is registered under its class name (`register`); `build(name, ...)` makes one
 from an experiment's settings. memo/config/naming.py keeps the same names, in the same order,
-for checks and file names that load no torch.
+for checks and file names that load no torch. A user's own class is named by import path,
+'package.module:ClassName' (`user_class`, docs/models.md): imported from the folder of the
+experiments file ($EXPERIMENTS_FILE) first, then sys.path. Importing it runs the user's code,
+which the user chose by naming it in their experiments file; result files, checkpoints and data
+never name code to run.
 """
 from __future__ import annotations
 
 import abc
 import contextlib
+import importlib
+import os
+import sys
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from memo.config import naming
+from memo.errors import MemoError
 
 
 @contextlib.contextmanager
@@ -59,11 +72,14 @@ class Model(nn.Module, metaclass=abc.ABCMeta):
 
     binary: bool
     description: str
+    groupable: bool = False
 
     @classmethod
     @abc.abstractmethod
-    def from_settings(cls, latent_dim: int, in_channels: int, norm: str = "batch") -> "Model":
-        """The model of an experiment's settings; norm: "batch" or "group" (private training)."""
+    def from_settings(cls, latent_dim: int, in_channels: int, norm: str = "batch",
+                      **model_args) -> "Model":
+        """The model of an experiment's settings; norm: "batch" or "group" (private training);
+        model_args: the experiment's `model_args` (user models)."""
 
     @classmethod
     def norm_layer(cls, norm: str = "batch") -> str | None:
@@ -127,13 +143,68 @@ def register(cls: type[Model]) -> type[Model]:
     return cls
 
 
+class ModelImportError(ValueError, MemoError):
+    """A user model ('module:Class') that cannot be imported or is not a Model."""
+
+
+def _user_folder() -> Path | None:
+    path = os.environ.get("EXPERIMENTS_FILE")
+    return Path(path).resolve().parent if path else None
+
+
+def user_class(spec: str) -> type[Model]:
+    """The user's class 'package.module:ClassName', imported with the experiments file's folder
+    first on sys.path; one ModelImportError line for a module that cannot be imported, a
+    missing name, or a class that is not a complete memo.models.interface.Model."""
+    module_name, _, class_name = spec.partition(":")
+    folder = _user_folder()
+    if folder is not None and str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    where = f"the experiments file's folder {folder} and sys.path" if folder else "sys.path"
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        raise ModelImportError(f"model {spec!r}: cannot import module {module_name!r} "
+                                f"({e}); it is looked for in {where}") from None
+    except Exception as e:  # the user's module failed while it ran: say where, in one line
+        raise ModelImportError(f"model {spec!r}: importing {module_name} raised "
+                                f"{type(e).__name__}: {e}".splitlines()[0]) from None
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise ModelImportError(f"model {spec!r}: module {module_name} "
+                                f"({getattr(module, '__file__', '?')}) has no {class_name}")
+    if not (isinstance(cls, type) and issubclass(cls, Model)):
+        raise ModelImportError(f"model {spec!r}: {class_name} is not a subclass of "
+                                f"memo.models.interface.Model (docs/models.md)")
+    missing = sorted(getattr(cls, "__abstractmethods__", ()))
+    if missing:
+        raise ModelImportError(f"model {spec!r}: {class_name} does not implement "
+                                f"{', '.join(missing)} of the model interface (docs/models.md)")
+    if not isinstance(getattr(cls, "binary", None), bool):
+        raise ModelImportError(f"model {spec!r}: {class_name} must set the class attribute "
+                                f"binary = True (binarized pixels) or False (dequantized)")
+    return cls
+
+
 def model_class(name: str) -> type[Model]:
-    """The registered class of that name; one ValueError line naming the registered ones."""
+    """The registered class of that name, or a user's 'module:Class'; one ValueError line
+    naming the registered ones for an unknown name."""
+    if naming.is_user_model(name):
+        return user_class(name)
     try:
         return MODELS[name]
     except (KeyError, TypeError):
         raise ValueError(f"unknown model {name!r}; valid choices (the registered models): "
-                         f"{', '.join(MODELS)}") from None
+                         f"{', '.join(MODELS)}, or your own class as 'module.path:ClassName'"
+                         ) from None
+
+
+def refuse_group(name: str) -> None:
+    """One ValueError line where a model's class does not allow vectorized group training."""
+    cls = model_class(name)
+    if not cls.groupable:
+        raise ValueError(f"model {name} does not train as a group (its class does not set "
+                         f"groupable = True): use GROUP=1, one --job per process")
 
 
 def _check_norm(norm: str) -> None:
@@ -141,12 +212,25 @@ def _check_norm(norm: str) -> None:
         raise ValueError(f"unknown norm {norm!r}; valid choices: {', '.join(naming.NORMS)}")
 
 
-def build(name: str, latent_dim: int, in_channels: int, norm: str = "batch") -> Model:
-    """The registered model `name` of these settings (its `from_settings`).
-    norm: the normalization layers, "batch" or "group" (private training)."""
+def build(name: str, latent_dim: int, in_channels: int, norm: str = "batch",
+          model_args: dict | None = None) -> Model:
+    """The registered model `name` (or a user's 'module:Class') of these settings (its
+    `from_settings`). norm: the normalization layers, "batch" or "group" (private training);
+    model_args: keyword arguments of a user model's from_settings."""
     cls = model_class(name)
     _check_norm(norm)
-    return cls.from_settings(latent_dim, in_channels, norm)
+    if not model_args:
+        return cls.from_settings(latent_dim, in_channels, norm)
+    try:
+        return cls.from_settings(latent_dim, in_channels, norm, **model_args)
+    except TypeError as e:
+        raise ModelImportError(f"model {name!r}: from_settings does not take model_args "
+                               f"{sorted(model_args)}: {e}") from None
+
+
+def of_experiment(exp, in_channels: int) -> Model:
+    """The model of an experiment (memo/config/experiments.Experiment), untrained."""
+    return build(exp.model, exp.latent_dim, in_channels, exp.norm, exp.model_args)
 
 
 def norm_layer_name(name: str, norm: str = "batch") -> str | None:

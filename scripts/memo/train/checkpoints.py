@@ -129,7 +129,7 @@ def load_full_model(exp: Experiment, results_root, device, in_channels: int) -> 
     in_channels: the images' channels. Any problem is one CheckpointError line."""
     path = results.job_files(exp, FULL_JOB, results_root).checkpoint
     state = full_model_state(exp, results_root)
-    model = models.build(exp.model, exp.latent_dim, in_channels=in_channels, norm=exp.norm)
+    model = models.of_experiment(exp, in_channels)
     try:
         models.load_weights(model, state, path)
     except ValueError as e:   # names the keys or sizes that differ

@@ -42,6 +42,7 @@ import torch.nn as nn
 from torch.func import functional_call, vmap
 from tqdm import tqdm
 
+from memo import models
 from memo.train import accel, evaluation, training
 from memo.data import preprocess
 from memo.data import JobData, load_job_data
@@ -359,6 +360,7 @@ class Group:
     def __init__(self, exp: Experiment, members: list[training.Member], jd: JobData,
                  speed: accel.Speed = accel.Speed(), is_rows: int | None = None):
         refuse_private(exp)
+        models.refuse_group(exp.model)
         self.exp, self.members, self.jd, self.speed, self.is_rows = exp, members, jd, speed, is_rows
         device = jd.train.device
         self.plan = train_plan([len(m.train_idx) for m in members], exp.batch_size, device)
@@ -433,6 +435,7 @@ def run_group(exp: Experiment, jobs: list[Job], results_root="results", device="
     if len(set(jobs)) != len(jobs):
         raise ValueError(f"a job appears twice in the group: {[j.tag for j in jobs]}")
     refuse_private(exp)
+    models.refuse_group(exp.model)
     device = torch.device(device)
     jd = jd or load_job_data(exp, device, any(j.full for j in jobs), data_root, download)
     members = [training.Member.of(exp, job, jd.train.shape[0], results_root, device)

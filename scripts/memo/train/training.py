@@ -46,7 +46,7 @@ def init_model(exp: Experiment, seed: int, in_channels: int, device) -> models.M
     """A fresh model initialised from `seed`; the global RNG is left untouched."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return models.build(exp.model, exp.latent_dim, in_channels, exp.norm).to(device)
+        return models.of_experiment(exp, in_channels).to(device)
 
 
 def new_history() -> dict:
