@@ -132,7 +132,8 @@ def write_sweep(path: Path) -> Path:
     arrays.update(n=n.astype(float), epochs=80_000 / n, low=np.zeros(4), median_ratio=np.full(4, 0.8),
                   high=np.linspace(0.02, 0.004, 4), control_high=np.full(4, 0.01),
                   train_loss=np.linspace(200, 240, 4), test_loss=np.linspace(300, 250, 4),
-                  M_median=np.linspace(8, 2, 4), M_q999=np.linspace(60, 20, 4),
+                  M_median=np.linspace(8, 2, 4), M_top=np.linspace(60, 20, 4),
+                  snapshots=np.full(4, 4.0),
                   meta=np.array(json.dumps({"experiments": ["a", "b", "c", "d"],
                                             "samples": 1000})))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -369,6 +370,9 @@ def test_measures_figure_carries_the_benchmark_table_into_the_report(built, tmp_
     sweep_doc = json.loads((built / "output" / "bmnist_lr3" / "sweep.json").read_text())
     assert sweep_doc["sizes"] == [250, 500, 1000, 2000] and "below $1/3$" in sweep_doc["caption"]
     assert "(c) Quantiles of $M$" in sweep_doc["caption"]
+    assert "size and passes" in sweep_doc["caption"]          # the confound, said beside it
+    assert "mean of the 10 largest" in sweep_doc["caption"]
+    assert "snapshots (4 per size)" in sweep_doc["caption"]
 
 
 def test_privacy_figure_orders_by_epsilon_and_tabulates_the_budget(built):

@@ -14,8 +14,10 @@ from memo.config import experiments
 from memo.errors import FileFormatError
 from memo.files import measures as measures_file
 from memo.measures import measures
+from memo.measures import sweep as sweep_measures
 from memo.data import mnist, planted
 from memo.files import results
+from memo.files import summary as summary_file
 from memo.config.experiments import FULL_JOB
 
 
@@ -316,5 +318,23 @@ def test_size_sweep_reports_copies_losses_and_m_per_size(tiny_experiment, tmp_pa
         assert ((z["ratio"] >= 0) & (z["ratio"] <= 1)).all() and (z["high"] >= z["ratio"]).all()
         assert (z["median_ratio"] <= 1).all() and (z["low_ratio"] <= z["median_ratio"]).all()
         assert np.isnan(z["M_median"][0]) and np.isfinite(z["M_median"][1])
-        assert z["M_q999"][1] >= z["M_q95"][1] >= z["M_median"][1]
+        m = summary_file.load(tmp_path / "sums" / "tiny.npz").M_final
+        assert z["M_top"][1] == pytest.approx(np.sort(m)[-10:].mean())
+        assert z["M_q95"][1] >= z["M_median"][1]
         assert (z["train_loss"] > 0).all()
+        # snapshots: the full model's weights at every checkpoint and evaluation epoch
+        exp20 = experiments.get("tiny20")
+        want = len(sweep_measures.snapshot_epochs(exp20)) + 1
+        assert want > 1 and z["snapshots"].tolist() == [want, want]
+        assert (z["ratio_max"] >= z["ratio"]).all()
+        assert set(z["ratio_max_epoch"].tolist()) <= set(range(1, exp20.epochs + 1))
+    for e in sweep_measures.snapshot_epochs(experiments.get("tiny20")):
+        assert results.job_files(experiments.get("tiny20"), FULL_JOB,
+                                 tmp_path / "res").weights_at(e).is_file()
+
+
+def test_top_mean_counts_the_same_examples_at_every_size():
+    assert sweep_measures.top_mean(np.arange(250.0)) == pytest.approx(np.arange(240, 250).mean())
+    assert sweep_measures.top_mean(np.arange(8000.0)) == pytest.approx(7994.5)
+    assert sweep_measures.top_mean(np.array([3.0, 1.0]), k=10) == 2.0
+    assert np.isnan(sweep_measures.top_mean(np.array([])))

@@ -40,7 +40,7 @@ def figure(sw: dict) -> Figure:
         ax_c = axes[2]
         for key, label, color, style in (("M_median", "median $M$", SERIES_COLORS[0], "-"),
                                          ("M_q95", "0.95-quantile", SERIES_COLORS[1], "-"),
-                                         ("M_q999", "0.999-quantile", SERIES_COLORS[2], "-"),
+                                         ("M_top", "mean of top 10", SERIES_COLORS[2], "-"),
                                          ("Mc_median", "median $M_{\\mathrm{corrected}}$",
                                           SERIES_COLORS[3], "--")):
             ax_c.plot(n, sw[key], marker="o", ms=3, color=color, ls=style, label=label)
@@ -59,25 +59,40 @@ def figure(sw: dict) -> Figure:
     return fig
 
 
+def _snapshots(sw: dict) -> str:
+    """The highest copy rate over the full model's snapshots, as Gu et al. report it."""
+    if not np.isfinite(sw["ratio_max"]).any():
+        return ""
+    kept = sorted({int(k) for k in sw["snapshots"] if np.isfinite(k)})
+    return ("Highest share over the full model's snapshots ("
+            + "/".join(map(str, kept)) + " per size): " + ", ".join(
+                f"{num(100 * r, 2)}\\,\\%" for r in sw["ratio_max"]) + ". ")
+
+
 def caption(sw: dict) -> str:
     n = sw["n"].astype(int)
     parts = [f"$n = {count(int(k))}$: {num(100 * r, 2)}\\,\\% ({num(100 * lo, 2)}--"
              f"{num(100 * hi, 2)})" for k, r, lo, hi in zip(n, sw["ratio"], sw["low"], sw["high"])]
     text = ("Training-set size sweep on nested subsets of Fashion-MNIST (the first $n$ "
-            "images), one model trained on each for about the same number of steps "
-            f"(epochs {', '.join(str(int(e)) for e in sw['epochs'])}). "
+            "images), one model trained on each for about the same number of steps, so the "
+            "smaller sets for more epochs "
+            f"({', '.join(str(int(e)) for e in sw['epochs'])}): size and passes over the data "
+            "change together, and every difference between sizes may come from either. "
             f"(a) The ratio $d_1/d_2$ of the distances from each of "
             f"{count(int(sw['meta']['samples']))} samples (decoder means of "
             "$z \\sim \\mathcal{N}(0, I)$) to its nearest and second-nearest distinct training "
             "image, median and 1\\,\\% quantile; below $1/3$ a sample is a copy. Share of "
-            "copies with 95\\,\\% Clopper--Pearson intervals: " + "; ".join(parts) + ". The "
+            "copies with 95\\,\\% Clopper--Pearson intervals: " + "; ".join(parts) + ". "
+            + _snapshots(sw) + "The "
             "dashed lines apply the same rule to held-out real images, which cannot be copies. "
             "(b) Final training and test loss of each model. ")
     if np.isfinite(sw["M_median"]).any():
+        k = int(sw["meta"].get("top_k", 10))
         text += ("(c) Quantiles of $M$ and the median of $M_{\\mathrm{corrected}}$ at the last "
                  "epoch, from the $K$-fold models of each size: median " + ", ".join(
-                     f"{num(v, 2)}" for v in sw["M_median"]) + "; 0.999-quantile " + ", ".join(
-                     f"{num(v, 3)}" for v in sw["M_q999"]) + " nats. ")
+                     f"{num(v, 2)}" for v in sw["M_median"]) + f"; mean of the {k} largest "
+                 "(a tail of the same count at every size) " + ", ".join(
+                     f"{num(v, 3)}" for v in sw["M_top"]) + " nats. ")
     if float(np.max(sw["ratio"])) <= float(np.max(sw["control_high"])):
         text += ("At no size does the copy rate exceed the held-out images' rate: these VAEs' "
                  "decoder means are too smooth to reproduce a training image closely, so "

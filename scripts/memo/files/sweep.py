@@ -2,7 +2,9 @@
 from memo/measures/sweep.py), read by its figure (memo/figures/sweep.py) and the report.
 
 One float64 array per field (FIELDS), one entry per training-set size in increasing order, and
-meta (a JSON string: the experiments, the number of samples, the data set). Written whole and
+meta (a JSON string: the experiments, the number of samples, the data set, top_k: how many of
+the largest values M_top and Mc_top average). ratio is the copy rate at the final weights,
+ratio_max the highest over the kept snapshots (at epoch ratio_max_epoch). Written whole and
 compressed (fileio.atomic_write_npz); read without pickles.
 """
 from __future__ import annotations
@@ -17,10 +19,11 @@ import numpy as np
 from memo.errors import FileFormatError
 from memo.fileio import atomic_write_npz
 
-FIELDS = ("n", "epochs", "ratio", "low", "high", "control_ratio", "control_low", "control_high",
+FIELDS = ("n", "epochs", "ratio", "low", "high", "snapshots", "ratio_max", "ratio_max_epoch",
+          "control_ratio", "control_low", "control_high",
           "median_ratio", "low_ratio", "control_median_ratio", "control_low_ratio",
           "train_loss", "test_loss", "cpu_seconds",
-          "M_median", "M_q95", "M_q999", "Mc_median", "Mc_q95")
+          "M_median", "M_q95", "M_top", "Mc_median", "Mc_q95", "Mc_top")
 
 
 def write(path: str | os.PathLike, rows: list[dict], meta: dict) -> None:

@@ -346,11 +346,14 @@ def fit(trainer: Trainer, exp: Experiment, jd: JobData, log=print,
                     record_controls(m.history, epoch, control_idx, lp, ess,
                                     f"{exp.name} {m.job.tag}")
                 line += f" controls {np.mean([lp.mean() for lp, _ in ctl]):.3f}"
-            if any(m.job.full for m in members) and epoch < exp.epochs:
-                trainer.sync()  # the full model's weights at each evaluation epoch
-                for m in members:
-                    if m.job.full:
-                        checkpoints.save_weights(m.files.weights_at(epoch), m.model)
+        # the full model's weights at each evaluation epoch (the measures over training) and
+        # each checkpoint epoch (snapshots: the size sweep's copy rate over training)
+        if (any(m.job.full for m in members) and epoch < exp.epochs
+                and (epoch in eval_epochs or epoch % exp.checkpoint_every == 0)):
+            trainer.sync()
+            for m in members:
+                if m.job.full:
+                    checkpoints.save_weights(m.files.weights_at(epoch), m.model)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         for m in members:  # a group's time is shared equally among its models
             if m.history["seconds"] is not None:
