@@ -170,3 +170,17 @@ def test_a_model_that_does_not_allow_a_group_is_refused_in_one_line(tmp_path, mo
     models.refuse_group("BernoulliMLPVAE")
     with pytest.raises(models.interface.ModelImportError, match="does not take model_args"):
         models.build("incomplete:Single", 2, 1, model_args={"width": 3})
+
+
+def test_private_training_refuses_parameters_opacus_cannot_see_in_one_line(own_model,
+                                                                           tmp_path):
+    """The example holds its parameters on the model itself: Opacus forms no per-example
+    gradients there, so DP-SGD is refused before any file is written."""
+    import dataclasses
+    from memo.train import runner
+    exp = dataclasses.replace(experiments.get("tinymix"), name="tinymixdp", dp={"epsilon": 10})
+    with pytest.raises(ValueError) as e:
+        runner.run_job(exp, experiments.Job(0, 0), tmp_path / "res", log=lambda m: None)
+    assert "cannot train with dp: its parameters logits, mix belong to the model itself" \
+        in str(e.value) and "\n" not in str(e.value)
+    assert not list((tmp_path / "res").rglob("*.*"))

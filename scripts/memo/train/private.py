@@ -73,6 +73,21 @@ def noise_multiplier(dp: dict, sample_rate: float, steps: int) -> float:
                          f"raise epsilon, or train fewer epochs") from None
 
 
+def opacus_problem(model: torch.nn.Module) -> str | None:
+    """Why Opacus cannot form the model's per-example gradients, in one line (None: it can):
+    parameters held by the model itself (Opacus's hooks sit on submodules called on the batch),
+    or layers its validator refuses (BatchNorm mixes a batch's examples)."""
+    own = [name for name, p in model.named_parameters(recurse=False) if p.requires_grad]
+    if own:
+        return (f"its parameters {', '.join(own)} belong to the model itself, where Opacus's "
+                f"per-example gradient hooks do not reach: hold them in submodules that are "
+                f"called on the batch")
+    errors = opacus.validators.ModuleValidator.validate(model, strict=False)
+    if errors:
+        return "; ".join(dict.fromkeys(str(e).split(". ")[0] for e in errors))
+    return None
+
+
 class PrivateModel(training.OneModel):
     """The trainer of a single job under DP-SGD (module docstring); evaluation as OneModel's."""
 
@@ -96,6 +111,10 @@ class PrivateModel(training.OneModel):
 
     def begin(self) -> None:
         m, dp, device = self.members[0], self.exp.dp, self.jd.train.device
+        problem = opacus_problem(m.model)
+        if problem:
+            raise ValueError(f"model {self.exp.model} of experiment {self.exp.name} cannot "
+                             f"train with dp: {problem}")
         with warnings.catch_warnings():  # "secure RNG turned off": we want reproducible noise
             warnings.simplefilter("ignore")
             # hooks on m.model's layers; m.model itself stays the plain module (state_dict,
