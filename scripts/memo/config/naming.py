@@ -81,7 +81,7 @@ def dataset_name(spec: str) -> str:
 # ----------------------------------------------------------------------------------------------
 # models (memo/models: the classes of these names)
 
-MODEL_NAMES = ("BernoulliMLPVAE", "DiagonalGaussianDCVAE", "ConstantGaussianDCVAE")
+MODEL_NAMES = ("BernoulliMLPVAE", "DiagonalGaussianDCVAE", "ConstantGaussianDCVAE", "BernoulliMADE")
 NORMS = ("batch", "group")
 PAPER_NF = 32   # the DCVAEs' width F at the paper's size (the authors' num_feature)
 
@@ -127,6 +127,8 @@ def model_description(name: str, latent_dim: int, norm: str = "batch", nf: int =
         return f"L{latent_dim}" + ("-GN" if norm == "group" else "") + args_tag(model_args)
     if name == "BernoulliMLPVAE":
         return f"512-256-{latent_dim}"
+    if name == "BernoulliMADE":   # latent_dim: its hidden width (memo/models/made.py)
+        return f"H{latent_dim}"
     return f"NF{nf}-L{latent_dim}" + ("-GN" if norm == "group" else "")
 
 
@@ -134,7 +136,8 @@ def num_feature(name: str) -> int | None:
     """The authors' `num_feature` of a model at the paper's width: F for the DCVAEs, None for
     the MLP and for user models (as their result files record it)."""
     check_model(name)
-    return None if name == "BernoulliMLPVAE" or is_user_model(name) else PAPER_NF
+    return (None if name in ("BernoulliMLPVAE", "BernoulliMADE") or is_user_model(name)
+            else PAPER_NF)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -266,9 +266,13 @@ class ConstantGaussianDCVAE(_DCVAE):
         return _gaussian_log_likelihood(x, mean, loggamma.expand_as(mean))
 
 
+# the exact-likelihood model, registered after the VAEs (naming.MODEL_NAMES' order)
+from memo.models.made import BernoulliMADE  # noqa: E402
+
 # registered above in the order of naming.MODEL_NAMES; build, norm_layer_name and the
 # registry itself (MODELS, register, model_class) are memo/models/interface.py's
 __all__ = ["MODELS", "Model", "BernoulliMLPVAE", "DiagonalGaussianDCVAE", "ConstantGaussianDCVAE",
+           "BernoulliMADE",
            "SharedLogVariance", "build", "eval_mode", "group_norm", "load_weights",
            "model_class", "norm_layer_name", "of_experiment", "refuse_group", "register",
            "user_class"]
