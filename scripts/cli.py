@@ -25,6 +25,7 @@ import contextlib
 import sys
 from pathlib import Path
 
+from memo import fileio
 from memo.config.experiments import SettingsError, UnknownExperimentError
 from memo.errors import MemoError
 
@@ -104,6 +105,18 @@ def message(e: BaseException) -> str:
         text = str(e)
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return "; ".join(lines) or type(e).__name__
+
+
+@contextlib.contextmanager
+def one_writer(script: str, outputs):
+    """One process at a time writes `outputs` (a lock on the first, fileio.exclusive): a second
+    run says that it waits for the first; temporary files that processes now gone left beside
+    them are removed. Yields whether it waited."""
+    outputs = [Path(o) for o in outputs]
+    with fileio.exclusive(outputs[:1], lambda line: say(script, line)) as waited:
+        for out in outputs:
+            fileio.remove_orphans(out)
+        yield waited
 
 
 def say(script: str, text: str) -> None:

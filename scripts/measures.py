@@ -56,6 +56,14 @@ def run(args: argparse.Namespace) -> None:
         if args.h is not None and not args.h > 0:
             raise cli.UsageError(f"--h {args.h} is not allowed (a number > 0)")
         exp = experiments.get(args.experiment)
+    out = Path(args.output or Path("analysis") / f"{exp.name}_measures.npz")
+    table = out.with_name(out.name.replace("_measures.npz", "_benchmark.csv")
+                          if out.name.endswith("_measures.npz") else out.stem + "_benchmark.csv")
+    with cli.one_writer(__file__, [out, out.with_suffix(".csv"), table]):
+        write_measures(args, exp, out, table)
+
+
+def write_measures(args: argparse.Namespace, exp, out: Path, table: Path) -> None:
     device = cli.device(args.device)   # imports torch: after the command line is read
     from memo.measures import measures
     s = summary.load(args.summary or Path("analysis") / f"{exp.name}.npz")
@@ -64,13 +72,10 @@ def run(args: argparse.Namespace) -> None:
     ms = measures.compute(exp, s, args.results_dir, args.data_root, device,
                           n_samples=args.samples, n_vectors=args.vectors, h=args.h,
                           log=lambda m: print(m, file=sys.stderr))
-    out = args.output or Path("analysis") / f"{exp.name}_measures.npz"
     measures_file.save(ms, out)
     fileio.atomic_write_bytes(out.with_suffix(".csv"), measures.csv_text(ms).encode())
     rows = measures.benchmark(ms, flagged=s.memorized if s.calibrated else None,
                               control_flagged=s.control_flagged)
-    table = out.with_name(out.name.replace("_measures.npz", "_benchmark.csv")
-                          if out.name.endswith("_measures.npz") else out.stem + "_benchmark.csv")
     fileio.atomic_write_bytes(table, measures.table_csv(rows).encode())
     print(measures.table_text(rows, ms))
     print(f"{out}, {out.with_suffix('.csv')}, {table}")

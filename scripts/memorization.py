@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import cli
+from memo import fileio
 from memo.config import naming
 from memo.files import results
 from memo.config.experiments import FULL_JOB, Job
@@ -155,15 +156,21 @@ def run(args: argparse.Namespace) -> int:
                             != {p.resolve() for p in paths}):
             raise ValueError(f"--output {' '.join(args.output)} does not match the result "
                              f"file(s) {' '.join(map(str, paths))}")
-        results.check_siblings(exp, args.results_dir)
-        jd = data.load_job_data(exp, torch_device, any(j.full for j in jobs),
-                                args.data_root, args.download)
-        if len(jobs) > 1:
-            from memo.train import ensemble
-            done = ensemble.run_group(exp, jobs, args.results_dir, device, jd=jd,
-                                      stop_after=args.stop_after, speed=speed)
-        else:
-            done = runner.run_job(exp, jobs[0], args.results_dir, device, jd=jd,
+        # one process per job: a second run of it waits here, then finds the work done
+        with fileio.exclusive(paths, lambda line: cli.say(__file__, line)) as waited:
+            if (waited or args.output) and all(p.is_file() for p in paths):
+                print(f"{' '.join(map(str, paths))} already written"
+                      + (" by the process waited for" if waited else "") + "; nothing to train")
+                return 0
+            results.check_siblings(exp, args.results_dir)
+            jd = data.load_job_data(exp, torch_device, any(j.full for j in jobs),
+                                    args.data_root, args.download)
+            if len(jobs) > 1:
+                from memo.train import ensemble
+                done = ensemble.run_group(exp, jobs, args.results_dir, device, jd=jd,
+                                          stop_after=args.stop_after, speed=speed)
+            else:
+                done = runner.run_job(exp, jobs[0], args.results_dir, device, jd=jd,
                                       stop_after=args.stop_after, speed=speed)
     except KeyboardInterrupt:
         cli.say(__file__, f"interrupted; the last resume checkpoint (every "

@@ -49,6 +49,12 @@ def reference_split(dataset: str) -> str:
 def run(args: argparse.Namespace) -> Path:
     with cli.usage():  # an unknown experiment, a bad setting of it: one line each
         exp = experiments.get(args.experiment)
+    out = Path(args.output or Path("analysis") / f"{exp.name}_nn.npz")
+    with cli.one_writer(__file__, [out]):
+        return write_neighbours(args, exp, out)
+
+
+def write_neighbours(args: argparse.Namespace, exp, out: Path) -> Path:
     device = cli.device(args.device)   # imports torch: after the command line is read
     import torch
     from memo import data
@@ -86,7 +92,6 @@ def run(args: argparse.Namespace) -> Path:
             "special_counts": counts,
             "special_rule": "valid_duplicate: rho=0; model_duplicate: rho=inf; "
                             "both_duplicate, invalid: rho=nan"}
-    out = Path(args.output or Path("analysis") / f"{exp.name}_nn.npz")
     neighbours_file.write(out, rho=rho, d_valid=d_valid.numpy(), d_model=d_model.numpy(),
                           nn_valid=nn_valid.numpy(), nn_model=nn_model.numpy(),
                           special_code=code, counts=counts, meta=meta)

@@ -75,18 +75,23 @@ def main(argv=None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    with cli.usage():
+        exp = experiments.get(args.experiment) if args.experiment else None
+    out = Path(args.output)
+    with cli.one_writer(__file__, [out, out.with_suffix(".csv"), controls_csv(out)]):
+        return write_summary(args, exp, out)
+
+
+def write_summary(args: argparse.Namespace, exp, out: Path) -> int:
     import numpy as np
     import pandas as pd
 
-    with cli.usage():
-        exp = experiments.get(args.experiment) if args.experiment else None
     s = summary.summarize(args.result_files, n_boot=args.n_boot, experiment=exp,
                           n_perm=args.n_perm, fdr_q=args.fdr_q, test=args.test)
     n = s.meta["n"]
     labels = labels_for(s.meta, args.data_root)
     if labels is not None:
         s.labels = labels.astype(np.int64)
-    out = Path(args.output)
     summary.save(s, out)
 
     # columns after low_ess came with the calibration; without it they are empty
@@ -129,11 +134,17 @@ def run(args: argparse.Namespace) -> int:
     if L == 2 and np.isfinite(s.M_ci_low).any():
         print("  note: with 2 repeats the bootstrap has 3 distinct replicates, so M's \"95% "
               "interval\" is the range of the two single-repeat scores")
+    if n % s.meta["folds"]:
+        print(f"  note: n = {n} is not a multiple of K = {s.meta['folds']}: folds differ in size "
+              f"by one, so the models are not exchangeable and p-values and M_corrected are "
+              f"approximate (docs/calibration.md)")
     if bound is not None:
         print(f"  privacy bound on M (Renyi DP of the fold models, docs/privacy.md): median "
-              f"{np.nanmedian(bound):.2f}, max {np.nanmax(bound):.2f}; M above it for "
-              f"{int(np.sum(m > bound))} of {n} (estimation noise: the bound is on the "
-              f"expectation M estimates)")
+              f"{np.nanmedian(bound):.2f}, mean {np.nanmean(bound):.2f}, max "
+              f"{np.nanmax(bound):.2f}; mean M_corrected {np.nanmean(s.M_corrected):.2f}; "
+              f"above the bound: M for {int(np.sum(m > bound))}, M_corrected for "
+              f"{int(np.sum(s.M_corrected > bound))} of {n} (one example's estimate is noisy "
+              f"and M is biased upward; the bound is on the expectation)")
     if s.calibrated:
         c = s.calibration
         how = (f"all {c['labellings']} labellings" if c["exact"]

@@ -258,7 +258,7 @@ def test_npz_pad_and_labels(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.integers(1, 256, size=(6, 28, 28), dtype=np.uint8)
     y = np.arange(6)
-    xt = rng.integers(1, 256, size=(2, 28, 28, 3), dtype=np.uint8)
+    xt = rng.integers(1, 256, size=(2, 28, 28, 1), dtype=np.uint8)  # channels last, as x's 1
     p = tmp_path / "mine.npz"
     np.savez(p, x=x, y=y, x_test=xt, y_test=np.array([4, 5]))
     d = data.load(f"npz:{p}", root=tmp_path / "unused")
@@ -268,7 +268,7 @@ def test_npz_pad_and_labels(tmp_path):
     assert d.images[:, :, :2].sum() == 0 and d.images[:, :, :, -2:].sum() == 0
     assert d.labels.dtype == torch.int64 and d.labels.tolist() == list(range(6))
     t = data.load(f"npz:{p}", split="test")
-    assert t.images.shape == (2, 3, 32, 32)
+    assert t.images.shape == (2, 1, 32, 32)
     assert np.array_equal(t.images[:, :, 2:30, 2:30].permute(0, 2, 3, 1).numpy(), xt)
     assert t.labels.tolist() == [4, 5]
 

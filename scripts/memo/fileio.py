@@ -1,7 +1,10 @@
 """Files: writes that leave a file whole (a temporary name, then a rename), NumPy archives
-written that way and without pickles, and one-line reports of a file that could not be read."""
+written that way and without pickles, one lock per job (one process at a time writes its
+files), and one-line reports of a file that could not be read."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import glob
 import io
 import os
@@ -51,16 +54,120 @@ def atomic_write_npz(path: str | os.PathLike, arrays: dict, compress: bool = Tru
     atomic_write_bytes(path, buf.getvalue())
 
 
+def writer_pid(tmp: Path, prefix: str) -> int | None:
+    """The process id in a temporary name `<prefix><pid>.<...>` (temporary_name's form)."""
+    head = tmp.name[len(prefix):].split(".", 1)[0].split("-", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def process_gone(pid: int | None) -> bool:
+    """Whether no process `pid` runs (this one counts as gone: none of its own writes to a
+    path is in flight when it cleans up before writing it). A name without a pid: gone."""
+    if pid is None or pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # another user's live process
+        return False
+    return False
+
+
 def remove_orphans(path: str | os.PathLike) -> list[Path]:
-    """Remove the temporary files of writes to `path` that were killed before their rename.
-    Call it only where no other process writes `path` at the same time."""
+    """Remove the temporary files of writes to `path` whose process is gone (killed before
+    its rename); those of a running process are left alone."""
     path = Path(path)
     if not path.parent.is_dir():
         return []
-    gone = sorted(path.parent.glob(f".{glob.escape(path.name)}.*{TMP_SUFFIX}"))
+    prefix = f".{path.name}."
+    gone = [tmp for tmp in sorted(path.parent.glob(f"{glob.escape(prefix)}*{TMP_SUFFIX}"))
+            if process_gone(writer_pid(tmp, prefix))]
     for tmp in gone:
         tmp.unlink(missing_ok=True)
     return gone
+
+
+def remove_stale_dirs(folder: str | os.PathLike, prefix: str) -> list[Path]:
+    """Remove the temporary folders `<prefix><pid>-...` in `folder` (tempfile.mkdtemp's, named
+    with the pid) of processes that are gone."""
+    import shutil
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    gone = [d for d in sorted(folder.glob(f"{glob.escape(prefix)}*")) if d.is_dir()
+            and writer_pid(d, prefix) is not None and process_gone(writer_pid(d, prefix))]
+    for d in gone:
+        shutil.rmtree(d, ignore_errors=True)
+    return gone
+
+
+def lock_path(path: str | os.PathLike) -> Path:
+    """The lock file of the job that writes `path`: hidden, beside it."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.lock")
+
+
+@contextlib.contextmanager
+def exclusive(paths, say=None):
+    """Hold the lock of every path in `paths` (fcntl.flock on lock_path(path)), for one process
+    at a time: a second one says in one line (`say`) that it waits for the process holding it,
+    and waits. The locks are taken in one order, so two processes with overlapping paths never
+    wait on each other; the kernel drops them when the process ends, however it ends.
+    Yields whether it had to wait (the other process may have done the work meanwhile)."""
+    locks = sorted({lock_path(p).resolve() for p in paths})
+    fds, waited = [], False
+    try:
+        for lock in locks:
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+            fds.append(fd)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+                if say is not None:
+                    say(f"waiting for process {holder}, which runs the same job "
+                        f"(lock {lock.parent.name}/{lock.name})")
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                waited = True
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield waited
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def npz_member(path: str | os.PathLike, key: str) -> tuple[tuple, np.dtype, int] | None:
+    """(shape, dtype, inflated bytes) of array `key` in the .npz archive at `path`, from the
+    zip member's header and the .npy header alone (nothing is inflated past the header); None
+    when the archive has no such member. ValueError (one line) for a damaged header, or one
+    whose shape does not fit the member's inflated size (a crafted archive)."""
+    import zipfile
+    try:
+        with zipfile.ZipFile(path) as z:
+            try:
+                info = z.getinfo(f"{key}.npy")
+            except KeyError:
+                return None
+            with z.open(info) as fh:
+                version = np.lib.format.read_magic(fh)
+                read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0)
+                shape, _, dtype = read(fh, max_header_size=10000)
+                header = fh.tell()
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise ValueError(f"{path}: array '{key}' has an unreadable header ({one_line(e, 80)})"
+                         ) from None
+    if dtype.hasobject:
+        return shape, dtype, info.file_size
+    size = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if header + size != info.file_size:
+        raise ValueError(f"{path}: array '{key}' claims shape {shape} of {dtype} "
+                         f"({size} bytes) but its member inflates to {info.file_size} bytes; "
+                         "the archive is damaged or crafted: write it again with np.savez")
+    return shape, dtype, info.file_size
 
 
 def one_line(text, limit: int = 160) -> str:

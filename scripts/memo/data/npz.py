@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from memo.data.images import SIZE, DataMissingError, ImageData, checked_labels, pad_to, resize_uint8
+from memo import fileio
 from memo.fileio import one_line
 
 
@@ -64,7 +65,40 @@ def _npz_array(z, path: Path, key: str) -> np.ndarray:
                          f"np.savez(path, x=images.astype(np.uint8), y=labels)") from None
 
 
+def _check_headers(path: Path, z, xkey: str, ykey: str) -> None:
+    """The arrays' headers checked before any is inflated: images of uint8 and at least one,
+    as many labels as images, labels of integers, and the test images with the training
+    images' channels."""
+    fix = "write it with np.savez(path, x=images, y=labels)"
+    shapes = {}
+    for key in ("x", xkey, ykey):
+        head = fileio.npz_member(path, key) if key in z.files else None
+        if head is None:
+            continue
+        shape, dtype, _ = head
+        if dtype.hasobject:
+            continue  # refused when read, with its reason (_npz_array)
+        shapes[key] = shape
+        if key.startswith("x") and (len(shape) not in (3, 4) or shape[0] == 0):
+            raise ValueError(f"{path}: array '{key}' has shape {shape}; expected at least one "
+                             f"image, N x H x W or N x H x W x C; {fix}")
+        if key.startswith("y") and dtype.kind not in "iub":
+            raise ValueError(f"{path}: array '{key}' has dtype {dtype}; labels must be integers "
+                             f"(no strings, no NaN); {fix}")
+    if ykey in shapes and xkey in shapes and int(np.prod(shapes[ykey])) != shapes[xkey][0]:
+        raise ValueError(f"{path}: {int(np.prod(shapes[ykey]))} labels in '{ykey}' for "
+                         f"{shapes[xkey][0]} images in '{xkey}'; {fix}")
+    if xkey != "x" and "x" in shapes and xkey in shapes:
+        channels = [s[3] if len(s) == 4 else 1 for s in (shapes["x"], shapes[xkey])]
+        if channels[0] != channels[1]:
+            raise ValueError(f"{path}: 'x' has {channels[0]} channel(s) but '{xkey}' has "
+                             f"{channels[1]}; the test images must be like the training images")
+
+
 def load_npz(path: Path, split: str) -> ImageData:
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory; npz:PATH names an .npz file holding a uint8 "
+                         "array 'x'")
     if not path.is_file():
         raise DataMissingError(
             f"npz file not found: expected {path.name} in directory {path.parent.resolve()}; it must "
@@ -86,6 +120,7 @@ def load_npz(path: Path, split: str) -> ImageData:
     if not isinstance(z, np.lib.npyio.NpzFile):
         raise ValueError(f"{path}: not a NumPy .npz archive; {fix}")
     with z:
+        _check_headers(path, z, xkey, ykey)
         if xkey not in z.files:
             if split == "test":
                 raise DataMissingError(

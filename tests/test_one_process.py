@@ -1,0 +1,84 @@
+"""One process per job: a second run of a job waits for the running one and trains nothing;
+clean-up at start removes only the temporary files and folders of processes that are gone."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from conftest import ROOT, TINY, write_tiny_npz
+from memo import fileio
+from memo.config import experiments
+from memo.files import results
+
+
+def _train(tmp_path, env):
+    cmd = [sys.executable, str(ROOT / "scripts" / "memorization.py"), "--experiment", "tiny",
+           "--job", "cv_repeat0_fold1", "--results-dir", str(tmp_path / "res"), "--device", "cpu",
+           "--threads", "1"]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def test_a_second_run_of_a_job_waits_for_the_first_and_trains_nothing(tmp_path, monkeypatch):
+    npz = write_tiny_npz(tmp_path / "tiny.npz")
+    spec = dict(TINY, data=f"npz:{npz}", epochs=20, eval_every=20)
+    exp_file = tmp_path / "experiments.json"
+    exp_file.write_text(json.dumps({"tiny": spec}))
+    monkeypatch.setenv("EXPERIMENTS_FILE", str(exp_file))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    result = results.job_files(experiments.get("tiny"), experiments.Job(0, 1),
+                               tmp_path / "res").result
+    lock = fileio.lock_path(result)
+
+    first = _train(tmp_path, env)
+    deadline = time.monotonic() + 120
+    while not (lock.exists() and lock.read_text().strip() == str(first.pid)):
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+        time.sleep(0.02)
+    first.send_signal(signal.SIGSTOP)  # holding the lock: the second run must find it taken
+    try:
+        second = _train(tmp_path, env)
+        waiting = second.stderr.readline()
+    finally:
+        first.send_signal(signal.SIGCONT)
+    out1, err1 = first.communicate(timeout=120)
+    out2, err2 = second.communicate(timeout=120)
+    assert first.returncode == 0 and second.returncode == 0, (err1, waiting + err2)
+    assert waiting.startswith(f"memorization.py: waiting for process {first.pid}, ")
+    assert "epoch 20/20" in out1 and "epoch" not in out2 + err2   # one of them trained
+    assert "nothing to train" in out2 and "wrote" in out1
+    assert not [p for p in result.parent.iterdir() if p.name.endswith(fileio.TMP_SUFFIX)]
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_clean_up_spares_the_files_of_live_processes(tmp_path):
+    target = tmp_path / "analysis" / "x.npz"
+    target.parent.mkdir()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        dead = _dead_pid()
+        mine = fileio.temporary_name(target)
+        theirs = target.with_name(f".{target.name}.{live.pid}.0a1b2c3d{fileio.TMP_SUFFIX}")
+        gone = target.with_name(f".{target.name}.{dead}.0a1b2c3d{fileio.TMP_SUFFIX}")
+        for p in (mine, theirs, gone):
+            p.write_bytes(b"partial")
+        assert fileio.remove_orphans(target) == sorted([mine, gone])
+        assert theirs.exists() and not mine.exists() and not gone.exists()
+        # temporary folders named with their pid (figures, report)
+        folders = {pid: tmp_path / "analysis" / f".fig-{pid}-abc" for pid in (live.pid, dead)}
+        for d in folders.values():
+            (d / "sub").mkdir(parents=True)
+        assert fileio.remove_stale_dirs(tmp_path / "analysis", ".fig-") == [folders[dead]]
+        assert folders[live.pid].is_dir()
+    finally:
+        live.kill()
+        live.wait()
