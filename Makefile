@@ -117,6 +117,11 @@ dp: $(SETUP) ## private training (DP-SGD) at ε = 100, 10, 1 and without, on the
 	$(MAKE) --no-print-directory report
 	@echo "private training: $(foreach e,$(DP_SWEEP),$(ANALYSIS)/$e.csv); figure: output/privacy/; report: output/report.pdf"
 
+families: $(SETUP) ## which examples each family memorizes: the demo's VAE and MADE side by side (analysis/families.json)
+	$(MAKE) --no-print-directory -j $(JOBS) memorization-fashion_demo memorization-fashion_demo_made
+	$(MAKE) --no-print-directory summary-fashion_demo summary-fashion_demo_made
+	$(PY) scripts/compare_families.py --experiments fashion_demo fashion_demo_made --analysis-dir $(ANALYSIS) -o $(ANALYSIS)/families.json
+
 sweep: $(SETUP) ## training-set size sweep: 1/3-rule copies and M on 250 ... 8,000 images (report)
 	$(MAKE) --no-print-directory -j $(JOBS) $(addprefix memorization-,$(SIZE_SWEEP))
 	$(MAKE) --no-print-directory ANALYSIS=$(SWEEP_SUMMARIES) $(addprefix summary-,$(SIZE_SWEEP))
@@ -169,7 +174,7 @@ verify: ## check results/ against CHECKSUMS, or else the authors' results.sha256
 clean: ## remove the generated Make plans (not results, summaries, figures or settings stamps)
 	rm -f build/experiments*.mk
 
-.PHONY: help setup demo benchmark dp sweep memorization summaries neighbours data test bench checksums verify clean
+.PHONY: help setup demo benchmark dp families sweep memorization summaries neighbours data test bench checksums verify clean
 
 
 # Experiments whose result files are all present (trained here, or the authors' published

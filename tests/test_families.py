@@ -36,3 +36,15 @@ def test_flags_are_counted_per_family_and_together():
     assert r["top_both"].tolist() == [] and r["top_overlap"] == 0.0
     with pytest.raises(ValueError, match="different training sets"):
         families.compare(a, b[:5])
+
+
+def test_the_script_refuses_two_training_sets_and_a_missing_summary_in_one_line(tmp_path,
+                                                                                 capsys):
+    import compare_families
+    assert compare_families.main(["--experiments", "fashion_demo", "fashion_planted"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "train on different data" in err
+    assert compare_families.main(["--experiments", "fashion_demo", "fashion_demo_made",
+                                  "--analysis-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "make summary-fashion_demo" in err
