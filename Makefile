@@ -43,6 +43,13 @@ SWEEP_SUMMARIES := $(ANALYSIS)/sweep## the sweep's summaries, apart from the rep
 # depend on (rewritten only when an experiment's settings change). The plan also names the code
 # each command runs, from the import graph: SUMMARIZE_DEPS, NN_DEPS, MEASURES_DEPS, SWEEP_DEPS
 # and the figures' AN_CODE (analysis.mk), the prerequisites beside each command's input files.
+# EXPERIMENTS_FILE becomes a shell word and a part of file names here: one without spaces,
+# quotes, backslashes or '$', else the command lines would break (or run what follows a quote)
+ifneq ($(strip $(EXPERIMENTS_FILE)),)
+ifneq ($(words $(EXPERIMENTS_FILE))$(findstring ',$(EXPERIMENTS_FILE))$(findstring ",$(EXPERIMENTS_FILE))$(findstring \,$(EXPERIMENTS_FILE))$(findstring `,$(EXPERIMENTS_FILE)),1)
+$(error EXPERIMENTS_FILE '$(EXPERIMENTS_FILE)' holds a space, quote, backquote or backslash: move or link the file to a plain path, e.g. ln -s '...' my-experiments.json)
+endif
+endif
 PLAN := build/experiments$(subst /,_,$(abspath $(EXPERIMENTS_FILE))).mk
 SETTINGS_DIR = $(dir $(PLAN))settings
 PLAN_CMD = EXPERIMENTS_FILE='$(EXPERIMENTS_FILE)' $(PY) scripts/plan.py make --group $(GROUP) \

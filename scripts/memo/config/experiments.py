@@ -21,6 +21,15 @@ class SettingsError(ValueError, MemoError):
 
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # safe in file names and Make targets
+# an experiment's other outputs are named <name><suffix> (analysis/<name>_nn.npz, ...): a name
+# ending in one of these could be another experiment's output
+RESERVED_SUFFIXES = ("_nn", "_measures", "_benchmark", "_sweep", "_controls", "_flagged")
+# sizes past these are typing errors, and would allocate without bound before any work
+UPPER_BOUNDS = {"latent_dim": 4096, "epochs": 100_000, "n_is": 100_000, "folds": 1000,
+                "repeats": 1000, "batch_size": 1 << 20}
+# the importance samples of an evaluation batch (256 examples) are drawn at once:
+# 256 * n_is * latent_dim floats, 1 GiB at this bound (the paper: at most 1000 * 64)
+MAX_SAMPLE_FLOATS = 1 << 20
 # a built-in model's name, or a user's class 'package.module:ClassName' (docs/models.md)
 _MODEL = re.compile(r"^(?:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:)?[A-Za-z_]\w*$")
 
@@ -77,11 +86,13 @@ def setting_problems(exp) -> list[str]:
         if not ok:
             out.append(f"{field} = {getattr(exp, field)!r} is not allowed ({allowed})")
 
-    need("name", isinstance(exp.name, str) and bool(_NAME.match(exp.name)),
-         "letters, digits, '_', '.', '-'")
+    need("name", isinstance(exp.name, str) and bool(_NAME.fullmatch(exp.name))
+         and not exp.name.endswith(RESERVED_SUFFIXES),
+         "letters, digits, '_', '.', '-', not ending in " + ", ".join(RESERVED_SUFFIXES)
+         + " (the names of an experiment's other outputs)")
     need("data", isinstance(exp.data, str) and bool(exp.data),
          "bmnist, fashion, cifar10, celeba or npz:PATH")
-    need("model", isinstance(exp.model, str) and bool(_MODEL.match(exp.model)),
+    need("model", isinstance(exp.model, str) and bool(_MODEL.fullmatch(exp.model)),
          "a built-in model's name, or your own class as 'module.path:ClassName'")
     need("model_args", exp.model_args is None or (
         isinstance(exp.model_args, dict) and ":" in str(exp.model)
@@ -92,7 +103,13 @@ def setting_problems(exp) -> list[str]:
                        ("seed", 0), ("folds", 2), ("repeats", 1), ("subset", 0),
                        ("checkpoint_every", 1)):
         value = getattr(exp, field)
-        need(field, _is_int(value) and value >= low, f"an integer >= {low}")
+        high = UPPER_BOUNDS.get(field)
+        need(field, _is_int(value) and value >= low and (high is None or value <= high),
+             f"an integer >= {low}" + (f" and <= {high}" if high else ""))
+    if _is_int(exp.n_is) and _is_int(exp.latent_dim) and exp.n_is * exp.latent_dim > MAX_SAMPLE_FLOATS:
+        out.append(f"n_is * latent_dim = {exp.n_is} * {exp.latent_dim} is not allowed (at most "
+                   f"{MAX_SAMPLE_FLOATS}: the importance samples of an evaluation batch are "
+                   "drawn at once)")
     need("controls", exp.controls is None or (_is_int(exp.controls) and exp.controls >= 0),
          "null (the default) or an integer >= 0")
     epochs = exp.epochs if _is_int(exp.epochs) and exp.epochs >= 1 else None
@@ -104,7 +121,7 @@ def setting_problems(exp) -> list[str]:
     for field, choices in METHOD_CHOICES.items():
         need(field, getattr(exp, field) in choices, " or ".join(map(repr, choices)))
     need("results_dir", exp.results_dir == "" or (isinstance(exp.results_dir, str)
-                                                  and bool(_NAME.match(exp.results_dir))),
+                                                  and bool(_NAME.fullmatch(exp.results_dir))),
          "empty, or letters, digits, '_', '.', '-'")
     return out + dp_problems(exp.dp)
 
@@ -326,7 +343,13 @@ def load_user_experiments(path: str | os.PathLike | None = None) -> dict[str, Ex
 
 
 def all_experiments() -> dict[str, Experiment]:
-    return {**EXPERIMENTS, **load_user_experiments()}
+    user = load_user_experiments()
+    taken = sorted(set(user) & set(EXPERIMENTS))
+    if taken:
+        raise UnknownExperimentError(
+            f"{os.environ.get('EXPERIMENTS_FILE')}: {', '.join(map(repr, taken))} "
+            "already named built-in experiments; give yours other names")
+    return {**EXPERIMENTS, **user}
 
 
 def get(name: str) -> Experiment:
