@@ -156,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
                             != {p.resolve() for p in paths}):
             raise ValueError(f"--output {' '.join(args.output)} does not match the result "
                              f"file(s) {' '.join(map(str, paths))}")
+        results.check_folders(exp, args.results_dir)
         # one process per job: a second run of it waits here, then finds the work done
         with fileio.exclusive(paths, lambda line: cli.say(__file__, line)) as waited:
             if (waited or args.output) and all(p.is_file() for p in paths):

@@ -35,8 +35,10 @@ def atomic_write_bytes(path: str | os.PathLike, blob: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename is None:  # a full disk: say which file
+            raise OSError(e.errno, f"{e.strerror}: writing {path}") from None
         raise
 
 

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from memo import fileio
 from memo.config.experiments import DEFAULT_CONTROLS, Experiment, Job
 
 # ----------------------------------------------------------------------------------------------
@@ -56,6 +57,24 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
     if spec in DATASET_NAMES:
         return spec, None
     raise ValueError(f"unknown data set {spec!r}; valid choices: {VALID_SPECS}")
+
+
+def max_examples(exp: Experiment) -> int | None:
+    """At most how many training examples the experiment has: its subset, the data set's
+    size, or for npz data the image count in the file's header (nothing else is read); None
+    when that file cannot be read."""
+    kind, path = parse_spec(exp.data)
+    if kind in FACTS:
+        n = FACTS[kind].n_train
+    else:
+        try:
+            head = fileio.npz_member(Path(path).expanduser(), "x")
+        except (OSError, ValueError):
+            return None
+        if head is None or not head[0]:
+            return None
+        n = int(head[0][0])
+    return min(n, exp.subset) if exp.subset else n
 
 
 def controls_count(exp: Experiment, n_test: int | None = None) -> int | None:

@@ -20,6 +20,7 @@ import numpy as np
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 
+from memo import fileio
 from memo.files.summary import Summary, SummaryError
 
 HIGH_Q = 0.95          # "highly memorized" = top 5 % of final-epoch M by percentile (PAPER.md §6)
@@ -374,7 +375,8 @@ def save(result: Result, out_dir: str | os.PathLike, name: str, meta: dict | Non
     out_dir.mkdir(parents=True, exist_ok=True)
     if engine == "auto":
         engine = latex_engine()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=out_dir))
+    fileio.remove_stale_dirs(out_dir, f".{name}-")  # of runs killed before their renames
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-{os.getpid()}-", dir=out_dir))
     try:
         fig = result.fig
         with style(engine):

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+from memo import fileio
 from memo.config.experiments import PAPER_EXPERIMENTS
 from memo.files import measures as measures_file
 from memo.files import neighbours as neighbours_file
@@ -307,7 +308,8 @@ def build(summary_paths, figure_jsons, out_pdf, engine: str | None = "auto") -> 
     secs = sections(docs)
     if engine == "auto":
         engine = latex_engine()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_pdf.stem}-", dir=out_dir))
+    fileio.remove_stale_dirs(out_dir, f".{out_pdf.stem}-")  # of runs killed before their renames
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_pdf.stem}-{os.getpid()}-", dir=out_dir))
     try:
         if engine is None:
             warn(f"no LaTeX found: {out_pdf} is put together by matplotlib")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ import numpy as np
 
 from memo.config import naming
 from memo.config.experiments import AUTHORS_METHOD, METHOD_CHOICES, Experiment, Job
-from memo.fileio import atomic_write_bytes
+from memo.fileio import atomic_write_bytes, one_line
 from memo.errors import MemoError
 
 AUTHOR_META_KEYS = ("batch_size", "dataset", "epochs", "fold_idx", "img_dim", "latent_dim",
@@ -153,6 +154,20 @@ def mismatch_message(what: str, exp: Experiment, field: str, recorded, now, fix:
             f"{field}={now!r}: {fix}, or restore {field}={recorded!r}")
 
 
+def check_folders(exp: Experiment, root: str | Path = "results") -> None:
+    """Refuse to write through a results/ or checkpoints/ folder of the experiment that
+    resolves outside the experiment's own folder (a symbolic link in an unpacked archive
+    would have training write anywhere)."""
+    base = Path(root) / exp.directory
+    real = base.resolve()
+    for sub in ("results", "checkpoints"):
+        folder = base / sub
+        if (folder.exists() or folder.is_symlink()) and not folder.resolve().is_relative_to(real):
+            raise ResultFileError(
+                f"{folder} leads to {folder.resolve()}, outside {real}; writes stay inside the "
+                f"results folder: replace the link with a folder")
+
+
 def check_siblings(exp: Experiment, root: str | Path = "results") -> None:
     """Refuse to train a job of an experiment whose existing result files were made under other
     settings: the new file could never be summarized with them. Reads one of them."""
@@ -160,7 +175,7 @@ def check_siblings(exp: Experiment, root: str | Path = "results") -> None:
     existing = sorted(folder.glob("*.json.gz")) if folder.is_dir() else []
     if not existing:
         return
-    for field, recorded, now in settings_mismatches(read_result(existing[0])["meta"], exp):
+    for field, recorded, now in settings_mismatches(read_result(existing[0], exp)["meta"], exp):
         raise ResultFileError(mismatch_message(
             str(existing[0]), exp, field, recorded, now,
             f"training more of it would mix the two; delete {folder}/ to retrain the experiment"))
@@ -172,16 +187,90 @@ def write_result(path: str | Path, meta: dict, results: dict) -> None:
     atomic_write_bytes(path, gzip.compress(blob, mtime=0))
 
 
-def read_result(path: str | Path) -> dict:
-    """Load and check one result file; any defect raises ResultFileError naming the file."""
+# A result file holds a few numbers per example and evaluation epoch (log p, ESS; ~35 bytes
+# each as JSON): what one may inflate to is bounded by the experiment it belongs to
+BYTES_PER_NUMBER = 64
+MAX_RESULT_BYTES = 256 << 20   # without an experiment: well above the paper's files (~20 MB)
+MAX_DEPTH = 64                 # result files nest 6 deep
+
+
+def max_result_bytes(exp: Experiment | None) -> int:
+    """The most a result file of `exp` may inflate to: every example (at most the data set's
+    size, or the subset) and control image scored twice per evaluation epoch, the losses of
+    every epoch, and 1 MiB for the rest."""
+    if exp is None:
+        return MAX_RESULT_BYTES
+    n = naming.max_examples(exp)
+    if n is None:
+        return MAX_RESULT_BYTES
+    numbers = 2 * (n + (naming.controls_count(exp) or 0)) * len(exp.eval_epochs()) + 2 * exp.epochs
+    return (1 << 20) + BYTES_PER_NUMBER * numbers
+
+
+def _unique_keys(pairs: list) -> dict:
+    """A JSON object; the same key twice is an error (json keeps the last, silently)."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen = set()
+        twice = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ValueError(f"the key {twice!r} appears twice in one object")
+    return out
+
+
+def _inflate(path: Path, limit: int) -> bytes:
+    """The gzip file's content, refused once it passes `limit` bytes (nothing more is read)."""
+    with gzip.open(path, "rb") as f:
+        blob = f.read(limit + 1)
+    if len(blob) > limit:
+        raise ResultFileError(
+            f"{path}: inflates to more than {limit / 2**20:.0f} MiB, more than a result file "
+            "of this experiment holds; it is not one of its result files (delete it, or fetch "
+            "the archive again)")
+    return blob
+
+
+def _depth_ok(blob: bytes) -> bool:
+    """Whether no bracket nests deeper than MAX_DEPTH (brackets inside strings counted too:
+    result files have none)."""
+    depth = 0
+    for m in _BRACKETS.finditer(blob):
+        depth += 1 if m.group() in (b"{", b"[") else -1
+        if depth > MAX_DEPTH:
+            return False
+    return True
+
+
+_BRACKETS = re.compile(rb"[\[\]{}]")
+
+
+def _is_index(key) -> bool:
+    """'0', '17': a decimal without sign or leading zero ('05' would be a second name of 5)."""
+    return isinstance(key, str) and key.isascii() and key.isdigit() and (key == "0" or key[0] != "0")
+
+
+def _count(meta: dict, key: str, low: int, path: Path) -> None:
+    """meta[key], when present, is an integer >= low (JSON, not a string or a boolean)."""
+    v = meta.get(key)
+    if v is not None and not (type(v) is int and v >= low):
+        raise ResultFileError(f"{path}: meta.{key} = {v!r:.40} is not an integer >= {low}; "
+                              "the file is damaged or not a result file")
+
+
+def read_result(path: str | Path, exp: Experiment | None = None) -> dict:
+    """Load and check one result file; any defect raises ResultFileError naming the file.
+    exp: the experiment the file belongs to, which bounds its size (max_result_bytes)."""
     path = Path(path)
     try:
-        with gzip.open(path, "rt") as f:
-            content = json.load(f)
+        blob = _inflate(path, max_result_bytes(exp))
+        if not _depth_ok(blob):
+            raise ValueError(f"objects nested deeper than {MAX_DEPTH}")
+        content = json.loads(blob, object_pairs_hook=_unique_keys)
     except FileNotFoundError:
         raise ResultFileError(f"{path}: result file does not exist") from None
-    except (OSError, EOFError, zlib.error, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ResultFileError(f"{path}: truncated or corrupt result file ({e}); "
+    except (OSError, EOFError, zlib.error, ValueError, UnicodeDecodeError, RecursionError) as e:
+        if isinstance(e, ResultFileError):
+            raise
+        raise ResultFileError(f"{path}: truncated or corrupt result file ({one_line(e, 100)}); "
                               "delete it and re-run make to rebuild it") from None
     try:
         meta, res = content["meta"], content["results"]
@@ -190,20 +279,56 @@ def read_result(path: str | Path) -> dict:
             raise KeyError(f"meta lacks {missing}")
         logpxs, losses = res["logpxs"], res["losses"]
         for epoch, parts in logpxs.items():  # structure here; values in `as_arrays`
-            int(epoch)
+            if not _is_index(epoch) or epoch == "0":
+                raise ValueError(f"epoch key {epoch!r:.20} is not an epoch number (1, 2, ...)")
             if not (isinstance(parts["train"], dict) and isinstance(parts["test"], dict)):
                 raise TypeError(f"epoch {epoch}: train/test are not objects")
-        losses["train"], losses["test"]
+        for part in ("train", "test"):
+            if not (isinstance(losses[part], list)
+                    and all(type(v) in (int, float) for v in losses[part])):
+                raise TypeError(f"losses.{part} is not a list of numbers")
     except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise ResultFileError(f"{path}: not a result file in the expected schema ({e})") from None
+        raise ResultFileError(f"{path}: not a result file in the expected schema "
+                              f"({one_line(e, 100)})") from None
+    if meta["mode"] not in ("split-cv", "full"):
+        raise ResultFileError(f"{path}: meta.mode = {meta['mode']!r:.40} is neither 'split-cv' "
+                              "nor 'full'; the file is damaged or not a result file")
+    for key, low in (("run", 0), ("fold_idx", 0), ("n", 1), ("num_folds", 2), ("repeats", 1),
+                     ("seed", 0)):
+        _count(meta, key, low, path)
+    if meta["mode"] == "split-cv" and meta.get("fold_idx") is None:
+        raise ResultFileError(f"{path}: a fold model's file without meta.fold_idx")
+    if exp is not None and len(losses["train"]) > exp.epochs:
+        raise ResultFileError(f"{path}: {len(losses['train'])} training losses for "
+                              f"epochs = {exp.epochs}; it is not a result file of {exp.name}")
+    ours = meta.get("settings")
+    if isinstance(ours, dict):  # the authors' keys and ours must tell one story
+        for field, key in AUTHOR_SETTING_KEYS.items():
+            if key in meta and field in ours and meta[key] != ours[field]:
+                raise ResultFileError(
+                    f"{path}: meta.{key} = {meta[key]!r:.40} but meta.settings.{field} = "
+                    f"{ours[field]!r:.40}; the file contradicts itself: delete it and re-run "
+                    "make to rebuild it")
     return content
 
 
-def as_arrays(values: dict, path: str | Path = "") -> tuple[np.ndarray, np.ndarray]:
-    """{"<idx>": value} of a result file -> (int64 indices, float64 values), checked."""
-    try:
-        idx = np.fromiter(map(int, values.keys()), dtype=np.int64, count=len(values))
-        val = np.fromiter(values.values(), dtype=np.float64, count=len(values))
-    except (TypeError, ValueError) as e:
-        raise ResultFileError(f"{path}: not a result file in the expected schema ({e})") from None
+def as_arrays(values: dict, path: str | Path = "", upper: float | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """{"<idx>": value} of a result file -> (int64 indices, float64 values), checked: indices
+    written plainly (no sign, no leading zero, so none has two names), values JSON numbers
+    (no strings, no booleans), finite and at most `upper` when given (log p: 0)."""
+    bad_key = next((k for k in values if not _is_index(k)), None)
+    if bad_key is not None:
+        raise ResultFileError(f"{path}: example index {bad_key!r:.20} is not a plain decimal "
+                              "(0, 1, 17, ...); the file is damaged or was edited")
+    bad = next((v for v in values.values() if type(v) not in (int, float)), None)
+    if bad is not None:
+        raise ResultFileError(f"{path}: a value {bad!r:.30} where a number belongs; the file "
+                              "is damaged or was edited")
+    idx = np.fromiter(map(int, values.keys()), dtype=np.int64, count=len(values))
+    val = np.fromiter(values.values(), dtype=np.float64, count=len(values))
+    if upper is not None and not (val <= upper).all():  # also false for nan
+        worst = val[~(val <= upper)][0]
+        raise ResultFileError(f"{path}: log p(x) = {worst!r} (a log-probability is finite and "
+                              f"at most {upper}); the file is damaged or was edited")
     return idx, val

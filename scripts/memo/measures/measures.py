@@ -121,7 +121,7 @@ def compute(exp: Experiment, summary, results_root="results", data_root=None, de
     """Every measure for the examples of `summary` (a memo.files.summary.Summary of exp)."""
     device = torch.device(device)
     files = results.job_files(exp, FULL_JOB, results_root)
-    full = results.read_result(files.result)
+    full = results.read_result(files.result, exp)
     train = data.training_images(exp, data_root)
     index = np.asarray(summary.index, dtype=np.int64)
     if index.max(initial=-1) >= len(train):

@@ -74,15 +74,15 @@ def _compact(content: dict, path: Path) -> dict:
     """A result file with its {"<idx>": value} objects as (int32 index, float64 value) arrays:
     a tenth of the memory of the parsed JSON (a paper-sized MNIST file: ~90 MB parsed). The
     full model's log p is not summarized and is dropped."""
-    def arrays(values: dict):
-        idx, val = results.as_arrays(values, path)
+    def arrays(values: dict, upper: float | None = 0.0):
+        idx, val = results.as_arrays(values, path, upper)
         return idx.astype(np.int32), val
 
     res = content["results"]
     full = content["meta"].get("mode") == "full"
     logpxs = {} if full else {e: {part: arrays(v[part]) for part in ("train", "test")}
                               for e, v in res["logpxs"].items()}
-    ess = {} if full else {e: {part: arrays(v[part]) for part in ("train", "test")}
+    ess = {} if full else {e: {part: arrays(v[part], None) for part in ("train", "test")}
                            for e, v in (res.get("ess") or {}).items()}
     controls = res.get(results.CONTROLS)
     if full or not isinstance(controls, dict):
@@ -145,7 +145,7 @@ def summarize(paths: list[str | Path], progress: bool = True, n_boot: int = 1000
         raise SummaryError("no result files given")
     contents = {}
     for p in tqdm(paths, desc="reading result files", disable=None if progress else True, leave=False):
-        contents[p] = _compact(results.read_result(p), p)
+        contents[p] = _compact(results.read_result(p, experiment), p)
     meta = _check_identity(contents)
     if experiment is not None:
         _check_settings(contents, experiment)
@@ -162,11 +162,17 @@ def summarize(paths: list[str | Path], progress: bool = True, n_boot: int = 1000
         seen[key] = p
     n_folds = int(meta.get("num_folds") or max(k for _, k in seen) + 1)
     n_repeats = int(meta.get("repeats") or max(r for r, _ in seen) + 1)
-    missing = [(r, k) for r in range(n_repeats) for k in range(n_folds) if (r, k) not in seen]
+    outside = [p for (r, k), p in seen.items() if r >= n_repeats or k >= n_folds]
+    if outside:
+        raise SummaryError(f"{outside[0].name} is repeat {cv[outside[0]]['meta']['run']} fold "
+                           f"{cv[outside[0]]['meta']['fold_idx']}, outside the {n_repeats} "
+                           f"repeats of {n_folds} folds the files record")
+    missing = n_repeats * n_folds - len(seen)
     if missing:
-        listed = ", ".join(f"repeat {r} fold {k}" for r, k in missing)
-        raise SummaryError(f"missing {len(missing)} of {n_repeats * n_folds} fold result files: "
-                           f"{listed}")
+        first = [f"repeat {r} fold {k}" for r in range(n_repeats) for k in range(n_folds)
+                 if (r, k) not in seen][:5]
+        raise SummaryError(f"missing {missing} of {n_repeats * n_folds} fold result files: "
+                           f"{', '.join(first)}{', ...' if missing > len(first) else ''}")
 
     epoch_sets = {p: sorted(map(int, c["results"]["logpxs"])) for p, c in cv.items()}
     epochs = sorted(set.intersection(*map(set, epoch_sets.values())))
@@ -182,6 +188,16 @@ def summarize(paths: list[str | Path], progress: bool = True, n_boot: int = 1000
         c = next(iter(cv.values()))["results"]["logpxs"][str(epochs[-1])]
         n = len(c["train"][0]) + len(c["test"][0])
     n, E, R = int(n), len(epochs), n_repeats
+    # each fold model scored every example once, in train or test: before any allocation,
+    # the counts; in the loop below, the indices
+    for p, c in cv.items():
+        for epoch in epochs:
+            parts = c["results"]["logpxs"][str(epoch)]
+            if len(parts["train"][0]) + len(parts["test"][0]) != n:
+                raise SummaryError(
+                    f"{p.name}: {len(parts['train'][0])} training and {len(parts['test'][0])} "
+                    f"held-out examples at epoch {epoch}, but n = {n}; the file is damaged or "
+                    "from another experiment")
 
     in_lse = np.full((E, R, n), -np.inf)
     out_lse = np.full((E, R, n), -np.inf)
@@ -196,6 +212,12 @@ def summarize(paths: list[str | Path], progress: bool = True, n_boot: int = 1000
         r, k = int(c["meta"]["run"]), int(c["meta"]["fold_idx"])
         for ei, epoch in enumerate(epochs):
             parts = c["results"]["logpxs"][str(epoch)]
+            both = np.concatenate([parts["train"][0], parts["test"][0]])
+            if both.min() < 0 or both.max() >= n or (np.bincount(both, minlength=n) != 1).any():
+                raise SummaryError(
+                    f"{p.name}: at epoch {epoch} its training and held-out examples are not "
+                    f"each of 0..{n - 1} once (an example in both, or twice, or none); the file "
+                    "is damaged or was edited")
             for part, lse, cnt in (("train", in_lse, in_count), ("test", out_lse, out_count)):
                 idx, val = parts[part]
                 if len(idx) and (idx.min() < 0 or idx.max() >= n):
@@ -227,10 +249,14 @@ def summarize(paths: list[str | Path], progress: bool = True, n_boot: int = 1000
         ess_in = np.where(ess_cnt["train"] > 0, ess_sum["train"] / ess_cnt["train"], np.nan)
         ess_out = np.where(ess_cnt["test"] > 0, ess_sum["test"] / ess_cnt["test"], np.nan)
     losses = full[0]["results"]["losses"] if full else {"train": [], "test": []}
+    # named after the experiment asked for, and its data from the experiment, never from a
+    # path a file names (a file may come from anywhere)
+    spec = meta.get("data_spec")
     out_meta = {
-        "experiment": (meta.get("experiment") or (experiment.name if experiment else None)
-                       or Path(paths[0]).parent.parent.name),
-        "data": meta.get("data_spec") or _spec_from_dataset(meta["dataset"]),
+        "experiment": (experiment.name if experiment else None) or meta.get("experiment")
+        or Path(paths[0]).parent.parent.name,
+        "data": (experiment.data if experiment else None)
+        or (spec if spec in DATASET_NAMES else _spec_from_dataset(meta["dataset"])),
         "dataset": meta["dataset"], "model": meta["model"], "latent_dim": meta.get("latent_dim"),
         "lr": meta.get("learning_rate"), "epochs": meta.get("epochs"),
         "n_is": meta.get("num_iw_samples"), "folds": n_folds, "repeats": n_repeats,

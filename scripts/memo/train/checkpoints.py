@@ -50,9 +50,31 @@ class CheckpointError(ValueError, MemoError):
     """A checkpoint file that cannot be used; the message names it and the fix."""
 
 
-def load_state(path: str | Path, what: str, fix: str):
+# what a checkpoint may inflate to beyond its tensors' bytes (names, containers, history)
+CHECKPOINT_SLACK = 64 << 20
+
+
+def _inflated_size(path: str | Path) -> int | None:
+    """The bytes a torch zip checkpoint inflates to, from its members' headers (None: not a
+    zip file, read as torch reads it)."""
+    try:
+        if not zipfile.is_zipfile(path):
+            return None
+        with zipfile.ZipFile(path) as z:
+            return sum(info.file_size for info in z.infolist())
+    except (OSError, zipfile.BadZipFile):
+        return None
+
+
+def load_state(path: str | Path, what: str, fix: str, max_bytes: int | None = None):
     """torch.load of a file we or the authors wrote: tensors and plain containers only
-    (weights_only), read to the CPU. Anything else is one CheckpointError line."""
+    (weights_only), read to the CPU. Anything else is one CheckpointError line.
+    max_bytes: the most its members may inflate to (from their headers, before loading)."""
+    size = _inflated_size(path) if max_bytes is not None else None
+    if size is not None and size > max_bytes:
+        raise CheckpointError(f"{what} {path} inflates to {size / 2**20:.0f} MiB, more than "
+                              f"the model's weights ({max_bytes / 2**20:.0f} MiB at most); "
+                              f"refused before loading; {fix}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:  # weights_only refused an object: it could run code
@@ -73,7 +95,10 @@ def load_resume(path, model, optimizer, gen: torch.Generator,
     # Read to the CPU: load_state_dict puts weights and Adam's state where the parameters and
     # the Adam implementation want them, and a generator state must be a CPU tensor.
     fix = "delete it to restart this job from epoch 1"
-    state = load_state(path, "resume checkpoint", fix)
+    # weights and Adam's two moments, and a history no larger than the result file it becomes
+    limit = (None if exp is None
+             else state_bytes(model, copies=3) + results.max_result_bytes(exp))
+    state = load_state(path, "resume checkpoint", fix, limit)
     if not (isinstance(state, dict) and {"model", "optimizer", "generator", "history",
                                          "epoch"} <= set(state)):
         raise CheckpointError(f"resume checkpoint {path} is not a resume file of this "
@@ -104,7 +129,23 @@ def load_resume(path, model, optimizer, gen: torch.Generator,
     return state["history"], state["epoch"]
 
 
-def full_model_state(exp: Experiment, results_root, epoch: int | None = None):
+def state_bytes(model: torch.nn.Module, copies: int = 1) -> int:
+    """The most a checkpoint of `model` (its state `copies` times over) may inflate to."""
+    tensors = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    return copies * tensors + CHECKPOINT_SLACK
+
+
+def finite_or_refuse(model: torch.nn.Module, path, fix: str) -> None:
+    """Refuse weights that are not all finite (they would give NaN everywhere downstream)."""
+    bad = [name for name, t in model.state_dict().items()
+           if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise CheckpointError(f"checkpoint {path}: non-finite weights in {', '.join(bad[:3])}"
+                              f"{', ...' if len(bad) > 3 else ''}; {fix}")
+
+
+def full_model_state(exp: Experiment, results_root, epoch: int | None = None,
+                     max_bytes: int | None = None):
     """The full-data model's weights after `epoch` (default: its last), read as `load_state`
     reads; one CheckpointError naming the file and how to make it again when it is missing or
     unusable."""
@@ -120,7 +161,8 @@ def full_model_state(exp: Experiment, results_root, epoch: int | None = None):
             f"`make{var} {files.result}`{again}, or the whole experiment: "
             f"`make{var} memorization-{exp.name}`")
     return load_state(path, "checkpoint", f"if this pipeline wrote it, remove it and "
-                      f"{files.result}, then `make {files.result}` retrains the full model")
+                      f"{files.result}, then `make {files.result}` retrains the full model",
+                      max_bytes)
 
 
 def load_full_model(exp: Experiment, results_root, device, in_channels: int) -> torch.nn.Module:
@@ -128,8 +170,8 @@ def load_full_model(exp: Experiment, results_root, device, in_channels: int) -> 
     (the nearest neighbours, the other measures and the size sweep all load it here).
     in_channels: the images' channels. Any problem is one CheckpointError line."""
     path = results.job_files(exp, FULL_JOB, results_root).checkpoint
-    state = full_model_state(exp, results_root)
     model = models.of_experiment(exp, in_channels)
+    state = full_model_state(exp, results_root, max_bytes=state_bytes(model))
     try:
         models.load_weights(model, state, path)
     except ValueError as e:   # names the keys or sizes that differ
@@ -137,4 +179,5 @@ def load_full_model(exp: Experiment, results_root, device, in_channels: int) -> 
     except (RuntimeError, TypeError, AttributeError) as e:  # what load_weights does not foresee
         raise CheckpointError(f"checkpoint {path} does not fit {exp.model} (latent_dim "
                               f"{exp.latent_dim}, {in_channels} channels): {one_line(e)}") from None
+    finite_or_refuse(model, path, "retrain the full model (delete it and its result file)")
     return model.to(device).eval()
