@@ -328,7 +328,7 @@ def as_arrays(values: dict, path: str | Path = "", upper: float | None = None
     idx = np.fromiter(map(int, values.keys()), dtype=np.int64, count=len(values))
     val = np.fromiter(values.values(), dtype=np.float64, count=len(values))
     if upper is not None and not (val <= upper).all():  # also false for nan
-        worst = val[~(val <= upper)][0]
+        worst = float(val[~(val <= upper)][0])
         raise ResultFileError(f"{path}: log p(x) = {worst!r} (a log-probability is finite and "
                               f"at most {upper}); the file is damaged or was edited")
     return idx, val
