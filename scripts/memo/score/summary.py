@@ -14,6 +14,7 @@ and read it.
 """
 from __future__ import annotations
 
+import itertools
 import time
 from pathlib import Path
 
@@ -169,8 +170,8 @@ def summarize(paths: list[str | Path], progress: bool = True, n_boot: int = 1000
                            f"repeats of {n_folds} folds the files record")
     missing = n_repeats * n_folds - len(seen)
     if missing:
-        first = [f"repeat {r} fold {k}" for r in range(n_repeats) for k in range(n_folds)
-                 if (r, k) not in seen][:5]
+        first = list(itertools.islice((f"repeat {r} fold {k}" for r in range(n_repeats)
+                                       for k in range(n_folds) if (r, k) not in seen), 5))
         raise SummaryError(f"missing {missing} of {n_repeats * n_folds} fold result files: "
                            f"{', '.join(first)}{', ...' if missing > len(first) else ''}")
 
