@@ -1,0 +1,82 @@
+"""Names that cannot collide, settings within bounds, writes that stay inside their folder,
+checkpoints checked before and after loading."""
+from __future__ import annotations
+
+import json
+import zipfile
+
+import pytest
+import torch
+
+import memorization
+from memo import models
+from memo.config import experiments
+from memo.files import results
+from memo.train import checkpoints
+
+
+def _spec(**kw):
+    return dict(data="bmnist", model="BernoulliMLPVAE", latent_dim=4, lr=1e-3, epochs=3,
+                eval_every=1, n_is=8, **kw)
+
+
+@pytest.mark.parametrize("name", ["tiny_nn", "tiny_measures", "a_benchmark", "x_sweep",
+                                  "x_controls", "x_flagged", "tiny\n", "../evil", ""])
+def test_names_that_could_collide_are_refused(name):
+    with pytest.raises(experiments.SettingsError, match="name = "):
+        experiments.Experiment(name=name, **_spec())
+    with pytest.raises(experiments.SettingsError, match="results_dir = "):
+        experiments.Experiment(name="ok", results_dir="dir\n", **_spec())
+
+
+@pytest.mark.parametrize("field, value", [("epochs", 10**9), ("n_is", 10**7),
+                                          ("latent_dim", 10**7), ("folds", 10**6)])
+def test_sizes_past_their_bounds_are_refused(field, value):
+    with pytest.raises(experiments.SettingsError, match=f"{field} = {value} is not allowed"):
+        experiments.Experiment(name="ok", **{**_spec(), field: value})
+    with pytest.raises(experiments.SettingsError, match="n_is \\* latent_dim"):
+        experiments.Experiment(name="ok", **{**_spec(), "n_is": 4096, "latent_dim": 512})
+
+
+def test_a_user_experiment_cannot_take_a_built_in_name(tmp_path, monkeypatch):
+    f = tmp_path / "mine.json"
+    f.write_text(json.dumps({experiments.DEMO_EXPERIMENT: _spec()}))
+    monkeypatch.setenv("EXPERIMENTS_FILE", str(f))
+    with pytest.raises(experiments.UnknownExperimentError, match="built-in"):
+        experiments.get(experiments.DEMO_EXPERIMENT)
+
+
+def test_training_refuses_a_checkpoints_folder_leading_elsewhere(tiny_experiment, tmp_path,
+                                                                 capsys):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    base = tmp_path / "res" / "tiny"
+    base.mkdir(parents=True)
+    (base / "checkpoints").symlink_to(elsewhere)
+    args = ["--experiment", "tiny", "--job", "cv_repeat0_fold1", "--results-dir",
+            str(tmp_path / "res"), "--device", "cpu", "--threads", "1"]
+    assert memorization.main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "outside" in err and "checkpoints" in err
+    assert not any(elsewhere.iterdir())
+
+
+def test_full_model_weights_are_checked_before_and_after_loading(tiny_experiment, tmp_path):
+    exp = experiments.get("tiny")
+    path = results.job_files(exp, experiments.FULL_JOB, tmp_path).checkpoint
+    path.parent.mkdir(parents=True)
+    model = models.of_experiment(exp, 1)
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))
+    checkpoints.save_weights(path, model)
+    with pytest.raises(checkpoints.CheckpointError, match="non-finite weights"):
+        checkpoints.load_full_model(exp, tmp_path, "cpu", 1)
+    # a zip whose member inflates far past the model's tensors: refused from its header
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        with z.open("archive/data/0", "w", force_zip64=True) as member:
+            block = bytes(1 << 20)
+            for _ in range(checkpoints.state_bytes(model) // len(block) + 1):
+                member.write(block)
+    assert path.stat().st_size < 1 << 20
+    with pytest.raises(checkpoints.CheckpointError, match="refused before loading"):
+        checkpoints.load_full_model(exp, tmp_path, "cpu", 1)
