@@ -68,8 +68,9 @@ def run(args) -> int:
           f"{'M 95%':>8} {'M 99.9%':>8} {'flags':>6}")
     for row in rows:
         lp = "—" if row["heldout_log_p"] is None else f"{row['heldout_log_p']:.2f}"
+        flags = "—" if row["flags"] is None else row["flags"]
         print(f"{row['experiment']:<22} {row['model']:<24} {lp:>14} {row['M_median']:>9.3f} "
-              f"{row['M_95']:>8.3f} {row['M_99.9']:>8.3f} {row['flags'] if row['flags'] is not None else '—':>6}")
+              f"{row['M_95']:>8.3f} {row['M_99.9']:>8.3f} {flags:>6}")
     print(f"\nSpearman of M over {r['n']} examples: {r['spearman']:.3f}; top {args.top:.0%} "
           f"shared: {r['top_overlap']:.0%} (chance {args.top:.0%})"
           + (f"; flags: {r['flags_a']} and {r['flags_b']}, {r['flags_both']} by both"

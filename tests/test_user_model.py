@@ -165,7 +165,8 @@ def test_a_model_that_does_not_allow_a_group_is_refused_in_one_line(tmp_path, mo
     (tmp_path / "incomplete.py").write_text(INCOMPLETE)
     monkeypatch.syspath_prepend(str(tmp_path))
     models.build("incomplete:Single", 2, 1)   # complete: builds
-    with pytest.raises(ValueError, match=r"does not train as a group .* use GROUP=1, one --job per process$"):
+    with pytest.raises(ValueError,
+                       match=r"does not train as a group .* use GROUP=1, one --job per process$"):
         models.refuse_group("incomplete:Single")
     models.refuse_group("BernoulliMLPVAE")
     with pytest.raises(models.interface.ModelImportError, match="does not take model_args"):

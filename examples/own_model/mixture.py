@@ -17,7 +17,7 @@ from memo.models.interface import Model, eval_mode
 
 
 class BernoulliMixture(Model):
-    binary = True       # the data: binarized pixels, x in {0, 1}, (B, C, 32, 32) like every data set
+    binary = True       # binarized pixels, x in {0, 1}, (B, C, 32, 32) like every data set
     groupable = True    # plain tensor code: several copies may train as one vmap group
 
     def __init__(self, components: int, in_channels: int, size: int = 32):

@@ -100,7 +100,8 @@ def dataset_name(spec: str) -> str:
 # ----------------------------------------------------------------------------------------------
 # models (memo/models: the classes of these names)
 
-MODEL_NAMES = ("BernoulliMLPVAE", "DiagonalGaussianDCVAE", "ConstantGaussianDCVAE", "BernoulliMADE")
+MODEL_NAMES = ("BernoulliMLPVAE", "DiagonalGaussianDCVAE", "ConstantGaussianDCVAE",
+               "BernoulliMADE")
 NORMS = ("batch", "group")
 PAPER_NF = 32   # the DCVAEs' width F at the paper's size (the authors' num_feature)
 
