@@ -25,7 +25,7 @@ def _train(tmp_path, env):
 
 def test_a_second_run_of_a_job_waits_for_the_first_and_trains_nothing(tmp_path, monkeypatch):
     npz = write_tiny_npz(tmp_path / "tiny.npz")
-    spec = dict(TINY, data=f"npz:{npz}", epochs=20, eval_every=20)
+    spec = dict(TINY, data=f"npz:{npz}", epochs=4, eval_every=4)
     exp_file = tmp_path / "experiments.json"
     exp_file.write_text(json.dumps({"tiny": spec}))
     monkeypatch.setenv("EXPERIMENTS_FILE", str(exp_file))
@@ -49,7 +49,7 @@ def test_a_second_run_of_a_job_waits_for_the_first_and_trains_nothing(tmp_path, 
     out2, err2 = second.communicate(timeout=120)
     assert first.returncode == 0 and second.returncode == 0, (err1, waiting + err2)
     assert waiting.startswith(f"memorization.py: waiting for process {first.pid}, ")
-    assert "epoch 20/20" in out1 and "epoch" not in out2 + err2   # one of them trained
+    assert "epoch 4/4" in out1 and "epoch" not in out2 + err2   # one of them trained
     assert "nothing to train" in out2 and "wrote" in out1
     assert not [p for p in result.parent.iterdir() if p.name.endswith(fileio.TMP_SUFFIX)]
 
