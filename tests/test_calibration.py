@@ -260,14 +260,17 @@ def test_summary_keeps_every_models_value_and_the_observed_m_is_the_summarys(tmp
 
 def test_incomplete_values_are_refused_unless_calibration_is_off(tmp_path):
     paths, full = make_experiment(tmp_path)
-    # not the first file: the authors' files give n as its train + test
+    # every file is whole (each example once, in train or test), but one example moved from
+    # training to held out in a second fold of its repeat: held out twice
     with gzip.open(paths[3], "rt") as f:
         content = json.load(f)
-    train = content["results"]["logpxs"]["2"]["train"]
-    del train[next(iter(train))]
+    parts = content["results"]["logpxs"]["2"]
+    key = next(iter(parts["train"]))
+    parts["test"][key] = parts["train"].pop(key)
     with gzip.open(paths[3], "wt") as f:
         json.dump(content, f)
-    with pytest.raises(summary.SummaryError, match="cannot calibrate: 1 of .* missing"):
+    with pytest.raises(summary.SummaryError,
+                       match="cannot calibrate: 1 .repeat, example. pairs are not held out"):
         summary.summarize(paths, progress=False, n_boot=10)
     s = summary.summarize(paths, progress=False, n_boot=10, n_perm=0)
     assert not s.calibrated and "calibration" not in s.meta

@@ -176,8 +176,8 @@ def test_settings_stamps_are_rewritten_only_when_the_settings_change(tiny_experi
     first = stamp.read_text(), stamp.stat().st_mtime_ns, out.stat().st_mtime_ns
     # what the summary compares (results.RESULT_SETTINGS), with the experiment's values
     settings, spec = json.loads(first[0]), json.loads(exp_file.read_text())["tiny"]
-    # (dp only when set: stamps of non-private experiments stay as they were before it)
-    assert set(settings) == set(results.RESULT_SETTINGS) - {"dp"} | {"summarize_args"}
+    # (dp and model_args only when set: stamps of experiments without them stay as they were)
+    assert set(settings) == set(results.RESULT_SETTINGS) - {"dp", "model_args"} | {"summarize_args"}
     private = dataclasses.replace(experiments.get("tiny"), dp={"epsilon": 1})
     assert json.loads(plan.settings_json(private))["dp"]["epsilon"] == 1.0
     assert all(settings[k] == v for k, v in spec.items() if k in settings)
