@@ -146,7 +146,7 @@ data: $(SETUP) ## download DATA (needs internet): make data DATA=cifar10
 	$(PY) scripts/get_data.py $(DATA)
 
 test: $(SETUP) ## run the test suite
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 bench: $(SETUP) ## training and importance-sampling images/s on this machine (BENCH_ARGS: more flags)
 	$(PY) scripts/bench.py $(BENCH_ARGS)
