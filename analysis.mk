@@ -1,4 +1,4 @@
-# analysis.mk: figures and the report from the summaries (PAPER.md §6).
+# analysis.mk: figures and the report from the summaries (the paper).
 # Included by the Makefile, which defines PY (the Python interpreter); nothing else is needed
 # (ANALYSIS, when set, names the folder of the summaries; EXPERIMENTS, when set, the valid
 # experiment names, which figures-EXP of another name lists).

@@ -1,4 +1,4 @@
-"""Draw the figures of PAPER.md §6 from summary files (the Makefile runs one figure per call).
+"""Draw the figures of the paper from summary files (the Makefile runs one figure per call).
 
     python scripts/analysis.py FIGURE SUMMARY [SUMMARY ...] [--out DIR]
     python scripts/analysis.py all SUMMARY [--out DIR]

@@ -19,7 +19,7 @@ Rates are images/s (for the group: all G models together). The data are random u
 speed does not depend on their content. Each rate is the best of two timed rounds (together at
 least --seconds) after a warm-up; single numbers stay noisy where other processes share the
 machine, ratios within one run are the more reliable part. The projected wall time of each
-paper experiment (PAPER.md §5: K = L = 10 fold models plus the full model) combines its image
+paper experiment (the paper: K = L = 10 fold models plus the full model) combines its image
 counts with these rates; the held-out loss pass of each epoch counts as a third of a training
 image (forward only).
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Nearest-neighbour distance ratios ρ for one experiment (PAPER.md §6 item 6).
+"""Nearest-neighbour distance ratios ρ for one experiment (the paper).
 
 For every training image x_i:  ρ_i = d(x_i, nearest validation image) / d(x_i, nearest sample),
 Euclidean on 16×16 average-pooled images in [0, 1]. The samples are decoder means of z ~ N(0, I)

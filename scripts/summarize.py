@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Summarize result files into per-example memorization scores U, V, M (PAPER.md §1).
+"""Summarize result files into per-example memorization scores U, V, M (van den Burg &
+Williams, NeurIPS 2021, arXiv:2107.12580).
 
 Writes analysis/<exp>.npz (every evaluation epoch, per-repeat terms, bootstrap uncertainty,
 the permutation calibration) and analysis/<exp>.csv (one row per example at the final epoch).

@@ -76,7 +76,7 @@ def celeba_jpeg(path, inside=INSIDE, outside=OUTSIDE):
 
     a = np.empty((218, 178, 3), dtype=np.uint8)
     a[:] = outside
-    left, top, right, bottom = 15, 40, 163, 188  # PAPER.md §3 (written out: an off-by-one fails)
+    left, top, right, bottom = 15, 40, 163, 188  # the paper (written out: an off-by-one fails)
     a[top:bottom, left:right] = inside
     Image.fromarray(a).save(path, quality=100, subsampling=0)  # 4:4:4: no chroma bleed
 

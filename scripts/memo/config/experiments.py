@@ -1,4 +1,4 @@
-"""The experiments, defined once: the paper's four (PAPER.md §5) and the offline demo.
+"""The experiments, defined once: the paper's four (arXiv:2107.12580) and the offline demo.
 
 The Makefile, the training CLI and the summaries all read this table. A user adds
 experiments of their own in a JSON file (``EXPERIMENTS_FILE``), one object per name
@@ -250,7 +250,7 @@ def refuse_private(exp: Experiment) -> None:
                          f"(one --job per process)")
 
 
-# The paper's settings (PAPER.md §5; supplement B.3): Adam, batch 64, seed 42, K = L = 10, the
+# The paper's settings (supplement B.3): Adam, batch 64, seed 42, K = L = 10, the
 # authors' method and result directories, so their published results are read as they are.
 # `fashion_demo` is the offline default, sized to finish in minutes on a 2-core CPU:
 # a small training set and many epochs make memorization visible quickly.

@@ -1,5 +1,5 @@
 """Names and facts that need no data and no model: the data sets' display names and sizes, the
-models' file-name tags, and the stem of a job's files (PAPER.md §7).
+models' file-name tags, and the stem of a job's files (the authors' names; docs/fidelity.md).
 
 Make's plan, the result files and the summaries name things through this module; it imports
 neither torch nor the loaders, so that naming a file never loads a framework.
@@ -31,7 +31,7 @@ VALID_SPECS = "bmnist, fashion, cifar10, celeba, planted, npz:PATH"
 @dataclass(frozen=True)
 class Facts:
     channels: int
-    hflip: bool       # random horizontal flips in training by default (PAPER.md §3)
+    hflip: bool       # random horizontal flips in training by default (as the authors' code)
     n_train: int      # images in the official training split (CelebA: its "train" partition)
     n_test: int
 

@@ -1,7 +1,7 @@
 """K-fold splits and per-model seeds, keyed by identity so any job can run alone.
 
 The permutation of repeat r depends only on (seed, r); fold k of that repeat is the
-k-th contiguous block of it, the first n % K blocks one longer (PAPER.md §1). Two ways to
+k-th contiguous block of it, the first n % K blocks one longer (as the authors' code). Two ways to
 draw the permutation (the experiment's `splits`):
 
 * "ours":    numpy's generator keyed by (seed, r), O(n);

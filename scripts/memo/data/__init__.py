@@ -1,4 +1,4 @@
-"""Data sets, each loaded once into memory as a uint8 tensor of shape (N, C, 32, 32) (PAPER.md §3).
+"""Data sets, each loaded once into memory as a uint8 tensor of shape (N, C, 32, 32) (the paper).
 
 Specs accepted by ``load``:
 

@@ -1,4 +1,4 @@
-"""Batched preprocessing on the training device (PAPER.md §3).
+"""Batched preprocessing on the training device (the paper).
 
 Training uses fresh noise for every use of an image (dynamic binarization or uniform
 dequantization, random flips of each image or, as the authors' code, of the whole batch).
@@ -55,7 +55,7 @@ def from_logit(y: torch.Tensor) -> torch.Tensor:
 
 
 def logit_to_pixel_log_jacobian(y: torch.Tensor) -> torch.Tensor:
-    """(B,) term added to log p(y) to get log p of the 8-bit pixels (PAPER.md §2):
+    """(B,) term added to log p(y) to get log p of the 8-bit pixels (the paper):
     D·log(1−2λ) − D·log 256 − Σ_d (y_d − 2·softplus(y_d))."""
     y = y.flatten(1)
     d = y.shape[1]

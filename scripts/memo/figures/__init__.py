@@ -1,4 +1,4 @@
-"""The figures of PAPER.md §6, one module per figure, each drawn from the summary arrays.
+"""The paper's figures, one module per figure, each drawn from the summary arrays.
 
 Every module has `make(summaries, *, nn, images, seed) -> common.Result`; `build` draws one
 and writes `<out>/<name>.{pgf,tex,pdf,png,json}`. Importing this package is cheap (the

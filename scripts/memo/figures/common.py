@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from memo import fileio
 from memo.files.summary import Summary, SummaryError
 
-HIGH_Q = 0.95          # "highly memorized" = top 5 % of final-epoch M by percentile (PAPER.md §6)
+HIGH_Q = 0.95          # "top 5 % by M": final-epoch M above its 95th percentile (paper figures)
 TEXTWIDTH = 6.3        # inches; figures are drawn at the size they are printed
 PNG_DPI = 150
 COLORS = {"regular": "#0072B2", "memorized": "#E69F00", "line": "#555555"}

@@ -55,7 +55,7 @@ def caption(summaries, edges) -> str:
                         if s.calibrated else ""))
     return ("Distribution of the memorization score at the final epoch (density histogram, bin "
             f"width {num(edges[1] - edges[0])}); the dashed line marks the 95th percentile, above "
-            "which observations count as highly memorized. The horizontal axis is cut at the "
+            "which observations are the top 5\\,\\% by $M$. The horizontal axis is cut at the "
             f"{100 * RANGE_Q[0]:g}th and {100 * RANGE_Q[1]:g}th percentiles of all scores. "
             f"{'; '.join(parts)}. The score is biased upward when nothing is memorized (more "
             "in-values than held-out ones enter its log-mean-exp), so neither $M > 0$ nor the "

@@ -1,11 +1,11 @@
-"""Figure 5 (supplement Figs 10-11): highly memorized vs regular observations over bins of
+"""Figure 5 (supplement Figs 10-11): the top 5 % by M against the other observations over bins of
 the log probability U_i = log P_A(x_i | D) at the final epoch.
 
-(a) stacked counts per bin, the number of highly memorized written above each bar, and
+(a) stacked counts per bin, the number in the top 5 % by M written above each bar, and
 columns of example images joined to their bin by dashed lines; (b) the proportions per bin.
 
 Example images: `N_COLS` bins, evenly spaced among the bins holding at least `N_ROWS`
-observations; in each, max(1, N_ROWS // 2) highly memorized observations where the bin has
+observations; in each, max(1, N_ROWS // 2) top-5 % observations where the bin has
 any (one for the default three rows) and regular ones for the rest, drawn uniformly without replacement by
 `np.random.default_rng([seed, bin])` -- the choice in one bin depends only on the seed and
 that bin. The frame colour tells which group an image is in.
@@ -28,7 +28,7 @@ N_COLS, N_ROWS = 6, 3
 
 
 def counts(U: np.ndarray, mem: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(regular, highly memorized) counts per bin; U beyond the edges goes to the end bins."""
+    """(regular, top 5 % by M) counts per bin; U beyond the edges goes to the end bins."""
     ok = np.isfinite(U)
     b = bin_of(U[ok], edges)
     nb = len(edges) - 1
@@ -87,12 +87,12 @@ def figure(edges, regular, high, examples=None, images=None, mem=None, flagged=N
             ax_a.text(x, t + 0.02 * total.max(), str(h), ha="center", va="bottom",
                       fontsize=5.5, rotation=rot)
     ax_a.set_ylabel("number of observations")
-    title_a = "(a) counts; numbers above the bars: highly memorized"
+    title_a = r"(a) counts; numbers above the bars: top $5\%$ by $M$"
     if with_images:   # above the example images, clear of the dashed lines
         fig.text(left, 0.985, title_a, va="top", size=matplotlib.rcParams["axes.titlesize"])
     else:
         ax_a.set_title(title_a, loc="left")
-    handles = [Patch(color=COLORS["memorized"], label=r"highly memorized (top $5\%$)"),
+    handles = [Patch(color=COLORS["memorized"], label=r"top $5\%$ by $M$"),
                Patch(color=COLORS["regular"], label="regular")]
     if flagged is not None:
         handles.append(Line2D([], [], color="k", lw=0.8, label=flag))
@@ -137,25 +137,25 @@ def figure(edges, regular, high, examples=None, images=None, mem=None, flagged=N
 def caption(s, edges, regular, high, examples, seed, pooled_low, above_median,
             flagged=None) -> str:
     total = regular + high
-    text = ("Highly memorized (top 5\\,\\% of the final-epoch memorization score, orange) and "
+    text = ("The top 5\\,\\% by the final-epoch memorization score $M$ (orange) and "
             "regular (blue) observations in bins of the log probability "
             f"$\\log P_{{\\mathcal{{A}}}}(x_i \\mid \\mathcal{{D}})$ (bin width "
             f"{num(edges[1] - edges[0])}) for {tex_escape(s.name)} "
             f"({tex_escape(s.dataset)}, {lr_label(s.meta.get('lr'))}, "
             f"$n = {count(total.sum())}$). (a) Counts; the number above each bar is its number "
-            "of highly memorized observations. ")
+            "of top-5\\,\\% observations. ")
     if pooled_low:
         text += (f"The first bar also holds the {count(pooled_low)} observations below "
                  f"{num(edges[0])}. ")
     if examples:
         text += ("Above: training images from several bins, joined by dashed lines to their "
-                 "bin; an orange frame marks a highly memorized image, a blue frame a regular "
-                 f"one (drawn at random with seed {seed}, one highly memorized image per column "
+                 "bin; an orange frame marks an image in the top 5\\,\\% by $M$, a blue frame a "
+                 f"regular one (drawn at random with seed {seed}, one top-5\\,\\% image per column "
                  "where the bin has any). ")
     text += ("(b) The proportion of both groups per bin. "
-             f"Of the {count(high.sum())} highly memorized observations, {pct(above_median)} have "
-             "a log probability above the median of all observations (50\\,\\% if memorization "
-             "were unrelated to it). ")
+             f"Of the {count(high.sum())} observations in the top 5\\,\\% by $M$, "
+             f"{pct(above_median)} have a log probability above the median of all observations "
+             "(50\\,\\% if memorization were unrelated to it). ")
     if flagged is not None:
         text += (f"Black lines: the {count(flagged.sum())} observations flagged as memorized by "
                  "the calibrated test (Benjamini--Hochberg over the permutation p-values), their "

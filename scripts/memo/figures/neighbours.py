@@ -3,7 +3,7 @@ rho_i = d(x_i, nearest validation/test image) / d(x_i, nearest model sample) aga
 
 (a) mean rho +- 1.96 SE per bin of M (width: a round number giving about 25 bins over the
 1st-99th percentile of M; the paper used 2 for MNIST); bins with fewer than two observations
-have no standard error and are left out. (b) histograms of rho, highly memorized vs regular.
+have no standard error and are left out. (b) histograms of rho, the top 5 % by M vs regular.
 """
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def figure(M, rho, mem, width, flagged=None, flag=None) -> Figure:
 
     edges = edges_for(rho, 40, (0.0, 0.999))
     for label, sel, color in (("regular", ~mem, COLORS["regular"]),
-                              (r"highly memorized (top $5\%$)", mem, COLORS["memorized"])):
+                              (r"top $5\%$ by $M$", mem, COLORS["memorized"])):
         r = finite(rho[sel])
         dens = np.histogram(r, edges)[0] / (max(r.size, 1) * np.diff(edges))
         ax_b.stairs(dens, edges, fill=True, color=color, alpha=0.35, lw=0)
@@ -92,8 +92,8 @@ def caption(s, M, rho, mem, width, flagged=None) -> str:
     if left_out:
         text += (f" Bins with fewer than {MIN_COUNT} observations are not shown "
                  f"({count(left_out)} observations).")
-    text += (" (b) Distribution of $\\rho_i$ for highly memorized (top 5\\,\\%) and regular "
-             f"observations. Mean $\\rho$: {num(mh)} (highly memorized) and {num(mr)} (regular); "
+    text += (" (b) Distribution of $\\rho_i$ for the top 5\\,\\% by $M$ and regular "
+             f"observations. Mean $\\rho$: {num(mh)} (top 5\\,\\%) and {num(mr)} (regular); "
              f"Spearman correlation of $\\rho_i$ with $M_i$: {num(r_s, 2)}. ")
     if flagged is not None:
         text += ("Dashed black: the observations flagged as memorized by the calibrated test "

@@ -226,7 +226,8 @@ $M_i = \log P_{\mathcal{A}}(x_i \mid \mathcal{D}) - \log P_{\mathcal{A}}(x_i \mi
 $x_i$ when it is part of the training set. Both terms are estimated by $K$-fold cross-fitting
 repeated $L$ times: $U_i$ averages, in probability space, the model probabilities of $x_i$
 over the models that trained on it, $V_i$ over those that held it out, and $M_i = U_i - V_i$.
-An observation is \emph{highly memorized} when its score is in the top 5\,\% (by percentile).
+The figures mark the top 5\,\% of observations by $M$ (by percentile): a ranking, not a
+test.
 Unless a figure shows epochs, it uses the scores at the last evaluated epoch.
 
 The score is biased upward even when nothing is memorized: a log-mean-exp of more draws of one

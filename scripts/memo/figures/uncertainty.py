@@ -61,7 +61,7 @@ def figure(M, sp, ess_in, ess_out, threshold, n_is) -> Figure:
         ax.scatter(M[ok & ~mem], y[ok & ~mem], s=1.5, lw=0, alpha=0.5, color=COLORS["regular"],
                    rasterized=True, label="regular")
         ax.scatter(M[mem], y[mem], s=1.5, lw=0, alpha=0.8, color=COLORS["memorized"],
-                   rasterized=True, label=r"highly memorized (top $5\%$)")
+                   rasterized=True, label=r"top $5\%$ by $M$")
         yy = y[ok & (y > 0)]
         if yy.size and yy.max() / yy.min() > 100:
             ax.set_yscale("log")
@@ -103,7 +103,8 @@ def caption(s, sp, ess) -> str:
                  + f" over the $L = {s.repeats}$ repeats (median {num(np.median(y[ok]))}). ")
         if kind == "interval":
             sure = np.mean(s.M_ci_low[mem] > thr) if mem.any() else np.nan
-            text += (f"For {pct(sure)} of the highly memorized observations the whole interval "
+            text += (f"For {pct(sure)} of the observations in the top 5\\,\\% by $M$ the whole "
+                     "interval "
                      f"lies above the 95th percentile ({num(thr)}). ")
         text += interval_text(s) + reliability_text(s)
     if ess is not None:

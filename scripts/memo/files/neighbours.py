@@ -1,4 +1,4 @@
-"""The nearest-neighbour file analysis/<exp>_nn.npz (PAPER.md §6.6): written by
+"""The nearest-neighbour file analysis/<exp>_nn.npz: written by
 scripts/nearest_neighbours.py, read by the figures and the report.
 
 Arrays: rho, d_valid, d_model (float64), nn_valid, nn_model (int64 indices of the neighbours),

@@ -1,4 +1,4 @@
-"""Result files in the authors' layout and schema (PAPER.md §7), written atomically.
+"""Result files in the authors' layout and schema (the authors' code), written atomically.
 
 results/<exp>/results/<Dataset>_<Model>_<desc>_seed<S>_cv_repeat<r>_fold<k>.json.gz
 results/<exp>/results/<Dataset>_<Model>_<desc>_seed<S>_full_repeat0.json.gz
@@ -70,7 +70,7 @@ def job_files(exp: Experiment, job: Job, root: str | Path = "results") -> JobFil
 
 def meta_for(exp: Experiment, job: Job, images_shape: tuple, dataset: str, hflip: bool,
              speed: dict | None = None, n_controls: int = 0) -> dict:
-    """A result file's meta: the authors' keys with their values' conventions (PAPER.md §7),
+    """A result file's meta: the authors' keys with their values' conventions (the authors' code),
     then ours (experiment, folds, repeats, data spec, method, every setting).
     images_shape: (n, C, H, W) of the training set D."""
     n, channels, size = int(images_shape[0]), int(images_shape[1]), int(images_shape[-1])

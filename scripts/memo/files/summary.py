@@ -1,6 +1,6 @@
 """The summary file analysis/<exp>.npz: the Summary it holds, its one writer and its one reader.
 
-A Summary holds, per example and evaluation epoch, the memorization scores U, V, M (PAPER.md
+A Summary holds, per example and evaluation epoch, the memorization scores U, V, M (the paper
 §1), the per-repeat partial sums and every fold model's value of every example at the final
 epoch (for uncertainty and calibration), the calibration's results, and the control images'
 scores (docs/calibration.md). memo/score/summary.py makes one from result files; figures, the

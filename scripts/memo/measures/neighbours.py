@@ -1,4 +1,4 @@
-"""Nearest-neighbour distance ratio (PAPER.md §6 item 6).
+"""Nearest-neighbour distance ratio (the paper's nearest-neighbour figure).
 
     ρ_i = d(x_i, nearest validation image) / d(x_i, nearest model sample)
 
@@ -7,7 +7,7 @@ d is the Euclidean distance between images average-pooled 2×2 to 16×16, in pix
 something closer to x_i than anything in the held-out data.
 
 Two defects of the original analysis are avoided here: every query row takes its own minimum
-(not row 0's of its batch), and "highly memorized" is the top 5 % of M by percentile
+(not row 0's of its batch), and "the top 5 % by M" is taken by percentile
 (memo.figures.common.highly_memorized).
 """
 from __future__ import annotations

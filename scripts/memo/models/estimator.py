@@ -1,4 +1,4 @@
-"""Importance-sampled log p(x) (PAPER.md §2; supplement eq. 9), the VAEs' `log_px` (the
+"""Importance-sampled log p(x) (the paper; supplement eq. 9), the VAEs' `log_px` (the
 pipeline calls it as model.log_px, memo/models/interface.py).
 
     log p̂(x) = logsumexp_j [log p(x|z_j) + log N(z_j; 0, I) − log q(z_j|x)] − log N

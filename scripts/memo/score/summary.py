@@ -1,5 +1,5 @@
 """Summarizing one experiment: memorization scores U, V, M per example and evaluation epoch
-(PAPER.md §1) from its result files, their uncertainty over repeats, the calibration and the
+(the paper) from its result files, their uncertainty over repeats, the calibration and the
 flags (docs/calibration.md); the file analysis/<exp>.npz that holds them is memo/files/summary.py.
 
     U_i = logmeanexp(in-values),  V_i = logmeanexp(out-values),  M_i = U_i − V_i

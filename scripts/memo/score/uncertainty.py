@@ -1,6 +1,6 @@
 """Uncertainty of the memorization score: bootstrap over repeats, split-half reliability, ESS flags.
 
-The K-fold estimator (PAPER.md §1) gives example i, in each repeat r, K−1 "in" values (models that
+The K-fold estimator (the paper) gives example i, in each repeat r, K−1 "in" values (models that
 saw x_i) and one "out" value (the model that did not). The summary keeps, per repeat and example,
 the log-sum-exp of those values and their number:
 
