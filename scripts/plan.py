@@ -80,7 +80,7 @@ def settings_json(exp: experiments.Experiment, summarize_args: str = "") -> str:
     them (results.RESULT_SETTINGS; a change of checkpoint_every, which changes no number, does
     not re-run the summary), and the summary's own options (SUMMARIZE_ARGS)."""
     values = asdict(exp)
-    stamp = {k: values[k] for k in results.RESULT_SETTINGS}
+    stamp = {k: values[k] for k in (*results.RESULT_SETTINGS, "repeats")}
     for key, default in results.UNRECORDED.items():  # as result files record them: stamps
         if stamp[key] == default:                     # from before these settings stay valid
             del stamp[key]

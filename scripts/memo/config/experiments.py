@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from memo.config import design
 from memo.errors import MemoError
 
 
@@ -333,7 +334,7 @@ def load_user_experiments(path: str | os.PathLike | None = None) -> dict[str, Ex
                 f"{path}: experiment {name!r} has unknown fields {sorted(unknown)}; "
                 f"valid fields: {sorted(fields - {'name'})}")
         try:
-            out[name] = Experiment(name=name, **spec)
+            out[name] = Experiment(name=name, **design.fill(spec))
         except TypeError as e:
             raise UnknownExperimentError(f"{path}: experiment {name!r}: {e}") from None
         except SettingsError as e:

@@ -99,8 +99,10 @@ def meta_for(exp: Experiment, job: Job, images_shape: tuple, dataset: str, hflip
 AUTHOR_SETTING_KEYS = {"lr": "learning_rate", "epochs": "epochs", "n_is": "num_iw_samples",
                        "batch_size": "batch_size", "latent_dim": "latent_dim", "seed": "seed"}
 OUR_METHOD = {field: choices[0] for field, choices in METHOD_CHOICES.items()}
+# `repeats` is not among them: a repeat's split and seeds depend on (seed, repeat) alone
+# (memo.config.splits), so repeats can be added, or extra ones ignored, without retraining the rest
 RESULT_SETTINGS = ("data", "model", "latent_dim", "lr", "epochs", "eval_every", "n_is",
-                   "batch_size", "seed", "folds", "repeats", "subset", "hflip", "splits",
+                   "batch_size", "seed", "folds", "subset", "hflip", "splits",
                    "eval_noise", "flip", "dp", "controls", "model_args")
 # what a file records of a setting it leaves out: files of non-private runs and of runs without
 # control images stay as they were before those settings existed
@@ -150,8 +152,10 @@ def differences(recorded: dict, exp: Experiment) -> list[tuple[str, object, obje
 
 def mismatch_message(what: str, exp: Experiment, field: str, recorded, now, fix: str) -> str:
     """The one wording of a refusal to continue or mix work made under other settings."""
+    why = (" (folds cannot grow like repeats: K changes every split)" if field == "folds"
+           else "")
     return (f"{what} was made with {field}={recorded!r} but experiment {exp.name} now has "
-            f"{field}={now!r}: {fix}, or restore {field}={recorded!r}")
+            f"{field}={now!r}{why}: {fix}, or restore {field}={recorded!r}")
 
 
 def check_folders(exp: Experiment, root: str | Path = "results") -> None:
