@@ -113,6 +113,43 @@ def test_make_chain_builds_resumes_and_rebuilds_only_what_is_missing(tiny_experi
     out = make("summary-tiny", *common, env=env)
     assert "summarize.py" not in out and stamp.stat().st_mtime_ns == stamp_mtime
 
+    # Repeats grow: raising repeats 2 -> 3 plans and trains repeat 2's folds only, and the files
+    # there keep their mtimes; a repeat's split and seeds depend on (seed, repeat) alone
+    before = {f: f.stat().st_mtime_ns for f in files}
+    exp_file.write_text(json.dumps({"tiny": dict(spec["tiny"], repeats=3)}))
+    new_jobs = [f"cv_repeat2_fold{k}" for k in range(3)]
+    out = make("-n", "summary-tiny", *common, env=env)
+    assert sorted(re.findall(r"--job (\S+)", out)) == new_jobs, out
+    out = make("-j2", "summary-tiny", *common, env=env)
+    assert sorted(re.findall(r"--job (\S+)", out)) == new_jobs, out
+    assert {f: f.stat().st_mtime_ns for f in files} == before
+    grown = summary.load(ana / "tiny.npz")
+    assert grown.values.shape[0] == 3 and np.array_equal(grown.values[:2], first.values)
+    # a new repeat's model is the one a fresh 3-repeat experiment trains
+    fresh = tmp_path / "fresh"
+    p = subprocess.run([str(ROOT / ".venv/bin/python"), "scripts/memorization.py",
+                        "--experiment", "tiny", "--job", "cv_repeat2_fold1", "--threads", "1",
+                        "--results-dir", str(fresh)], cwd=ROOT, env=env, capture_output=True,
+                       text=True)
+    assert p.returncode == 0, p.stderr
+    grown_file = next((res / "tiny" / "results").glob("*_cv_repeat2_fold1.json.gz"))
+    fresh_file = fresh / "tiny" / "results" / grown_file.name
+    assert results.read_result(fresh_file) == results.read_result(grown_file)
+    # and the summary of all of them equals one made at once from a 3-repeat experiment
+    once = summary.summarize(sorted((res / "tiny" / "results").glob("*.json.gz")),
+                             progress=False,
+                             experiment=dataclasses.replace(experiments.get("tiny"), repeats=3))
+    for field in ("U", "V", "values", "held_out"):
+        assert np.array_equal(getattr(grown, field), getattr(once, field), equal_nan=True)
+
+    # shrinking back to 2 repeats ignores repeat 2's files: the first summary again, no training
+    exp_file.write_text(json.dumps(spec))
+    out = make("summary-tiny", *common, env=env)
+    assert "summarize.py" in out and "--job" not in out
+    shrunk = summary.load(ana / "tiny.npz")
+    for field in ("U", "V", "M_ci_low", "M_ci_high", "values", "held_out"):
+        assert np.array_equal(getattr(shrunk, field), getattr(first, field), equal_nan=True)
+
 
 # ----------------------------------------------------------------------------------------------
 # one clear line for a wrong name or a bad experiments file
@@ -177,7 +214,8 @@ def test_settings_stamps_are_rewritten_only_when_the_settings_change(tiny_experi
     # what the summary compares (results.RESULT_SETTINGS), with the experiment's values
     settings, spec = json.loads(first[0]), json.loads(exp_file.read_text())["tiny"]
     # (dp and model_args only when set: stamps of experiments without them stay as they were)
-    assert set(settings) == set(results.RESULT_SETTINGS) - {"dp", "model_args"} | {"summarize_args"}
+    assert set(settings) == (set(results.RESULT_SETTINGS) - {"dp", "model_args"}
+                             | {"summarize_args", "repeats"})
     private = dataclasses.replace(experiments.get("tiny"), dp={"epsilon": 1})
     assert json.loads(plan.settings_json(private))["dp"]["epsilon"] == 1.0
     assert all(settings[k] == v for k, v in spec.items() if k in settings)

@@ -152,6 +152,8 @@ def summarize(paths: list[str | Path], progress: bool = True, n_boot: int = 1000
         _check_settings(contents, experiment)
 
     cv = {p: c for p, c in contents.items() if c["meta"]["mode"] != "full"}
+    if experiment is not None:  # its first L repeats; files of repeats beyond them are ignored
+        cv = {p: c for p, c in cv.items() if int(c["meta"]["run"]) < experiment.repeats}
     full = [c for c in contents.values() if c["meta"]["mode"] == "full"]
     if not cv:
         raise SummaryError("no cross-validation result files among the inputs")
@@ -162,7 +164,8 @@ def summarize(paths: list[str | Path], progress: bool = True, n_boot: int = 1000
             raise SummaryError(f"{p.name} and {seen[key].name} are both repeat {key[0]} fold {key[1]}")
         seen[key] = p
     n_folds = int(meta.get("num_folds") or max(k for _, k in seen) + 1)
-    n_repeats = int(meta.get("repeats") or max(r for r, _ in seen) + 1)
+    n_repeats = (experiment.repeats if experiment is not None
+                 else int(meta.get("repeats") or max(r for r, _ in seen) + 1))
     outside = [p for (r, k), p in seen.items() if r >= n_repeats or k >= n_folds]
     if outside:
         raise SummaryError(f"{outside[0].name} is repeat {cv[outside[0]]['meta']['run']} fold "
