@@ -4,6 +4,20 @@
 set -euo pipefail
 venv=${1:-.venv}
 cd "$(dirname "$0")/.."
+stamp="$venv/.installed"
+want=$(sha256sum requirements.txt | cut -d' ' -f1)
+installed() { [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; }
+
+# Two set-ups at once (two `make demo` in one tree) would install into one virtualenv
+# together: the second waits for the first here, then finds the stamp and does nothing.
+if command -v flock >/dev/null; then
+  mkdir -p build
+  exec 9>build/setup.lock
+  if ! flock -n 9; then
+    echo "setup: another set-up of this tree is running; waiting for it"
+    flock 9
+  fi
+fi
 
 # Fashion-MNIST is the offline default data set; LaTeX typesets the figures; poppler reads PDFs.
 system_packages=(dataset-fashion-mnist texlive-latex-base texlive-latex-extra texlive-pictures
@@ -30,11 +44,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
-stamp="$venv/.installed"
-want=$(sha256sum requirements.txt | cut -d' ' -f1)
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
-  exit 0
-fi
+installed && { touch "$stamp"; exit 0; }   # Make compares its mtime with this script
 command -v python3 >/dev/null || { echo "setup: error: python3 is needed (3.11)" >&2; exit 1; }
 echo "setup: creating $venv and installing requirements.txt (about 2 minutes)"
 python3 -m venv "$venv"
