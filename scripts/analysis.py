@@ -69,12 +69,14 @@ def draw(args: argparse.Namespace, names: tuple[str, ...]) -> None:
     from memo.figures import common
     engine = None if args.no_latex else common.latex_engine()
     inputs = {"nn": None, "images": None, "measures_set": None, "sweep": None}
-    if args.figure in figures.STANDALONE:  # drawn from its own file, not from summaries
-        summaries, out = [], args.out or Path("output") / "size_sweep"
+    standalone = args.figure in figures.STANDALONE  # drawn from its own file, not summaries
+    out = cli.output(args.out or (Path("output") / "size_sweep" if standalone
+                                  else default_out(args.summaries)))
+    if standalone:
+        summaries = []
         inputs["sweep"] = sweep_file.load(args.summaries[0])
     else:
         summaries = [summary.load(s) for s in args.summaries]
-        out = args.out or default_out(args.summaries)
     if any(n in figures.NEEDS_NN for n in names):
         nn_path = args.nn or neighbours_file.path_for(args.summaries[0])
         inputs["nn"] = neighbours_file.load_optional(nn_path, summaries[0].n)

@@ -107,12 +107,19 @@ def message(e: BaseException) -> str:
     return "; ".join(lines) or type(e).__name__
 
 
+def output(path) -> Path:
+    """Where a script writes (a file or a folder), refused in one line when a symbolic link
+    there leads outside the folder that holds it (fileio.inside): every script checks the
+    paths it writes here, once it has decided them."""
+    return fileio.inside(path)
+
+
 @contextlib.contextmanager
 def one_writer(script: str, outputs):
-    """One process at a time writes `outputs` (a lock on the first, fileio.exclusive): a second
-    run says that it waits for the first; temporary files that processes now gone left beside
-    them are removed. Yields whether it waited."""
-    outputs = [Path(o) for o in outputs]
+    """One process at a time writes `outputs` (each checked by `output`; a lock on the first,
+    fileio.exclusive): a second run says that it waits for the first; temporary files that
+    processes now gone left beside them are removed. Yields whether it waited."""
+    outputs = [output(o) for o in outputs]
     with fileio.exclusive(outputs[:1], lambda line: say(script, line)) as waited:
         for out in outputs:
             fileio.remove_orphans(out)

@@ -31,8 +31,9 @@ def main(argv=None) -> int:
     if jsons is None:
         jsons = sorted(args.out.parent.glob("*/*.json"))
     # RuntimeError: LaTeX failed (its log's last lines are in the message)
-    rc = cli.run(__file__, report.build, summaries, jsons, args.out,
-                 None if args.no_latex else "auto", failures=(RuntimeError,))
+    rc = cli.run(__file__, lambda: report.build(summaries, jsons, cli.output(args.out),
+                                                None if args.no_latex else "auto"),
+                 failures=(RuntimeError,))
     if rc == 0:
         print(args.out)
     return rc

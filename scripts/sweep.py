@@ -61,6 +61,7 @@ def run(args: argparse.Namespace) -> None:
         bad = [e.name for e in exps if not e.subset]
         if bad:
             raise cli.UsageError(f"{', '.join(bad)}: a sweep experiment needs a subset size")
+    out = cli.output(args.output or DEFAULT_OUT)   # refused now, not after the training
     device = cli.device(args.device)   # imports torch: after the command line is read
     from memo.measures import sweep
     rows = []
@@ -71,7 +72,6 @@ def run(args: argparse.Namespace) -> None:
         r = rows[-1]
         log(f"[sweep] n = {r['n']}: {100 * r['ratio']:.2f} % of {args.samples} samples copy a "
             f"training image (held-out images: {100 * r['control_ratio']:.2f} %)")
-    out = args.output or DEFAULT_OUT
     sweep_file.write(out, rows, {"experiments": [e.name for e in exps], "samples": args.samples,
                                  "data": "fashion", "top_k": sweep.TOP_K})
     top = f"top-{sweep.TOP_K}"

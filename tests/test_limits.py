@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
 
+import analysis
 import memorization
+import summarize
 from memo import models
 from memo.config import experiments
 from memo.files import results
 from memo.train import checkpoints
+from test_results_summary import make_experiment
 
 
 def _spec(**kw):
@@ -80,3 +84,43 @@ def test_full_model_weights_are_checked_before_and_after_loading(tiny_experiment
     assert path.stat().st_size < 1 << 20
     with pytest.raises(checkpoints.CheckpointError, match="refused before loading"):
         checkpoints.load_full_model(exp, tmp_path, "cpu", 1)
+
+
+def _refused(rc, capsys, link) -> str:
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and len(err.splitlines()) == 1, err
+    assert f"{link} leads to" in err and "outside" in err and "replace the link" in err
+    return err
+
+
+def test_writes_refuse_a_link_leading_outside_analysis_or_output(tmp_path, monkeypatch, capsys):
+    """analysis/<exp>.npz and output/<exp> as links (an unpacked archive) would have the
+    summary and the figures write elsewhere: refused in one line, the target untouched."""
+    monkeypatch.chdir(tmp_path)
+    paths, _ = make_experiment(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    precious = elsewhere / "exp.npz"
+    precious.write_bytes(b"not yours")
+    out = tmp_path / "analysis" / "exp.npz"
+    out.parent.mkdir()
+    out.symlink_to(precious)
+    args = ["--result-files", *map(str, paths), "-o", str(out), "--n-boot", "10",
+            "--data-root", str(tmp_path / "nodata")]
+    _refused(summarize.main(args), capsys, out)
+    assert precious.read_bytes() == b"not yours"
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["exp.npz"]
+    assert [p.name for p in out.parent.iterdir()] == ["exp.npz"]   # no lock, no CSV
+
+    out.unlink()   # the same run without the link writes its summary
+    assert summarize.main(args) == 0
+    capsys.readouterr()
+    figures = tmp_path / "elsewhere" / "figures"
+    figures.mkdir()
+    (tmp_path / "output").mkdir()
+    (tmp_path / "output" / "exp").symlink_to(figures)
+    # the default folder (output/<exp>) and the one Make names (--out output/<exp>)
+    for extra in ([], ["--out", "output/exp"]):
+        rc = analysis.main(["quantiles", "analysis/exp.npz", "--no-latex", *extra])
+        _refused(rc, capsys, Path("output") / "exp")
+        assert not any(figures.iterdir())

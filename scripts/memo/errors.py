@@ -12,3 +12,8 @@ class MemoError(Exception):
 class FileFormatError(ValueError, MemoError):
     """A file of the pipeline (the nearest-neighbour, sweep or measures file) that is missing,
     truncated or not of its kind; the message names it and how to make it again."""
+
+
+class OutsideRootError(ValueError, MemoError):
+    """A write whose target, through a symbolic link, lies outside the folder it was meant for;
+    the message names the link, where it leads and the fix."""

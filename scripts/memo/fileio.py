@@ -14,12 +14,28 @@ from pathlib import Path
 
 import numpy as np
 
+from memo.errors import OutsideRootError
+
 TMP_SUFFIX = ".tmp"
 
 
 def temporary_name(path: Path) -> Path:
     """A hidden name of its own beside `path` (the rename stays on one file system)."""
     return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{TMP_SUFFIX}")
+
+
+def inside(path: str | os.PathLike, root: str | os.PathLike | None = None) -> Path:
+    """`path`, after checking that it resolves inside `root` (default: the folder holding it).
+    The folder a user names may itself be a link (analysis/ on a bigger disk); what is refused
+    is a link below it that redirects the write, e.g. analysis/<exp>.npz or output/<exp>
+    unpacked from an archive as a link to somewhere else. OutsideRootError (one line)."""
+    path = Path(path)
+    root = Path(root) if root is not None else path.parent
+    real, real_root = path.resolve(), root.resolve()
+    if not real.is_relative_to(real_root):
+        raise OutsideRootError(f"{path} leads to {real}, outside {real_root}; writes stay "
+                               f"inside {root}: replace the link with a file or folder of its own")
+    return path
 
 
 def atomic_write_bytes(path: str | os.PathLike, blob: bytes) -> None:

@@ -27,7 +27,7 @@ import numpy as np
 
 from memo.config import naming
 from memo.config.experiments import AUTHORS_METHOD, METHOD_CHOICES, Experiment, Job
-from memo.fileio import atomic_write_bytes, one_line
+from memo.fileio import atomic_write_bytes, inside, one_line
 from memo.errors import MemoError
 
 AUTHOR_META_KEYS = ("batch_size", "dataset", "epochs", "fold_idx", "img_dim", "latent_dim",
@@ -163,13 +163,8 @@ def check_folders(exp: Experiment, root: str | Path = "results") -> None:
     resolves outside the experiment's own folder (a symbolic link in an unpacked archive
     would have training write anywhere)."""
     base = Path(root) / exp.directory
-    real = base.resolve()
     for sub in ("results", "checkpoints"):
-        folder = base / sub
-        if (folder.exists() or folder.is_symlink()) and not folder.resolve().is_relative_to(real):
-            raise ResultFileError(
-                f"{folder} leads to {folder.resolve()}, outside {real}; writes stay inside the "
-                f"results folder: replace the link with a folder")
+        inside(base / sub, base)
 
 
 def check_siblings(exp: Experiment, root: str | Path = "results") -> None:
