@@ -3,7 +3,8 @@
 Williams, NeurIPS 2021, arXiv:2107.12580).
 
 Writes analysis/<exp>.npz (every evaluation epoch, per-repeat terms, bootstrap uncertainty,
-the permutation calibration) and analysis/<exp>.csv (one row per example at the final epoch).
+the permutation calibration), analysis/<exp>.csv (one row per example at the final epoch) and
+analysis/<exp>_flagged.csv (the flagged examples, strongest evidence first; docs/outputs.md).
 
   python scripts/summarize.py --result-files results/bmnist_lr3/results/*.json.gz \\
       -o analysis/bmnist_lr3.npz
@@ -20,36 +21,46 @@ from memo.config import experiments
 from memo import fileio
 from memo.score import summary
 from memo.score import calibration
+from memo.score import flagged as flagged_list
+from memo.score import uncertainty
 from memo.score import privacy
 
 
 def parse_args(argv=None):
-    p = cli.parser(__file__, __doc__.splitlines()[0],
-                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.parser(__file__, __doc__.splitlines()[0])
     p.add_argument("--result-files", nargs="+", required=True, help="result files (.json.gz) "
                    "of one experiment: all cv folds of all repeats, optionally the full model")
     cli.add_output(p, "the summary (.npz; its CSV beside it, of the same stem)", required=True)
     p.add_argument("--experiment", default=None, help="experiment name: refuse result files "
                    "made under other settings than it has now")
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates over repeats")
-    p.add_argument("--n-perm", type=int, default=2000, help="labellings of the held-out model "
+    # The summary's options: the experiment's fields of the same names (memo/config/experiments.py,
+    # their defaults without --experiment); an option given here overrides its field for this run
+    defaults = experiments.summary_options(None)
+    p.add_argument("--n-boot", type=int, default=None, help="bootstrap replicates over repeats "
+                   f"(default: the experiment's n_boot, else {defaults['n_boot']})")
+    p.add_argument("--n-perm", type=int, default=None, help="labellings of the held-out model "
                    "drawn per example for the permutation null (all K^L are enumerated when "
                    "there are no more); 0: no calibration at all (no p-values, flags or control "
-                   "images' scores, whatever --test)")
-    p.add_argument("--fdr-q", type=float, default=0.05, help="false discovery rate of the "
-                   "'memorized' flag (Benjamini-Hochberg over the examples)")
-    p.add_argument("--test", choices=("moderated-t", "t", "permutation"), default="moderated-t",
+                   "images' scores, whatever --test) (default: the experiment's n_perm, else "
+                   f"{defaults['n_perm']})")
+    p.add_argument("--fdr-q", type=float, default=None, help="false discovery rate of the "
+                   "'memorized' flag (Benjamini-Hochberg over the examples) (default: the "
+                   f"experiment's fdr_q, else {defaults['fdr_q']})")
+    p.add_argument("--test", choices=experiments.SUMMARY_TESTS, default=None,
                    help="the per-example test behind the flag: moderated-t, the repeat-paired "
                    "t-test of in- against held-out log p with variances moderated across "
                    "examples (can flag at 11-21 models); t, the same without moderation; "
                    "permutation, the exact permutation null of M (smallest p 1/K^L) "
-                   "(docs/calibration.md)")
+                   "(docs/calibration.md) (default: the experiment's test, else "
+                   f"{defaults['test']})")
     cli.add_data_root(p)   # for the labels; without the data they are -1
     args = p.parse_args(argv)
-    if args.n_perm < 0:
+    if args.n_perm is not None and args.n_perm < 0:
         p.error("--n-perm must be 0 (no calibration) or more")
-    if not 0 < args.fdr_q < 1:
+    if args.fdr_q is not None and not 0 < args.fdr_q < 1:
         p.error("--fdr-q must lie between 0 and 1")
+    if args.n_boot is not None and args.n_boot < 0:
+        p.error("--n-boot must be 0 (no bootstrap) or more")
     return args
 
 
@@ -79,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
     with cli.usage():
         exp = experiments.get(args.experiment) if args.experiment else None
     out = Path(args.output)
-    with cli.one_writer(__file__, [out, out.with_suffix(".csv"), controls_csv(out)]):
+    with cli.one_writer(__file__, [out, out.with_suffix(".csv"), controls_csv(out),
+                                   flagged_list.path_for(out)]):
         return write_summary(args, exp, out)
 
 
@@ -87,8 +99,13 @@ def write_summary(args: argparse.Namespace, exp, out: Path) -> int:
     import numpy as np
     import pandas as pd
 
-    s = summary.summarize(args.result_files, n_boot=args.n_boot, experiment=exp,
-                          n_perm=args.n_perm, fdr_q=args.fdr_q, test=args.test)
+    # the experiment's options, those given on the command line instead; both are recorded
+    given = {k: getattr(args, k) for k in experiments.SUMMARY_OPTIONS
+             if getattr(args, k) is not None}
+    options = {**experiments.summary_options(exp), **given}
+    s = summary.summarize(args.result_files, experiment=exp, **options)
+    s.meta["summary_options"] = options
+    s.meta["summary_overrides"] = given
     n = s.meta["n"]
     labels = labels_for(s.meta, args.data_root)
     if labels is not None:
@@ -122,6 +139,7 @@ def write_summary(args: argparse.Namespace, exp, out: Path) -> int:
         fileio.atomic_write_bytes(controls_csv(out), buf.getvalue().encode())
     else:  # none now: a file of an earlier summary would be stale
         controls_csv(out).unlink(missing_ok=True)
+    flagged_list.write(s, flagged_list.path_for(out))   # a header only when none is flagged
 
     m = s.M[-1]
     q = np.nanquantile(m, [0.5, 0.95, 0.99, 0.999])
@@ -132,9 +150,15 @@ def write_summary(args: argparse.Namespace, exp, out: Path) -> int:
           f"99.9% {q[3]:.2f}, max {np.nanmax(m):.2f}")
     print(f"  reliability of M: split-half Spearman ({h[0]} vs {h[1]} repeats) "
           f"{s.split_half:.3f}; Spearman-Brown for all {L} repeats {s.reliability:.3f}")
+    print_low_ess(s)
     if L == 2 and np.isfinite(s.M_ci_low).any():
-        print("  note: with 2 repeats the bootstrap has 3 distinct replicates, so M's \"95% "
-              "interval\" is the range of the two single-repeat scores")
+        mc, lo, hi = s.M_corrected, s.M_corrected_ci_low, s.M_corrected_ci_high
+        edge = np.isfinite(lo) & ((mc <= lo) | (mc >= hi))
+        print("  note: with 2 repeats the bootstrap has 3 distinct replicates (either repeat "
+              "twice, both once: the estimate itself), so each \"95% interval\" is the range "
+              "of those three scores"
+              + (f"; M_corrected lies at an end of its interval for {int(edge.sum())} of {n}"
+                 if np.isfinite(lo).any() else "") + " (docs/calibration.md)")
     if n % s.meta["folds"]:
         print(f"  note: n = {n} is not a multiple of K = {s.meta['folds']}: folds differ in size "
               f"by one, so the models are not exchangeable and p-values and M_corrected are "
@@ -190,9 +214,40 @@ def write_summary(args: argparse.Namespace, exp, out: Path) -> int:
                 if c.get("test", "permutation") == "permutation" else None)
         if note:
             print(f"summarize.py: warning: {note}", file=sys.stderr)
-    also = f" and {controls_csv(out)}" if s.n_controls else ""
-    print(f"wrote {out}, {out.with_suffix('.csv')}{also}")
+    also = f", {controls_csv(out)}" if s.n_controls else ""
+    print(f"wrote {out}, {out.with_suffix('.csv')}{also} and {flagged_list.path_for(out)}")
     return 0
+
+
+def print_low_ess(s) -> None:
+    """The share of low_ess examples (docs/outputs.md), and a larger n_is when it is high."""
+    low, known = uncertainty.low_ess_share(s.low_ess, s.ess_in, s.ess_out)
+    if not known:   # exact likelihoods (MADE) or result files without ESS
+        print("  low_ess: no importance-sampling ESS in these results (exact log p, or not "
+              "recorded), so no example is low_ess")
+        return
+    n_is = s.meta.get("n_is")
+    thr = uncertainty.ess_threshold(n_is) if n_is else float("nan")
+    text = (f"  low_ess (ESS under {thr:.3g} of {n_is} importance samples for an in- or "
+            f"held-out model): {low} of {known} ({low / known:.1%})")
+    low_f, of_f = uncertainty.low_ess_share(s.low_ess, s.ess_in, s.ess_out, s.memorized)
+    if of_f:
+        text += f", {low_f} of the {of_f} flagged ({low_f / of_f:.1%})"
+    print(text)
+    high = uncertainty.LOW_ESS_HIGH_SHARE
+    if not n_is or not (low / known > high or (of_f and low_f / of_f > high)):
+        return
+    suggest, stuck = uncertainty.suggested_n_is(s.ess_in, s.ess_out, n_is, s.low_ess)
+    if suggest:
+        print(f"  suggestion: \"n_is\": {suggest} in the experiment would lift 90% of them "
+              f"over the threshold (ESS grows with n_is; over {high:.0%} are low)"
+              + (f"; {stuck} stay low at any n_is (ESS under "
+                 f"{uncertainty.ESS_THRESHOLD_FRACTION:.0%} of n_is: the encoder misses their "
+                 "posterior)" if stuck else ""))
+    elif stuck:
+        print(f"  note: all {stuck} stay low at any n_is (ESS under "
+              f"{uncertainty.ESS_THRESHOLD_FRACTION:.0%} of n_is: the encoder misses their "
+              "posterior); a larger n_is does not help them")
 
 
 if __name__ == "__main__":

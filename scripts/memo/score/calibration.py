@@ -268,6 +268,22 @@ def benjamini_hochberg(p, q: float = DEFAULT_FDR_Q) -> tuple[np.ndarray, float]:
     return ok & (p <= cutoff), cutoff
 
 
+def q_values(p) -> np.ndarray:
+    """Benjamini–Hochberg adjusted p-values: q_(k) = min over j >= k of p_(j)·m/j (capped at
+    1) over the m finite p-values, nan elsewhere. An example is flagged at level q exactly
+    when its q-value is at most q (`benjamini_hochberg`)."""
+    p = np.asarray(p, dtype=np.float64)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    if ok.size == 0:
+        return out
+    order = ok[np.argsort(p[ok], kind="stable")]
+    m = ok.size
+    scaled = p[order] * m / np.arange(1, m + 1)
+    out[order] = np.minimum(1.0, np.minimum.accumulate(scaled[::-1])[::-1])
+    return out
+
+
 def needed_at_minimum(p_min: float, n: int, q: float) -> int:
     """How many examples must share the smallest attainable p-value for BH to flag any:
     the k-th smallest p passes when p <= q·k/n, so k >= p_min·n/q."""

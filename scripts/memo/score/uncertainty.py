@@ -22,6 +22,7 @@ the lse arrays (typically -inf or nan); they are ignored.
 """
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -287,3 +288,42 @@ def ess_flags(ess, n_is, fraction: float = ESS_THRESHOLD_FRACTION,
     ess = np.asarray(ess, dtype=np.float64)
     with np.errstate(invalid="ignore"):
         return ess < ess_threshold(n_is, fraction, minimum)
+
+
+# Above this share of low-ESS examples (among all, or among the flagged) the summary suggests a
+# larger n_is: one example in ten whose log p rests on a handful of effective samples, and the
+# top of the ranking is where they gather (the importance distribution fits worst there).
+LOW_ESS_HIGH_SHARE = 0.10
+
+
+def low_ess_share(low_ess, ess_in, ess_out, among=None) -> tuple[int, int]:
+    """(low, of): how many examples are low_ess among those with an ESS at all (exact
+    likelihoods have none: nan, never low), optionally only among the `among` mask."""
+    known = np.isfinite(np.asarray(ess_in, float)) | np.isfinite(np.asarray(ess_out, float))
+    if among is not None:
+        known = known & np.asarray(among, bool)
+    return int((np.asarray(low_ess, bool) & known).sum()), int(known.sum())
+
+
+def suggested_n_is(ess_in, ess_out, n_is: int, low_ess=None, cover: float = 0.9,
+                   fraction: float = ESS_THRESHOLD_FRACTION,
+                   minimum: float = ESS_THRESHOLD_MIN) -> tuple[int | None, int]:
+    """(the n_is that would lift `cover` of the liftable low-ESS examples over the threshold,
+    a power of two; how many low ones no n_is lifts), or (None, 0) when none is low.
+
+    The ESS of a fixed importance distribution grows in proportion to the number of samples
+    N, so an example at ESS e with N samples has about e·N'/N at N'. The threshold
+    max(minimum, fraction·N') grows with N' too: an example whose ESS is under `fraction` of N
+    (the distribution misses the posterior) stays low at any N, and only the floor can be
+    cleared, at N' ≥ minimum·N/e. The suggestion covers the smaller e of in- and held-out."""
+    ess = np.fmin(np.asarray(ess_in, float), np.asarray(ess_out, float))   # nan only if both
+    low = ess_flags(ess, n_is, fraction, minimum) if low_ess is None else (
+        np.asarray(low_ess, bool) & np.isfinite(ess))
+    if not low.any():
+        return None, 0
+    e = ess[low]
+    liftable = e >= fraction * n_is
+    if not liftable.any():
+        return None, int(low.sum())
+    need = minimum * n_is / np.quantile(e[liftable], 1 - cover)
+    return int(2 ** math.ceil(math.log2(max(need, n_is + 1)))), int((~liftable).sum())

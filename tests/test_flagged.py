@@ -1,0 +1,138 @@
+"""The flagged list (analysis/<exp>_flagged.csv), low_ess and its suggested n_is, and the
+bootstrap interval at two repeats."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+import summarize as summarize_cli
+from memo.files import summary
+from memo.score import calibration as cal
+from memo.score import flagged
+from memo.score import uncertainty as unc
+from test_calibration import synthetic
+from test_figures import write_summary
+from test_results_summary import make_experiment
+
+
+def noisy(i, r, k, e, out):
+    """log p with a spread between models; examples 0-3 lose 6 nats when held out."""
+    noise = ((i * 7919 + r * 104729 + k * 1299709 + e * 31) % 997) / 997
+    return -50.0 - 0.1 * i - e + noise - (6.0 if i < 4 and out else 0.0)
+
+
+def summarize(tmp_path, *extra):
+    paths, full = make_experiment(tmp_path, n=40, folds=4, repeats=3, value=noisy)
+    out = tmp_path / "analysis" / "exp.npz"
+    assert summarize_cli.main(["--result-files", *map(str, paths + [full]), "-o", str(out),
+                               "--n-boot", "30", "--n-perm", "200",
+                               "--data-root", str(tmp_path / "nodata"), *extra]) == 0
+    return out
+
+
+def test_flagged_list_holds_the_summarys_flags_strongest_evidence_first(tmp_path, capsys):
+    out = summarize(tmp_path)
+    s = summary.load(out)
+    path = flagged.path_for(out)
+    assert path == tmp_path / "analysis" / "exp_flagged.csv"
+    assert str(path) in capsys.readouterr().out
+    t = pd.read_csv(path)
+    assert tuple(t.columns) == flagged.COLUMNS
+    assert s.memorized.sum() >= 4                       # the planted four, at least
+    assert sorted(t["index"]) == sorted(s.index[s.memorized])
+    assert list(t["rank"]) == list(range(1, len(t) + 1))
+    assert (np.diff(t["p_value"]) >= 0).all()           # evidence first
+    assert (t["q_value"] <= s.calibration["fdr_q"]).all()
+    rows = t["index"].to_numpy()                        # index == position in this summary
+    for col, arr in (("M", s.M_final), ("M_corrected", s.M_corrected),
+                     ("M_corrected_ci_low", s.M_corrected_ci_low),
+                     ("M_corrected_ci_high", s.M_corrected_ci_high), ("p_value", s.p_value)):
+        np.testing.assert_allclose(t[col], arr[rows], rtol=1e-5, err_msg=col)
+    assert (t["low_ess"].to_numpy() == s.low_ess[rows]).all()
+
+
+def test_flagged_list_is_a_header_without_calibration(tmp_path):
+    out = summarize(tmp_path, "--n-perm", "0")
+    lines = flagged.path_for(out).read_text().splitlines()
+    assert lines == [",".join(flagged.COLUMNS)]
+
+
+def test_q_values_flag_exactly_what_benjamini_hochberg_flags():
+    rng = np.random.default_rng(0)
+    p = np.concatenate([rng.uniform(0, 1, 300), rng.uniform(0, 1e-3, 30), [np.nan]])
+    q = cal.q_values(p)
+    assert np.isnan(q[-1]) and (q[:-1] >= p[:-1]).all() and (q[:-1] <= 1).all()
+    order = np.argsort(p[:-1])
+    assert (np.diff(q[:-1][order]) >= 0).all()          # q rises with p
+    for level in (0.01, 0.05, 0.2):
+        flags, _ = cal.benjamini_hochberg(p, level)
+        assert (flags == (q <= level)).all()
+
+
+def test_by_evidence_orders_by_p_then_corrected_score(tmp_path):
+    s = summary.load(write_summary(tmp_path / "a.npz", n=50))
+    s.p_value[:] = 0.5
+    s.p_value[[7, 3, 9]] = [0.01, 0.01, 0.001]
+    s.null_mean[:] = 0.0
+    s.U[-1, 3], s.V[-1, 3], s.U[-1, 7], s.V[-1, 7] = 5.0, 0.0, 9.0, 0.0   # M_corrected 5 and 9
+    assert list(flagged.by_evidence(s)[:3]) == [9, 7, 3]
+
+
+def test_exact_likelihoods_are_never_low_ess():
+    ess = np.array([np.nan, 1.0, np.nan, 50.0])
+    low = unc.ess_flags(ess, 128) | unc.ess_flags(np.full(4, np.nan), 128)
+    assert list(low) == [False, True, False, False]
+    assert unc.low_ess_share(low, ess, np.full(4, np.nan)) == (1, 2)    # of those with an ESS
+    assert unc.low_ess_share(np.zeros(3, bool), np.full(3, np.nan), np.full(3, np.nan)) == (0, 0)
+
+
+def test_suggested_n_is_lifts_the_floor_and_names_the_hopeless():
+    # N = 128: threshold max(5, 2.56) = 5. ESS 4 needs 5/4·128 = 160 -> 256; ESS 2 is under
+    # 2 % of N and stays low at any N (the threshold grows with N as fast as the ESS)
+    ess = np.array([4.0, 4.5, 2.0, 60.0])
+    assert unc.suggested_n_is(ess, ess, 128) == (256, 1)
+    assert unc.suggested_n_is(np.array([2.6, 60.0]), np.full(2, 60.0), 128) == (256, 0)
+    # ESS 2.6 needs 5/2.6·128 = 246 -> 256; at 256 it is 5.2 >= max(5, 5.12)
+    assert unc.suggested_n_is(np.full(3, 60.0), np.full(3, 60.0), 128) == (None, 0)
+    assert unc.suggested_n_is(np.full(2, np.nan), np.full(2, np.nan), 128) == (None, 0)
+
+
+def test_summary_line_gives_the_low_ess_share_and_a_larger_n_is(tmp_path, capsys):
+    s = summary.load(write_summary(tmp_path / "a.npz", n=100))
+    n_is = s.meta["n_is"]                                  # 64: threshold 5
+    s.ess_in[:] = 30.0
+    s.ess_out[:] = 30.0
+    s.ess_out[:20] = 4.0                                   # 20 % low, all liftable
+    s.ess_in[95:] = np.nan
+    s.ess_out[95:] = np.nan                                # 5 without an ESS: not counted
+    s.low_ess = unc.ess_flags(s.ess_in, n_is) | unc.ess_flags(s.ess_out, n_is)
+    s.memorized[:] = False
+    s.memorized[[0, 1, 2, 50, 99]] = True                 # 3 low, 1 not, 1 without an ESS
+    summarize_cli.print_low_ess(s)
+    text = capsys.readouterr().out
+    assert "20 of 95 (21.1%)" in text and "3 of the 4 flagged (75.0%)" in text
+    assert '"n_is": 128' in text                            # 5/4 · 64 = 80 -> 128
+    s.ess_out[:20] = 30.0
+    s.ess_out[:5] = 4.0                                    # 5 % low, none flagged: no suggestion
+    s.low_ess = unc.ess_flags(s.ess_in, n_is) | unc.ess_flags(s.ess_out, n_is)
+    s.memorized[:] = False
+    summarize_cli.print_low_ess(s)
+    text = capsys.readouterr().out
+    assert "5 of 95 (5.3%)" in text and "n_is\":" not in text
+
+
+def test_two_repeats_interval_is_the_range_of_three_replicates_and_holds_the_estimate():
+    values, held = synthetic(200, 2, 5, 3.0, seed=4, delta=np.linspace(0, 6, 200))
+    w = unc.bootstrap_weights(2, 400, seed=1)
+    lo, hi = cal.bootstrap_corrected(values, held, w)
+    reps = [cal.calibrate(values[cal._replicate_repeats(np.array(c))],
+                          held[cal._replicate_repeats(np.array(c))],
+                          exact=True, p_values=False).M_corrected
+            for c in ([2, 0], [0, 2], [1, 1])]
+    estimate = cal.calibrate(values, held, exact=True, p_values=False).M_corrected
+    np.testing.assert_allclose(reps[2], estimate)           # both repeats once: the estimate
+    np.testing.assert_allclose(lo, np.minimum.reduce(reps))
+    np.testing.assert_allclose(hi, np.maximum.reduce(reps))
+    assert ((lo <= estimate) & (estimate <= hi)).all()
+    at_edge = (estimate == lo) | (estimate == hi)
+    assert 0 < at_edge.sum() < len(estimate)    # the estimate can sit at an end, as documented
