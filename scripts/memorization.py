@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import cli
 from memo import fileio
 from memo.config import naming
 from memo.files import results
+from memo.train import progress
 from memo.config.experiments import FULL_JOB, Job
 import memo.config.experiments as experiments
 
@@ -83,6 +83,8 @@ def parse_args(argv=None):
                    help="save a resume checkpoint after EPOCH and exit with status 3 without a "
                    "result file (for time-limited cluster slots; re-running resumes)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved settings and exit")
+    p.add_argument("--verbose", action="store_true", help="a line per epoch (losses, mean log p); "
+                   "by default one line per model when it is done")
     return p.parse_args(argv)
 
 
@@ -104,10 +106,10 @@ def resolve(args) -> experiments.Experiment:
 
 def make_job_threads() -> int:
     """Under `make -j N`, give each of the N jobs its share of the cores (at least one)."""
-    m = re.search(r"(?:^|\s)-j\s*(\d*)", os.environ.get("MAKEFLAGS", ""))
-    if not m:
+    jobs = progress.make_jobs()
+    if jobs is None:
         return 0
-    jobs = int(m.group(1) or 0)  # bare -j: unlimited jobs, one thread each
+    # bare -j (0): unlimited jobs, one thread each
     return max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else (1 if jobs == 0 else 0)
 
 
@@ -169,10 +171,12 @@ def run(args: argparse.Namespace) -> int:
             if len(jobs) > 1:
                 from memo.train import ensemble
                 done = ensemble.run_group(exp, jobs, args.results_dir, device, jd=jd,
-                                          stop_after=args.stop_after, speed=speed)
+                                          stop_after=args.stop_after, speed=speed,
+                                          verbose=args.verbose)
             else:
                 done = runner.run_job(exp, jobs[0], args.results_dir, device, jd=jd,
-                                      stop_after=args.stop_after, speed=speed)
+                                      stop_after=args.stop_after, speed=speed,
+                                      verbose=args.verbose)
     except KeyboardInterrupt:
         cli.say(__file__, f"interrupted; the last resume checkpoint (every "
                 f"{exp.checkpoint_every} epochs) is kept: run again to resume")

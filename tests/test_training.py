@@ -7,6 +7,7 @@ import memorization
 from memo.config import experiments
 from memo.data import preprocess
 from memo.files import results
+from memo.train import progress
 
 
 def _args(tmp_path, job="cv_repeat0_fold1", *extra):
@@ -33,6 +34,28 @@ def test_job_writes_the_authors_schema_plus_ess(tiny_experiment, tmp_path):
     ess = np.array(list(c["results"]["ess"]["3"]["train"].values()))
     assert ((ess >= 1) & (ess <= 8 + 1e-9)).all()
     assert len(c["results"]["losses"]["train"]) == 3 == len(c["results"]["losses"]["test"])
+
+
+def test_one_result_line_per_model_and_epoch_lines_when_verbose(tiny_experiment, tmp_path,
+                                                                 capsys):
+    assert memorization.main(_args(tmp_path)) == 0
+    quiet = capsys.readouterr().out.splitlines()
+    assert quiet[0].startswith("[tiny cv_repeat0_fold1] done, epoch 3/3 loss train ")
+    assert " | mean log p in " in quiet[0] and len(quiet) == 2 and quiet[1].startswith("wrote ")
+    assert memorization.main(_args(tmp_path, "cv_repeat1_fold0", "--verbose")) == 0
+    loud = capsys.readouterr().out.splitlines()
+    assert [line.split(" loss")[0] for line in loud[:4]] == [
+        "[tiny cv_repeat1_fold0] epoch 1/3", "[tiny cv_repeat1_fold0] epoch 2/3",
+        "[tiny cv_repeat1_fold0] epoch 3/3", "[tiny cv_repeat1_fold0] done, epoch 3/3"]
+    numbers = [line.split(" loss")[1].rsplit(" (", 1)[0] for line in loud[2:4]]
+    assert numbers[0] == numbers[1]   # the result line repeats the last epoch's numbers
+
+
+@pytest.mark.parametrize("makeflags, disable", [
+    ("", None), ("k", None), ("-j1", None), ("-j4 --jobserver-auth=3,4", True), ("-j", True)])
+def test_progress_bars_are_off_beside_other_make_jobs(monkeypatch, makeflags, disable):
+    monkeypatch.setenv("MAKEFLAGS", makeflags)
+    assert progress.disabled() is disable   # None: a bar when stderr is a terminal
 
 
 def test_full_model_keeps_its_final_checkpoint(tiny_experiment, tmp_path):

@@ -43,7 +43,7 @@ from torch.func import functional_call, vmap
 from tqdm import tqdm
 
 from memo import models
-from memo.train import accel, evaluation, training
+from memo.train import accel, evaluation, progress, training
 from memo.data import preprocess
 from memo.data import JobData, load_job_data
 from memo.config.experiments import Experiment, Job, refuse_private
@@ -314,8 +314,8 @@ def group_log_px(stack: StackedVAEs, images: torch.Tensor, indices: list[torch.T
     is_rows = is_rows or IS_ROWS.get(images.device.type, IS_ROWS["cpu"])
     lps, esss = [[] for _ in indices], [[] for _ in indices]
     steps = list(_eval_steps([len(i) for i in indices], evaluation.EVAL_BATCH))
-    for start, parts in tqdm(steps, desc=desc, leave=False, disable=None if desc else True,
-                             file=sys.stderr):
+    for start, parts in tqdm(steps, desc=desc, leave=False,
+                             disable=progress.disabled() if desc else True, file=sys.stderr):
         models = [g for g, _ in parts]
         width = max(b for _, b in parts)
         x = _eval_inputs(stack.binary, seed, [(images, indices[g], keys[g]) for g in models],
@@ -424,7 +424,7 @@ def run_group(exp: Experiment, jobs: list[Job], results_root="results", device="
               data_root=None, download: bool = False, jd: JobData | None = None,
               log=print, stop_after: int | None = None,
               is_rows: int | None = None,
-              speed: accel.Speed = accel.Speed()) -> list[dict] | None:
+              speed: accel.Speed = accel.Speed(), verbose: bool = False) -> list[dict] | None:
     """Train the jobs' models together and write each one's result file, as run_job would.
 
     Returns the result dicts in the order of `jobs`. stop_after=E: checkpoint after epoch E and
@@ -441,4 +441,4 @@ def run_group(exp: Experiment, jobs: list[Job], results_root="results", device="
     members = [training.Member.of(exp, job, jd.train.shape[0], results_root, device)
                for job in jobs]
     return training.fit(Group(exp, members, jd, speed, is_rows), exp, jd, log, stop_after,
-                        speed.describe(device))
+                        speed.describe(device), verbose)

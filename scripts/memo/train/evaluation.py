@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from memo.train import accel
+from memo.train import accel, progress
 from memo.data import preprocess
 
 # the parts of D (and the control images) a model's log p is taken on, as progress bars name them
@@ -69,7 +69,7 @@ def evaluate(model, images: torch.Tensor, index: torch.Tensor, seed: int, n_is: 
     lps, esss = [], []
     with accel.exact_float32():
         for sl in tqdm(list(batches(len(index), batch_size)), desc=desc, leave=False,
-                       disable=None, file=sys.stderr):
+                       disable=progress.disabled(), file=sys.stderr):
             x = preprocess.eval_inputs(images[sl], index[sl], model.binary, seed, noise)
             lp, ess = model.log_px(x, n_is, gen)
             lps.append(lp)

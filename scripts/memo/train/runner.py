@@ -14,11 +14,12 @@ from memo.train.training import Member, OneModel, fit
 def run_job(exp: Experiment, job: Job, results_root="results", device="cpu",
             data_root=None, download: bool = False, jd: JobData | None = None,
             log=print, stop_after: int | None = None,
-            speed: accel.Speed = accel.Speed()) -> dict | None:
+            speed: accel.Speed = accel.Speed(), verbose: bool = False) -> dict | None:
     """Train one model and write its result file. Returns the result dict.
 
     stop_after=E: checkpoint after epoch E and return None without a result file.
     speed: TF32 and torch.compile for the training steps (memo/train/accel.py).
+    verbose: log a line per epoch, not only the model's result line.
     """
     device = torch.device(device)
     jd = jd or load_job_data(exp, device, job.full, data_root, download)
@@ -28,5 +29,6 @@ def run_job(exp: Experiment, job: Job, results_root="results", device="cpu",
         # opacus deferred: only private experiments load it
         from memo.train.private import PrivateModel
         trainer = PrivateModel
-    done = fit(trainer(exp, member, jd, speed), exp, jd, log, stop_after, speed.describe(device))
+    done = fit(trainer(exp, member, jd, speed), exp, jd, log, stop_after, speed.describe(device),
+               verbose)
     return None if done is None else done[0]

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from memo.train import accel, checkpoints, evaluation
+from memo.train import accel, checkpoints, evaluation, progress
 from memo import fileio, models
 from memo.data import preprocess
 from memo.files import results
@@ -299,11 +299,14 @@ def _mean_or_range(values: list[float]) -> str:
 
 
 def fit(trainer: Trainer, exp: Experiment, jd: JobData, log=print,
-        stop_after: int | None = None, speed: dict | None = None) -> list[dict] | None:
+        stop_after: int | None = None, speed: dict | None = None,
+        verbose: bool = False) -> list[dict] | None:
     """Train the trainer's members for exp.epochs and write their result files.
 
     Returns the result dicts in the order of the members; stop_after=E: checkpoint after
     epoch E and return None without result files. speed: recorded in the result metadata.
+    Logs one line when done (the last epoch's losses and log p, this run's seconds);
+    verbose: one line per epoch as well.
     """
     members = trainer.members
     name = _name(exp, members)
@@ -315,8 +318,10 @@ def fit(trainer: Trainer, exp: Experiment, jd: JobData, log=print,
     for m in members:  # resumed from a file that kept no seconds: the cost stays unknown
         if "seconds" not in m.history:
             m.history["seconds"] = {"cpu": 0.0, "wall": 0.0} if start_epoch == 1 else None
+    began = time.perf_counter()
     for epoch in tqdm(range(start_epoch, exp.epochs + 1), desc=name, initial=start_epoch - 1,
-                      total=exp.epochs, disable=None, file=sys.stderr):
+                      total=exp.epochs, disable=progress.disabled(), file=sys.stderr,
+                      leave=False):
         t0, c0 = time.perf_counter(), time.process_time()
         train = trainer.train_epoch()
         for m, loss in zip(members, train):
@@ -326,7 +331,7 @@ def fit(trainer: Trainer, exp: Experiment, jd: JobData, log=print,
         for m, loss in zip(members, held):
             if loss is not None:
                 m.history["losses"]["test"].append(loss)
-        line = f"[{name}] epoch {epoch}/{exp.epochs} loss train {_mean_or_range(train)}"
+        line = f"loss train {_mean_or_range(train)}"
         tests = [loss for loss in held if loss is not None]
         if tests:
             line += f" test {_mean_or_range(tests)}"
@@ -360,7 +365,8 @@ def fit(trainer: Trainer, exp: Experiment, jd: JobData, log=print,
                 m.history["seconds"]["cpu"] += cpu / len(members)
                 m.history["seconds"]["wall"] += wall / len(members)
         models_ = "" if len(members) == 1 else f", {len(members)} models"
-        log(line + f" ({wall:.1f} s{models_})")
+        if verbose:
+            log(f"[{name}] epoch {epoch}/{exp.epochs} {line} ({wall:.1f} s{models_})")
         stopping = stop_after is not None and epoch >= stop_after and epoch < exp.epochs
         if (epoch % exp.checkpoint_every == 0 and epoch < exp.epochs) or stopping:
             trainer.sync()
@@ -378,6 +384,9 @@ def fit(trainer: Trainer, exp: Experiment, jd: JobData, log=print,
     for m in members:  # only once every result is written: a kill before leaves all resumable
         m.files.resume.unlink(missing_ok=True)
         m.files.resume_previous.unlink(missing_ok=True)
+    if start_epoch <= exp.epochs:  # the model's one result line: the last epoch's numbers
+        log(f"[{name}] done, epoch {exp.epochs}/{exp.epochs} {line} "
+            f"({time.perf_counter() - began:.1f} s{models_})")
     return out
 
 
