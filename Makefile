@@ -27,13 +27,15 @@ JOBS ?= $(NPROC)## parallel training jobs of `make demo` (default: the number of
 GROUP ?= 1## fold models trained together by one process, vectorized (GPU: 10; CPU: keep 1, use -j)
 TF32 ?=## 1: TF32 tensor cores in training on CUDA (evaluation stays IEEE float32)
 COMPILE ?=## torch.compile the training loss: auto (CUDA graphs on CUDA), default, ...
+VERBOSE ?=## 1: a line per epoch from every training job (default: one line per model)
 SUMMARIZE_ARGS ?=## options of every summary, e.g. "--n-perm 20000 --fdr-q 0.1" (scripts/summarize.py --help)
 
 export DATA_ROOT EXPERIMENTS_FILE
 PY := $(VENV)/bin/python
 SETUP := $(VENV)/.installed
 TRAIN = $(PY) scripts/memorization.py --results-dir $(RESULTS) $(if $(DEVICE),--device $(DEVICE)) \
-        $(if $(filter 1,$(TF32)),--tf32) $(if $(COMPILE),--compile $(COMPILE))
+        $(if $(filter 1,$(TF32)),--tf32) $(if $(COMPILE),--compile $(COMPILE)) \
+        $(if $(filter 1,$(VERBOSE)),--verbose)
 SWEEP := $(ANALYSIS)/fashion_sizes_sweep.npz
 SWEEP_SUMMARIES := $(ANALYSIS)/sweep## the sweep's summaries, apart from the report's experiments
 
