@@ -82,3 +82,26 @@ def test_clean_up_spares_the_files_of_live_processes(tmp_path):
     finally:
         live.kill()
         live.wait()
+
+
+def test_the_next_summary_removes_the_temporary_file_of_a_killed_one(tmp_path):
+    """A summary killed mid-write leaves analysis/.<name>.npz.<pid>.<...>.tmp: the next run
+    removes it (its pid is gone) and keeps one of a process still running."""
+    import summarize
+    from test_results_summary import make_experiment
+    paths, _ = make_experiment(tmp_path)
+    out = tmp_path / "analysis" / "exp.npz"
+    out.parent.mkdir()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        stale = {pid: out.with_name(f".{out.name}.{pid}.0a1b2c3d{fileio.TMP_SUFFIX}")
+                 for pid in (_dead_pid(), live.pid)}
+        for p in stale.values():
+            p.write_bytes(b"partial")
+        assert summarize.main(["--result-files", *map(str, paths), "-o", str(out), "--n-boot",
+                               "10", "--data-root", str(tmp_path / "nodata")]) == 0
+        assert sorted(p.name for p in out.parent.iterdir() if p.suffix == ".tmp") == [
+            stale[live.pid].name]
+    finally:
+        live.kill()
+        live.wait()
