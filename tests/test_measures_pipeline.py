@@ -190,7 +190,7 @@ def trained(tiny_experiment, tmp_path):
     return exp, out
 
 
-def test_measures_cli_writes_every_measure_for_every_example(trained, tmp_path):
+def test_measures_cli_writes_every_measure_for_every_example(trained, tmp_path, capsys):
     exp, summary_path = trained
     out = tmp_path / "analysis" / "tiny_measures.npz"
     assert measures_cli.main(["--experiment", "tiny", "--summary", str(summary_path),
@@ -214,8 +214,13 @@ def test_measures_cli_writes_every_measure_for_every_example(trained, tmp_path):
     csv = out.with_suffix(".csv").read_text().splitlines()
     assert csv[0].split(",") == ["index", *measures.MEASURES] and len(csv) == 61
     table = (tmp_path / "analysis" / "tiny_benchmark.csv").read_text().splitlines()
-    assert table[0].split(",") == list(measures.TABLE_COLUMNS)
+    # no planted layout: its columns are left out, in the terminal's table too
+    assert table[0].split(",") == [c for c in measures.TABLE_COLUMNS
+                                   if c not in measures.PLANTED_COLUMNS]
     assert len(table) == 1 + len(measures.MEASURES)
+    printed = capsys.readouterr().out
+    assert "Spearman M" in printed and "AUROC" not in printed and "dup. pct" not in printed
+    assert " nan " not in printed
 
 
 def test_measures_refuse_a_summary_of_another_experiment(trained, tmp_path, capsys):
@@ -258,6 +263,7 @@ def test_benchmark_rows_on_a_planted_layout_with_known_answers():
     assert rows["neg_log_px"]["flagged_singletons"] == ""   # the flags are M's
     text = measures.table_text(list(rows.values()), ms)
     assert "Spearman 0.750 between two independent evaluations" in text
+    assert "AUROC one-offs" in text and "dup. pct" in text and "nan" not in text
 
 
 def test_measures_over_training_need_every_evaluation_epochs_weights(trained, tmp_path):

@@ -347,25 +347,54 @@ TABLE_COLUMNS = ("measure", "oneoff_auroc", "oneoff_auroc_low", "oneoff_auroc_hi
                  "models", "cpu_seconds", *FLAG_COLUMNS)
 
 
+# filled only on a planted layout (memo/data/planted.py); elsewhere they would be empty
+PLANTED_COLUMNS = ("oneoff_auroc", "oneoff_auroc_low", "oneoff_auroc_high", "auroc",
+                   "auroc_low", "auroc_high", "duplicate_percentile", "flagged_oneoffs",
+                   "flagged_singletons", "flagged_duplicates")
+
+
+def table_columns(rows: list[dict]) -> tuple[str, ...]:
+    """TABLE_COLUMNS less the planted benchmark's columns that no row fills (data without a
+    planted layout, or a layout without one of the roles)."""
+    def filled(value):
+        return bool(value) if isinstance(value, str) else bool(np.isfinite(value))
+    return tuple(c for c in TABLE_COLUMNS if c not in PLANTED_COLUMNS
+                 or any(filled(r[c]) for r in rows))
+
+
 def table_csv(rows: list[dict]) -> str:
-    lines = [",".join(TABLE_COLUMNS)]
+    columns = table_columns(rows)
+    lines = [",".join(columns)]
     for r in rows:
         lines.append(",".join(str(r[c]) if isinstance(r[c], (str, int)) else f"{r[c]:.6g}"
-                              for c in TABLE_COLUMNS))
+                              for c in columns))
     return "\n".join(lines) + "\n"
 
 
 def table_text(rows: list[dict], ms: MeasureSet) -> str:
-    """The table for a terminal, and the copying ratio."""
-    def au(r, key):
-        return ("--" if not np.isfinite(r[key]) else
-                f"{r[key]:.3f} [{r[key + '_low']:.3f}, {r[key + '_high']:.3f}]")
-    out = [f"{'measure':<16} {'AUROC one-offs':>24} {'AUROC rare singletons':>24} "
-           f"{'dup. pct':>9} {'Spearman M':>11} {'models':>6} {'CPU s':>8}"]
+    """The table for a terminal (the planted benchmark's columns where filled), and the
+    copying ratio."""
+    def au(r, key):   # the interval where bootstrapped
+        if not np.isfinite(r[key]):
+            return "--"
+        low, high = r[key + "_low"], r[key + "_high"]
+        return f"{r[key]:.3f}" + (f" [{low:.3f}, {high:.3f}]" if np.isfinite(low) else "")
+
+    def num(value, spec):
+        return "--" if not np.isfinite(value) else format(value, spec)
+    columns = table_columns(rows)
+    shown = [(key, head, width, cell) for key, head, width, cell in (
+        ("oneoff_auroc", "AUROC one-offs", 24, lambda r: au(r, "oneoff_auroc")),
+        ("auroc", "AUROC rare singletons", 24, lambda r: au(r, "auroc")),
+        ("duplicate_percentile", "dup. pct", 9, lambda r: num(r["duplicate_percentile"], ".1f")))
+        if key in columns]
+    out = [f"{'measure':<16} " + "".join(f"{head:>{width}} " for _, head, width, _ in shown)
+           + f"{'Spearman M':>11} {'models':>6} {'CPU s':>8}"]
     for r in rows:
-        out.append(f"{r['measure']:<16} {au(r, 'oneoff_auroc'):>24} {au(r, 'auroc'):>24} "
-                   f"{r['duplicate_percentile']:>9.1f} {r['spearman_M']:>11.3f} "
-                   f"{r['models']:>6d} {r['cpu_seconds']:>8.1f}")
+        spearman = "" if r["measure"] == "M" else num(r["spearman_M"], ".3f")
+        out.append(f"{r['measure']:<16} " + "".join(f"{cell(r):>{width}} "
+                                                   for _, _, width, cell in shown)
+                   + f"{spearman:>11} {r['models']:>6d} {r['cpu_seconds']:>8.1f}")
         flags = [f"{c.removeprefix('flagged_')} {r[c]}" for c in FLAG_COLUMNS if r.get(c)]
         if flags:
             out.append(f"{'':<16} flagged: " + ", ".join(flags))
