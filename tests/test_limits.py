@@ -124,3 +124,21 @@ def test_writes_refuse_a_link_leading_outside_analysis_or_output(tmp_path, monke
         rc = analysis.main(["quantiles", "analysis/exp.npz", "--no-latex", *extra])
         _refused(rc, capsys, Path("output") / "exp")
         assert not any(figures.iterdir())
+
+
+def test_the_full_models_snapshots_are_checked_finite_too(tiny_experiment, tmp_path):
+    """The other measures read the full model's weights at every evaluation epoch: a snapshot
+    with a NaN is refused in one line naming it, as the final checkpoint is."""
+    from memo.measures import measures
+    exp = experiments.get("tiny")
+    files = results.job_files(exp, experiments.FULL_JOB, tmp_path)
+    files.checkpoint.parent.mkdir(parents=True)
+    model = models.of_experiment(exp, 1)
+    checkpoints.save_weights(files.checkpoint, model)
+    snapshot = files.weights_at(exp.eval_epochs()[0])
+    with torch.no_grad():
+        next(model.parameters())[0].fill_(float("inf"))
+    checkpoints.save_weights(snapshot, model)
+    with pytest.raises(checkpoints.CheckpointError, match="non-finite weights") as e:
+        measures._weights(exp, tmp_path, models.of_experiment(exp, 1))
+    assert str(snapshot) in str(e.value) and len(str(e.value).splitlines()) == 1

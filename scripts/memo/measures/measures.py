@@ -104,6 +104,8 @@ def _weights(exp: Experiment, root, model: torch.nn.Module) -> tuple[list[int], 
             continue
         state = checkpoints.full_model_state(exp, root, e)
         models.load_weights(model, state, path)   # checks the layout
+        checkpoints.finite_or_refuse(model, path, "retrain the full model (delete its "
+                                     "checkpoints and its result file)")
         epochs.append(e)
         states.append(state)
     return epochs, states
