@@ -77,10 +77,10 @@ def draw(args: argparse.Namespace, names: tuple[str, ...]) -> None:
         inputs["sweep"] = sweep_file.load(args.summaries[0])
     else:
         summaries = [summary.load(s) for s in args.summaries]
-    if any(n in figures.NEEDS_NN for n in names):
+    if any(n in figures.NEEDS_NN + figures.USES_NN for n in names):
         nn_path = args.nn or neighbours_file.path_for(args.summaries[0])
         inputs["nn"] = neighbours_file.load_optional(nn_path, summaries[0].n)
-        if inputs["nn"] is None and args.figure != "all":
+        if inputs["nn"] is None and args.figure in figures.NEEDS_NN:
             raise FileFormatError(f"no nearest-neighbour file {nn_path}")
     if any(n in figures.NEEDS_IMAGES for n in names):
         inputs["images"] = common.load_images(summaries[0])

@@ -10,7 +10,8 @@ are validation images (CelebA: its "valid" split; every other data set: "test").
 
 Writes analysis/<exp>_nn.npz (memo/files/neighbours.py): rho, d_valid, d_model, nn_valid,
 nn_model (indices of the neighbours), special_code (per example, see memo/measures/neighbours.py),
-special (counts, in the order of special_names) and meta (a JSON string).
+special (counts, in the order of special_names), samples (the model samples, 8-bit, for the
+gallery figure) and meta (a JSON string).
 """
 from __future__ import annotations
 
@@ -76,7 +77,9 @@ def write_neighbours(args: argparse.Namespace, exp, out: Path) -> Path:
     # seed (every device draws the same z); pooled as images, on the model's device
     generator = torch.Generator().manual_seed(exp.seed)
     samples = copying.sample_images(model, refs.shape[0], generator, args.sample_batch)
-    samples = neighbours.downsample(samples.view(-1, *train.shape[1:]).to(device)).cpu()
+    samples = samples.view(-1, *train.shape[1:])
+    kept = (samples * 255).round().to(torch.uint8).numpy()   # the images, as the data's are
+    samples = neighbours.downsample(samples.to(device)).cpu()
     kw = dict(block_rows=args.block_rows, block_cols=args.block_cols, device=device, progress=True)
     d_valid, nn_valid = neighbours.nearest_distances(queries, refs, desc=f"vs {split}", **kw)
     d_model, nn_model = neighbours.nearest_distances(queries, samples, desc="vs samples", **kw)
@@ -94,7 +97,7 @@ def write_neighbours(args: argparse.Namespace, exp, out: Path) -> Path:
                             "both_duplicate, invalid: rho=nan"}
     neighbours_file.write(out, rho=rho, d_valid=d_valid.numpy(), d_model=d_model.numpy(),
                           nn_valid=nn_valid.numpy(), nn_model=nn_model.numpy(),
-                          special_code=code, counts=counts, meta=meta)
+                          special_code=code, counts=counts, meta=meta, samples=kept)
 
     finite = np.isfinite(rho)
     print(f"{exp.name}: {queries.shape[0]} training images vs {refs.shape[0]} {split} images "

@@ -136,3 +136,77 @@ def test_two_repeats_interval_is_the_range_of_three_replicates_and_holds_the_est
     assert ((lo <= estimate) & (estimate <= hi)).all()
     at_edge = (estimate == lo) | (estimate == hi)
     assert 0 < at_edge.sum() < len(estimate)    # the estimate can sit at an end, as documented
+
+
+# ----------------------------------------------------------------------------------------------
+# the gallery figure
+
+def gallery_inputs(tmp_path, n=120):
+    from memo.files import neighbours as neighbours_file
+    from test_figures import fake_images
+    s = summary.load(write_summary(tmp_path / "exp.npz", n=n))
+    images = fake_images(n)
+    rng = np.random.default_rng(5)
+    samples = rng.integers(0, 256, (30, 1, 32, 32), dtype=np.uint8)
+    nn = neighbours_file.Neighbours(tmp_path / "exp_nn.npz", np.ones(n), np.ones(n),
+                                    rng.uniform(1, 3, n), rng.integers(0, 30, n), samples)
+    return s, images, nn
+
+
+def draw(tmp_path, s, images, nn, monkeypatch):
+    import json
+    from memo import figures
+    monkeypatch.setenv("MEMO_NO_LATEX", "1")
+    out = tmp_path / "out"
+    figures.build("gallery", [s], out, nn=nn, images=images, engine=None)
+    assert (out / "gallery.pdf").read_bytes().startswith(b"%PDF")
+    assert (out / "gallery.png").read_bytes().startswith(b"\x89PNG")
+    return json.loads((out / "gallery.json").read_text())
+
+
+def test_gallery_shows_the_flagged_in_the_lists_order_beside_their_neighbours(tmp_path,
+                                                                              monkeypatch):
+    s, images, nn = gallery_inputs(tmp_path)
+    first = flagged.flagged_order(s)[0]
+    images[77] = images[first]                        # an exact copy elsewhere in the data
+    s.meta["calibration"]["controls"] = {"n": 1000, "flagged": 3, "rate": 0.003,
+                                         "rate_ci": [0.0006, 0.0087], "threshold": 1e-3,
+                                         "fdr_estimate": 0.053, "fdr_upper": 0.155}
+    doc = draw(tmp_path, s, images, nn, monkeypatch)
+    assert 0 < s.memorized.sum() <= 24
+    assert doc["what"] == "flagged" and doc["samples"] is True
+    assert doc["shown"] == s.index[flagged.flagged_order(s)].tolist()
+    assert doc["neighbours"][0] == 77                 # the copy is its nearest other image
+    assert "3 of 1{,}000 pass" in doc["caption"]
+
+
+def test_gallery_with_none_flagged_shows_the_strongest_labelled_as_such(tmp_path, monkeypatch):
+    s, images, _ = gallery_inputs(tmp_path)
+    s.memorized[:] = False
+    doc = draw(tmp_path, s, images, None, monkeypatch)   # no nn file: no samples column
+    assert doc["what"] == "strongest" and doc["samples"] is False and doc["skip"] is None
+    assert doc["shown"] == s.index[flagged.by_evidence(s)[:6]].tolist()
+    assert "none is flagged" in doc["caption"] and "make nn-" in doc["caption"]
+
+
+def test_gallery_caps_many_flagged_and_says_so(tmp_path, monkeypatch):
+    from memo.figures import gallery
+    s, images, nn = gallery_inputs(tmp_path)
+    s.memorized[:100] = True
+    doc = draw(tmp_path, s, images, nn, monkeypatch)
+    assert len(doc["shown"]) == gallery.CAP and doc["flagged"] == int(s.memorized.sum())
+    assert f"the first {gallery.CAP} of {int(s.memorized.sum())} flagged" in doc["caption"]
+
+
+def test_nearest_training_image_is_the_brute_force_one_never_itself():
+    from memo.figures import gallery
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (40, 3, 8, 8), dtype=np.uint8)
+    images[9] = images[2]
+    rows = np.array([2, 5, 39])
+    where, d = gallery.nearest_training(images, rows)
+    x = gallery.pooled(images)
+    full = np.sqrt(((x[rows, None, :] - x[None, :, :]) ** 2).sum(-1))
+    full[np.arange(3), rows] = np.inf
+    assert list(where) == list(full.argmin(1)) and where[0] == 9 and d[0] == 0.0
+    np.testing.assert_allclose(d, full.min(1))

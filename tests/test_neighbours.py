@@ -7,6 +7,8 @@ import torch
 from memo import data, models
 from memo.config import experiments
 from memo.measures import neighbours
+from memo.errors import FileFormatError
+from memo.files import neighbours as neighbours_file
 from memo.files import results
 
 
@@ -149,6 +151,26 @@ def test_cli_end_to_end(tmp_path, monkeypatch, capsys):
     assert res["special_code"][5] == neighbours.VALID_DUPLICATE
     others = np.arange(30) != 5
     np.testing.assert_allclose(res["rho"][others], (dv / dm).numpy()[others], rtol=1e-6)
+    # the samples are kept, 8-bit, for the gallery: those the nearest indices point at
+    assert meta["format"] == neighbours_file.FORMAT and res["samples"].dtype == np.uint8
+    with torch.no_grad():
+        kept = (model.pixel_mean(z) * 255).round().to(torch.uint8).numpy()
+    np.testing.assert_array_equal(res["samples"], kept.reshape(12, 1, 32, 32))
+    loaded = neighbours_file.load(out, 30)
+    np.testing.assert_array_equal(loaded.samples, res["samples"])
+    np.testing.assert_array_equal(loaded.nn_model, res["nn_model"])
+
+
+def test_nn_files_without_samples_still_load(tmp_path):
+    path = tmp_path / "old_nn.npz"
+    np.savez(path, rho=np.ones(4), d_valid=np.ones(4), d_model=np.ones(4),
+             nn_model=np.zeros(4, np.int64))                 # format 1: no samples
+    nn = neighbours_file.load(path, 4)
+    assert nn.samples is None and nn.nn_model is None
+    np.savez(path, rho=np.ones(4), nn_model=np.full(4, 3),
+             samples=np.zeros((2, 1, 32, 32), np.uint8))   # index 3 of 2 samples
+    with pytest.raises(FileFormatError, match="do not fit together"):
+        neighbours_file.load(path, 4)
 
 
 def test_cli_subset_uses_first_images(tmp_path, monkeypatch):

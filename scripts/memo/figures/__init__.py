@@ -10,15 +10,16 @@ import importlib
 from pathlib import Path
 
 # in report order: the calibrated scores lead
-FIGURES = ("calibration", "measures", "qualitative", "losses", "quantiles", "distribution",
-           "logprob", "neighbours", "uncertainty", "privacy", "sweep")
+FIGURES = ("calibration", "gallery", "measures", "qualitative", "losses", "quantiles",
+           "distribution", "logprob", "neighbours", "uncertainty", "privacy", "sweep")
 GROUP_ONLY = ("privacy",)         # compares several experiments (analysis.mk's groups)
 STANDALONE = ("sweep",)           # drawn from its own file (scripts/sweep.py), not summaries
 PER_EXPERIMENT = tuple(f for f in FIGURES if f not in GROUP_ONLY + STANDALONE)  # `all`
 SERIES = ("losses", "quantiles", "distribution")   # take one summary or several to compare
 
-NEEDS_IMAGES = ("qualitative", "logprob")
+NEEDS_IMAGES = ("qualitative", "logprob", "gallery")
 NEEDS_NN = ("neighbours",)
+USES_NN = ("gallery",)          # shows the samples of the nn file when there is one
 NEEDS_MEASURES = ("measures",)   # analysis/<exp>_measures.npz (memo/files/measures.py)
 # drawn for every experiment from its summary alone (analysis.mk's AN_SINGLE, through plan.py)
 ONE_EXPERIMENT = tuple(f for f in PER_EXPERIMENT if f not in SERIES + NEEDS_NN + NEEDS_MEASURES)
