@@ -33,6 +33,7 @@ from memo import figures
 from memo.config import experiments
 from memo import fileio
 from memo.files import results
+from memo.score import flagged as flagged_list
 
 SCRIPTS = Path(__file__).absolute().parent   # not resolved: a linked scripts/ stays as linked
 
@@ -227,6 +228,7 @@ def make_fragment(table: dict[str, experiments.Experiment], group: int = 1) -> s
         grouped, single = (grouped_rules(exp, group) if group > 1 and exp.dp is None
                            else ([], [f"$(RESULTS_{name})"]))
         npz, csv = f"$(ANALYSIS)/{name}.npz", f"$(ANALYSIS)/{name}.csv"
+        flagged_csv = f"$(ANALYSIS)/{name}{flagged_list.SUFFIX}"
         summarize = (f"$(PY) scripts/summarize.py --experiment {name} "
                      f"--result-files $(RESULTS_{name}) -o {npz} $(SUMMARIZE_ARGS)")
         lines += [
@@ -240,14 +242,14 @@ def make_fragment(table: dict[str, experiments.Experiment], group: int = 1) -> s
             f"{' '.join(single)}: {prefix}%.json.gz: | $(SETUP)",
             f"\t$(LAUNCH) $(TRAIN) --experiment {name} --job $* --output $@",
             f"memorization-{name}: $(RESULTS_{name})",
-            # One command writes both (a lost CSV is written again, and `make -j` runs it
-            # once). Figures and the report (FIGURES_ONLY) use the summaries as they are and
+            # One command writes all three (a lost CSV is written again, and `make -j` runs
+            # it once). Figures and the report (FIGURES_ONLY) use the summaries as they are and
             # never train: there a summary depends on nothing, and a missing one is an error.
-            f"{npz} {csv} &: $(if $(FIGURES_ONLY),,$(RESULTS_{name}) $(SUMMARIZE_DEPS) "
-            f"$(SETTINGS_DIR)/{name}.json)",
+            f"{npz} {csv} {flagged_csv} &: $(if $(FIGURES_ONLY),,$(RESULTS_{name}) "
+            f"$(SUMMARIZE_DEPS) $(SETTINGS_DIR)/{name}.json)",
             f"\t$(if $(FIGURES_ONLY),$(error {npz} or its CSV is missing: make summary-{name} "
             f"first (figures and the report never train)),{summarize})",
-            f"summary-{name}: {npz} {csv}",
+            f"summary-{name}: {npz} {csv} {flagged_csv}",
             # nearest neighbours need the full model's final checkpoint, written with its result
             f"$(ANALYSIS)/{name}_nn.npz: {full} $(NN_DEPS)",
             f"\t$(PY) scripts/nearest_neighbours.py --experiment {name} --results-dir $(RESULTS)"

@@ -210,3 +210,15 @@ def test_nearest_training_image_is_the_brute_force_one_never_itself():
     full[np.arange(3), rows] = np.inf
     assert list(where) == list(full.argmin(1)) and where[0] == 9 and d[0] == 0.0
     np.testing.assert_allclose(d, full.min(1))
+
+
+def test_make_plans_the_flagged_list_as_an_output_of_the_summary():
+    import plan
+    from memo.config import experiments
+    table = {"fashion_demo": experiments.get("fashion_demo")}
+    rules = [line for line in plan.make_fragment(table).splitlines() if " &: " in line
+             and line.startswith("$(ANALYSIS)/fashion_demo.npz")]
+    assert len(rules) == 1
+    assert rules[0].split(" &: ")[0].split() == [
+        "$(ANALYSIS)/fashion_demo.npz", "$(ANALYSIS)/fashion_demo.csv",
+        "$(ANALYSIS)/fashion_demo" + flagged.SUFFIX]
