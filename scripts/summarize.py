@@ -140,7 +140,9 @@ def write_summary(args: argparse.Namespace, exp, out: Path) -> int:
     print_low_ess(s)
     if L == 2 and np.isfinite(s.M_ci_low).any():
         mc, lo, hi = s.M_corrected, s.M_corrected_ci_low, s.M_corrected_ci_high
-        edge = np.isfinite(lo) & ((mc <= lo) | (mc >= hi))
+        # the estimate is one of the replicates, recomputed: equal to rounding
+        edge = np.isfinite(lo) & (np.isclose(mc, lo, rtol=0, atol=1e-6)
+                                  | np.isclose(mc, hi, rtol=0, atol=1e-6))
         print("  note: with 2 repeats the bootstrap has 3 distinct replicates (either repeat "
               "twice, both once: the estimate itself), so each \"95% interval\" is the range "
               "of those three scores"
@@ -226,8 +228,9 @@ def print_low_ess(s) -> None:
         return
     suggest, stuck = uncertainty.suggested_n_is(s.ess_in, s.ess_out, n_is, s.low_ess)
     if suggest:
-        print(f"  suggestion: \"n_is\": {suggest} in the experiment would lift 90% of them "
-              f"over the threshold (ESS grows with n_is; over {high:.0%} are low)"
+        print(f"  suggestion: \"n_is\": {suggest} in the experiment would lift 90% of those "
+              f"a larger n_is can help over the threshold (ESS grows with n_is; over "
+              f"{high:.0%} are low)"
               + (f"; {stuck} stay low at any n_is (ESS under "
                  f"{uncertainty.ESS_THRESHOLD_FRACTION:.0%} of n_is: the encoder misses their "
                  "posterior)" if stuck else ""))
