@@ -4,7 +4,7 @@ Williams, NeurIPS 2021, arXiv:2107.12580).
 
 Writes analysis/<exp>.npz (every evaluation epoch, per-repeat terms, bootstrap uncertainty,
 the permutation calibration), analysis/<exp>.csv (one row per example at the final epoch) and
-analysis/<exp>_flagged.csv (the flagged examples, strongest evidence first; docs/outputs.md).
+analysis/<exp>_flagged.csv (the flagged examples, strongest evidence first; docs/flagged.md).
 
   python scripts/summarize.py --result-files results/bmnist_lr3/results/*.json.gz \\
       -o analysis/bmnist_lr3.npz
@@ -209,7 +209,7 @@ def write_summary(args: argparse.Namespace, exp, out: Path) -> int:
 
 
 def print_low_ess(s) -> None:
-    """The share of low_ess examples (docs/outputs.md), and a larger n_is when it is high."""
+    """The share of low_ess examples (docs/flagged.md), and a larger n_is when it is high."""
     low, known = uncertainty.low_ess_share(s.low_ess, s.ess_in, s.ess_out)
     if not known:   # exact likelihoods (MADE) or result files without ESS
         print("  low_ess: no importance-sampling ESS in these results (exact log p, or not "

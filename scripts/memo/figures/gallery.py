@@ -148,7 +148,7 @@ def caption(s, rows, flagged, what, with_samples) -> str:
     text += (f"Each group: {cols}. Under the image its index in the training set, "
              r"$M_{\mathrm{c}}$ (M\_corrected) and its Benjamini--Hochberg $q$-value; "
              r"``$\bullet$ESS'' marks low\_ess (an importance-sampling effective sample size "
-             "under the threshold for an in- or held-out model, docs/outputs.md); under a "
+             "under the threshold for an in- or held-out model, docs/flagged.md); under a "
              "neighbour its index or sample number and the distance $d$ (images pooled to "
              r"$16\times16$, pixels in $[0, 1]$). ")
     if not with_samples:

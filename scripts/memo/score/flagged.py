@@ -1,5 +1,5 @@
 """The answer as a list: analysis/<exp>_flagged.csv, the examples a summary flags as memorized,
-strongest evidence first (docs/outputs.md describes its columns).
+strongest evidence first (docs/flagged.md describes its columns).
 
 Evidence is what the flag itself rests on: the flagging test's p-value, smallest first (its
 Benjamini–Hochberg q-value orders the same way); ties go to the larger M_corrected, then the
