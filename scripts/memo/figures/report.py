@@ -95,7 +95,7 @@ def key_numbers(s: Summary, nn=None, ms=None) -> list[tuple[str, str]]:
         ("$n$", count(s.n)),
         ("folds $K$", str(s.meta.get("folds", "--"))),
         ("repeats $L$", str(s.repeats or s.meta.get("repeats", "--")) + (
-            " (intervals: range of 2 scores)" if s.repeats == 2 else "")),
+            " (intervals: range of 3 bootstrap replicates)" if s.repeats == 2 else "")),
         ("epochs (last evaluated)", f"{s.meta.get('epochs', '--')} ({s.epochs[-1]})"),
         ("median of $M$", num(q[0])),
         ("95\\,\\% quantile of $M$", num(q[1])),
