@@ -69,6 +69,8 @@ endef
 $(foreach f,$(AN_SINGLE) $(AN_SERIES),$(eval $(call an_rule,$f)))
 $(eval $(call an_rule,neighbours,$(AN_IN)/%_nn.npz))
 $(eval $(call an_rule,measures,$(AN_IN)/%_measures.npz))
+# the gallery shows the full model's samples from the nn file when there is one: redrawn with it
+$(foreach e,$(AN_NN_EXPS),$(eval $(call an_files,$(AN_OUT)/$e/gallery): $(AN_IN)/$(e)_nn.npz))
 
 $(call an_files,$(AN_OUT)/size_sweep/sweep) &: $(AN_IN)/fashion_sizes_sweep.npz $(call an_code,sweep)
 	$(PY) scripts/analysis.py sweep $< --out $(@D)

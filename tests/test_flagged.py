@@ -2,8 +2,11 @@
 bootstrap interval at two repeats."""
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pandas as pd
+import pytest
 
 import summarize as summarize_cli
 from memo.files import summary
@@ -11,7 +14,7 @@ from memo.score import calibration as cal
 from memo.score import flagged
 from memo.score import uncertainty as unc
 from test_calibration import synthetic
-from test_figures import write_summary
+from test_figures import tree, write_summary  # noqa: F401 (tree: a fixture)
 from test_results_summary import make_experiment
 
 
@@ -222,3 +225,19 @@ def test_make_plans_the_flagged_list_as_an_output_of_the_summary():
     assert rules[0].split(" &: ")[0].split() == [
         "$(ANALYSIS)/fashion_demo.npz", "$(ANALYSIS)/fashion_demo.csv",
         "$(ANALYSIS)/fashion_demo" + flagged.SUFFIX]
+
+
+@pytest.mark.skipif(not shutil.which("make"), reason="no make")
+def test_make_redraws_the_gallery_when_the_nn_file_changes(tree):
+    import os
+    from test_figures import make
+    for f in make(tree, "print-AN_FIGURES").split():
+        p = tree / f
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.touch()
+        os.utime(p, (2e9, 2e9))
+    os.utime(tree / "analysis" / "demo_nn.npz", (2.1e9, 2.1e9))
+    cmds = [l.split("analysis.py ")[1] for l in make(tree, "-n", "figures").splitlines()
+            if "analysis.py" in l]
+    assert sorted(cmds) == ["gallery analysis/demo.npz --out output/demo",
+                            "neighbours analysis/demo.npz --out output/demo"]
