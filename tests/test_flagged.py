@@ -122,6 +122,11 @@ def test_summary_line_gives_the_low_ess_share_and_a_larger_n_is(tmp_path, capsys
     summarize_cli.print_low_ess(s)
     text = capsys.readouterr().out
     assert "5 of 95 (5.3%)" in text and "n_is\":" not in text
+    s.ess_in[:], s.ess_out[:] = np.nan, np.nan            # exact log p (MADE): no ESS at all
+    s.low_ess = unc.ess_flags(s.ess_in, n_is) | unc.ess_flags(s.ess_out, n_is)
+    summarize_cli.print_low_ess(s)
+    text = capsys.readouterr().out
+    assert "no example is low_ess" in text and "suggestion" not in text
 
 
 def test_two_repeats_interval_is_the_range_of_three_replicates_and_holds_the_estimate():
