@@ -2,7 +2,6 @@
 one line naming the file, and nothing in a file can make the summary allocate without bound."""
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import resource
@@ -12,21 +11,12 @@ import sys
 import numpy as np
 import pytest
 
+import hostile
 import summarize as summarize_cli
 from conftest import ROOT, TINY, write_tiny_npz
 from memo.config import experiments
 from memo.files import results
 from test_results_summary import make_experiment
-
-
-def _content(path):
-    return json.loads(gzip.decompress(path.read_bytes()))
-
-
-def _write(path, content_or_text):
-    text = (content_or_text if isinstance(content_or_text, str)
-            else json.dumps(content_or_text))
-    path.write_bytes(gzip.compress(text.encode(), mtime=0))
 
 
 def _summarize_error(paths, tmp_path, capsys) -> str:
@@ -38,16 +28,6 @@ def _summarize_error(paths, tmp_path, capsys) -> str:
     assert len(err.splitlines()) == 1, err
     assert not out.exists()
     return err
-
-
-def _mutate(path, fn):
-    c = _content(path)
-    fn(c)
-    _write(path, c)
-
-
-def _first(d: dict) -> str:
-    return next(iter(d))
 
 
 @pytest.mark.parametrize("case, words", [
@@ -67,60 +47,22 @@ def _first(d: dict) -> str:
     ("num_folds 1e6", "missing 1999994 of 2000000"),
     ("num_folds 1e6 as a float", "meta.num_folds = 1000000.0"),
     ("loss a string", "losses.train is not a list of numbers"),
+    ("more losses than epochs", "3 training losses for epochs = 2"),
 ])
 def test_each_inconsistent_result_file_is_one_line_naming_it(tmp_path, capsys, case, words):
     paths, _ = make_experiment(tmp_path)
     p = paths[1]
-    tr = lambda c: c["results"]["logpxs"]["2"]["train"]   # noqa: E731
-    te = lambda c: c["results"]["logpxs"]["2"]["test"]    # noqa: E731
-
-    def twin(c):  # the same example under two names, one in each part
-        k = _first(tr(c))
-        te(c).pop(_first(te(c)))
-        te(c)["0" + k] = tr(c)[k]
-
-    def both(c):
-        k = _first(tr(c))
-        te(c).pop(_first(te(c)))
-        te(c)[k] = tr(c)[k]
-
-    def setting(c):
-        c["meta"]["settings"] = {"lr": 0.001}
-        c["meta"]["learning_rate"] = 0.5
-
-    edits = {
-        "index twice: 5 and 05": twin,
-        "in train and test": both,
-        "log p a string": lambda c: tr(c).__setitem__(_first(tr(c)), "-1e-300"),
-        "log p true": lambda c: tr(c).__setitem__(_first(tr(c)), True),
-        "log p 1e308": lambda c: tr(c).__setitem__(_first(tr(c)), 1e308),
-        "learning rate contradicts settings": setting,
-        "epoch key 02": lambda c: c["results"]["logpxs"].__setitem__(
-            "02", c["results"]["logpxs"].pop("2")),
-        "n 1e11": lambda c: c["meta"].__setitem__("n", 10**11),
-        "n abc": lambda c: c["meta"].__setitem__("n", "abc"),
-        "n -5": lambda c: c["meta"].__setitem__("n", -5),
-        "run zero": lambda c: c["meta"].__setitem__("run", "zero"),
-        "num_folds 1e6 as a float": lambda c: c["meta"].__setitem__("num_folds", 1e6),
-        "loss a string": lambda c: c["results"]["losses"].__setitem__("train", ["0.5"]),
-    }
     if case == "duplicate key":
-        text = json.dumps(_content(p))
-        k = _first(tr(_content(p)))
-        _write(p, text.replace(f'"{k}": ', f'"{k}": -1.0, "{k}": ', 1))
+        hostile.write(p, hostile.duplicate_key(json.dumps(hostile.content(p)),
+                                               hostile.first(hostile.part(hostile.content(p)))))
     elif case == "deep nesting":
-        _write(p, "[" * 200_000 + "]" * 200_000)
-    elif case == "num_folds 1e6":  # every file agrees on it: the files are counted, not listed
-        for q in paths:
-            _mutate(q, lambda c: c["meta"].__setitem__("num_folds", 10**6))
-    else:
-        _mutate(p, edits[case])
-    if case == "n 1e11":  # every file must agree on n
-        for q in paths:
-            _mutate(q, lambda c: c["meta"].__setitem__("n", 10**11))
+        hostile.write(p, hostile.deep(""))
+    else:   # the files must agree on some: every file gets those
+        for q in paths if case in hostile.EVERY_FILE else [p]:
+            hostile.mutate(q, hostile.EDITS[case])
     err = _summarize_error(paths, tmp_path, capsys)
     assert words in err
-    if case not in ("num_folds 1e6", "n 1e11"):
+    if case not in hostile.EVERY_FILE:
         assert p.name in err
 
 
@@ -131,7 +73,7 @@ def test_the_summary_is_named_after_the_experiment_asked_for_and_reads_its_data(
     exp = experiments.get("tiny")
     paths, _ = make_experiment(tmp_path, n=60, folds=3, repeats=2)
     for p in paths:
-        _mutate(p, lambda c: c["meta"].update(experiment="fashion_demo", dataset="npz",
+        hostile.mutate(p, lambda c: c["meta"].update(experiment="fashion_demo", dataset="npz",
                                                data_spec="npz:/nonexistent/bomb.npz"))
     out = tmp_path / "analysis" / "tiny.npz"
     # the files are the authors' (no settings): compared on the keys they have
@@ -154,17 +96,6 @@ def summary_load(path):
     return summary.load(path)
 
 
-def _bomb(path, inflated: int, head: bytes = b'{"meta": {}, "results": {}') -> None:
-    """A gzip file whose JSON inflates to `inflated` bytes (mostly spaces): gzip members one
-    after another, as gzip allows, each 1 MiB of spaces."""
-    spaces = gzip.compress(b" " * (1 << 20), mtime=0)
-    with open(path, "wb") as f:
-        f.write(gzip.compress(head, mtime=0))
-        for _ in range(inflated >> 20):
-            f.write(spaces)
-        f.write(gzip.compress(b"}", mtime=0))
-
-
 def _limited(code: str, limit: int) -> subprocess.CompletedProcess:
     """Python `code` in a process whose address space is capped at `limit` bytes."""
     def cap():
@@ -180,7 +111,7 @@ def test_a_result_file_inflating_past_its_experiment_is_refused_within_bounded_m
     folder = tmp_path / "res"
     bomb = folder / "bomb.json.gz"
     folder.mkdir()
-    _bomb(bomb, 768 << 20)                       # 768 MiB of JSON in under 1 MiB
+    hostile.bomb(bomb, 768 << 20)                       # 768 MiB of JSON in under 1 MiB
     assert bomb.stat().st_size < 1 << 20
     assert results.max_result_bytes(exp) < 2 << 20   # 60 examples: a few hundred kB at most
     code = ("import sys; from memo.config import experiments; from memo.files import results\n"

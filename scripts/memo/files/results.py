@@ -293,13 +293,16 @@ def read_result(path: str | Path, exp: Experiment | None = None) -> dict:
         raise ResultFileError(f"{path}: meta.mode = {meta['mode']!r:.40} is neither 'split-cv' "
                               "nor 'full'; the file is damaged or not a result file")
     for key, low in (("run", 0), ("fold_idx", 0), ("n", 1), ("num_folds", 2), ("repeats", 1),
-                     ("seed", 0)):
+                     ("seed", 0), ("epochs", 1)):
         _count(meta, key, low, path)
     if meta["mode"] == "split-cv" and meta.get("fold_idx") is None:
         raise ResultFileError(f"{path}: a fold model's file without meta.fold_idx")
-    if exp is not None and len(losses["train"]) > exp.epochs:
+    # one training loss per epoch: the experiment's epochs, else those the file states
+    epochs = exp.epochs if exp is not None else meta.get("epochs")
+    if epochs is not None and len(losses["train"]) > epochs:
         raise ResultFileError(f"{path}: {len(losses['train'])} training losses for "
-                              f"epochs = {exp.epochs}; it is not a result file of {exp.name}")
+                              f"epochs = {epochs}; " + (f"it is not a result file of {exp.name}"
+                              if exp is not None else "the file is damaged or not a result file"))
     ours = meta.get("settings")
     if isinstance(ours, dict):  # the authors' keys and ours must tell one story
         for field, key in AUTHOR_SETTING_KEYS.items():
