@@ -144,3 +144,16 @@ def test_npz_headers_are_checked_before_loading(tmp_path):
             data.load(f"npz:{p}", split)
     with pytest.raises(ValueError, match="is a directory"):
         data.load(f"npz:{tmp_path}")
+
+
+def test_the_probe_tool_records_the_first_line_exit_status_and_memory():
+    """tools/probe_hostile.py runs a case through the real command in its own process."""
+    import probe_hostile
+    name = "meta.n = -5"
+    row = probe_hostile.run_case(name, probe_hostile.CASES[name], ROOT, sys.executable,
+                                 6 << 30, 120)
+    assert row["rc"] == "1" and row["lines"] == 1 and not row["traceback"], row
+    assert row["first"].startswith("summarize.py: error: $TMP/results/")
+    assert "meta.n = -5 is not an integer >= 1" in row["first"] and row["peak_mib"] > 10
+    table = probe_hostile.table([row], {name: {**row, "rc": 0}})
+    assert table.splitlines()[2].startswith(f"| {name} | `summarize.py: error: ")
