@@ -72,6 +72,7 @@ def write_measures(args: argparse.Namespace, exp, out: Path, table: Path) -> Non
     ms = measures.compute(exp, s, args.results_dir, args.data_root, device,
                           n_samples=args.samples, n_vectors=args.vectors, h=args.h,
                           log=lambda m: print(m, file=sys.stderr))
+    ms.summary = measures_file.summary_record(s.path)   # figures refuse them for another
     measures_file.save(ms, out)
     fileio.atomic_write_bytes(out.with_suffix(".csv"), measures.csv_text(ms).encode())
     rows = measures.benchmark(ms, flagged=s.memorized if s.calibrated else None,

@@ -286,6 +286,23 @@ def test_a_truncated_measures_file_is_one_clear_error(tmp_path):
         measures_file.load(path)
 
 
+def test_measures_of_an_earlier_summary_are_refused_by_its_content(tmp_path):
+    summary_path = tmp_path / "x.npz"
+    np.savez_compressed(summary_path, U=np.arange(4.0))
+    ms = measures_file.MeasureSet("x", np.arange(4), {"M": np.zeros(4)}, {}, {}, {})
+    ms.summary = measures_file.summary_record(summary_path)
+    path = tmp_path / "x_measures.npz"
+    measures_file.save(ms, path)
+    assert measures_file.load(path).summary == ms.summary
+    np.savez_compressed(summary_path, U=np.arange(4.0))   # written again, the same content
+    assert measures_file.load(path).n == 4
+    np.savez_compressed(summary_path, U=np.arange(4.0) + 1)   # summarized again, other numbers
+    with pytest.raises(FileFormatError, match="computed from an earlier .* make measures-x"):
+        measures_file.load(path)
+    summary_path.unlink()            # no summary beside them: nothing to compare with
+    assert measures_file.load(path).n == 4
+
+
 def test_a_resume_file_without_the_new_records_records_none_of_them(tiny_experiment, tmp_path):
     exp = experiments.get("tiny")
     files = results.job_files(exp, FULL_JOB, tmp_path / "res")
