@@ -114,13 +114,34 @@ def output(path) -> Path:
     return fileio.inside(path)
 
 
+class AlreadyWritten(Exception):
+    """The process a script waited for wrote every one of its outputs: nothing is left to do
+    (`run` ends it with 0 and one line)."""
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
 @contextlib.contextmanager
 def one_writer(script: str, outputs):
     """One process at a time writes `outputs` (each checked by `output`; a lock on the first,
     fileio.exclusive): a second run says that it waits for the first; temporary files that
-    processes now gone left beside them are removed. Yields whether it waited."""
+    processes now gone left beside them are removed. Yields whether it waited.
+
+    A run that waited and finds every output written anew meanwhile (a rename gives a new
+    inode) stops with AlreadyWritten: the other process ran the same job (two `make` at once
+    both decided the file was out of date), and doing it again would only repeat its work."""
     outputs = [output(o) for o in outputs]
+    before = [_identity(o) for o in outputs]
     with fileio.exclusive(outputs[:1], lambda line: say(script, line)) as waited:
+        if waited and all(_identity(o) not in (None, b) for o, b in zip(outputs, before)):
+            raise AlreadyWritten(f"{outputs[0]} already written by the process waited for; "
+                                 f"nothing to do")
         for out in outputs:
             fileio.remove_orphans(out)
         yield waited
@@ -139,11 +160,18 @@ def run(script: str, fn, *args, interrupted: str = "interrupted; nothing written
     try:
         rc = fn(*args)
         return rc if isinstance(rc, int) else 0
+    except AlreadyWritten as e:
+        say(script, str(e))
+        return 0
     except (UsageError, UnknownExperimentError, SettingsError) as e:
         say(script, f"error: {message(e)}")
         return USAGE
     except (MemoError, ValueError, OSError, *failures) as e:
         say(script, f"error: {message(e)}")
+        return FAILURE
+    except MemoryError:  # an input larger than the memory at hand: one line, not a traceback
+        say(script, "error: out of memory (MemoryError); the inputs are larger than this "
+                    "process may allocate: use smaller inputs or a machine with more memory")
         return FAILURE
     except KeyboardInterrupt:
         say(script, interrupted)

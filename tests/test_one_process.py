@@ -105,3 +105,46 @@ def test_the_next_summary_removes_the_temporary_file_of_a_killed_one(tmp_path):
     finally:
         live.kill()
         live.wait()
+
+
+_CHILD = """
+import sys
+sys.path.insert(0, {scripts!r})
+import cli
+from pathlib import Path
+outs = [Path(p) for p in sys.argv[1:]]
+def job():
+    with cli.one_writer("job.py", outs):
+        for p in outs:
+            p.write_text("child")
+sys.exit(cli.run("job.py", job))
+"""
+
+
+def _wait_for_other_writer(tmp_path, rewritten: int) -> tuple[int, str, list[str]]:
+    """A child process runs a job of two outputs while this one holds their lock; this one
+    then rewrites `rewritten` of them (by rename, as every script writes) and lets go."""
+    outs = [tmp_path / "a.npz", tmp_path / "a.csv"]
+    for p in outs:
+        p.write_text("old")
+    with fileio.exclusive(outs[:1]):
+        child = subprocess.Popen(
+            [sys.executable, "-c", _CHILD.format(scripts=str(ROOT / "scripts")), *map(str, outs)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        waiting = child.stderr.readline()
+        assert waiting.startswith(f"job.py: waiting for process {os.getpid()}, "), waiting
+        for p in outs[:rewritten]:
+            fileio.atomic_write_bytes(p, b"parent")
+    _, err = child.communicate(timeout=60)
+    return child.returncode, err, [p.read_text() for p in outs]
+
+
+def test_a_run_that_waited_for_the_same_job_does_not_repeat_it(tmp_path):
+    rc, err, contents = _wait_for_other_writer(tmp_path, rewritten=2)
+    assert rc == 0 and contents == ["parent", "parent"]
+    assert err.strip() == f"job.py: {tmp_path / 'a.npz'} already written by the process waited for; nothing to do"
+
+
+def test_a_run_that_waited_still_works_when_the_other_left_an_output_unwritten(tmp_path):
+    rc, err, contents = _wait_for_other_writer(tmp_path, rewritten=1)
+    assert rc == 0 and err == "" and contents == ["child", "child"]
