@@ -28,7 +28,7 @@ GROUP ?= 1## fold models trained together by one process, vectorized (GPU: 10; C
 TF32 ?=## 1: TF32 tensor cores in training on CUDA (evaluation stays IEEE float32)
 COMPILE ?=## torch.compile the training loss: auto (CUDA graphs on CUDA), default, ...
 VERBOSE ?=## 1: a line per epoch from every training job (default: one line per model)
-SUMMARIZE_ARGS ?=## options of every summary, e.g. "--n-perm 20000 --fdr-q 0.1" (scripts/summarize.py --help)
+SUMMARIZE_ARGS ?=## summary options over the experiments' own, e.g. "--n-perm 20000 --fdr-q 0.1"; kept until given again (docs/calibration.md)
 
 export DATA_ROOT EXPERIMENTS_FILE
 PY := $(VENV)/bin/python
@@ -54,8 +54,12 @@ endif
 endif
 PLAN := build/experiments$(subst /,_,$(abspath $(EXPERIMENTS_FILE))).mk
 SETTINGS_DIR = $(dir $(PLAN))settings
+# SUMMARIZE_ARGS reaches the plan only when given (on the command line or in the environment,
+# even empty): left out, each summary keeps the options it was made with (docs/calibration.md)
 PLAN_CMD = EXPERIMENTS_FILE='$(EXPERIMENTS_FILE)' $(PY) scripts/plan.py make --group $(GROUP) \
-           --output $(PLAN) --settings-dir $(SETTINGS_DIR) --summarize-args '$(SUMMARIZE_ARGS)'
+           --output $(PLAN) --settings-dir $(SETTINGS_DIR) --results-dir '$(RESULTS)' \
+           --train $(filter memorization-%,$(MAKECMDGOALS)) \
+           $(if $(filter file,$(origin SUMMARIZE_ARGS)),,--summarize-args '$(SUMMARIZE_ARGS)')
 # Figures and the report alone read the summaries as they are and never train (plan.py).
 FIGURE_GOALS := analysis figures report clean-analysis figures-%
 FIGURES_ONLY := $(if $(MAKECMDGOALS),$(if $(filter-out $(FIGURE_GOALS),$(MAKECMDGOALS)),,1))
@@ -100,19 +104,27 @@ help: ## list targets and variables
 	  /^[A-Z0-9_]+ \?=.*## / {split($$0, a, "## "); sub(/ \?=.*/, "", a[1]); \
 	  v = $$0; sub(/^[A-Z0-9_]+ \?= ?/, "", v); sub(/## .*/, "", v); \
 	  printf "  %-22s %s%s\n", a[1], a[2], ((v == "" || index(a[2], "(default")) ? "" : " (default: " v ")")}' $(MAKEFILE_LIST)
-	@echo; echo "Per experiment: memorization-EXP, summary-EXP, nn-EXP, measures-EXP, figures-EXP" \
+	@echo; echo "Per experiment: all-EXP (all of these in turn), memorization-EXP, summary-EXP, nn-EXP," \
+	  "measures-EXP, figures-EXP" \
 	  "(EXP: a name in scripts/memo/config/experiments.py or EXPERIMENTS_FILE)"
 
 setup: $(SETUP) ## create the virtualenv, install requirements (and Debian packages as root)
 $(SETUP): requirements.txt scripts/setup.sh
 	bash scripts/setup.sh $(VENV)
 
+# One experiment end to end. Each step is a Make of its own: the figures are planned after the
+# files they draw exist (analysis.mk decides which figures exist when it is read).
+all-%: $(SETUP) ## one experiment end to end: models (-j JOBS), summary, neighbours, measures, figures, report
+	$(if $(filter $*,$(EXPERIMENTS)),,$(call unknown_experiment,$*,$@))
+	$(MAKE) --no-print-directory -j $(JOBS) memorization-$*
+	$(MAKE) --no-print-directory summary-$* nn-$* measures-$*
+	$(MAKE) --no-print-directory figures-$* report
+	@echo "per-example memorization scores: $(ANALYSIS)/$*.csv, flagged examples:" \
+	  "$(ANALYSIS)/$*_flagged.csv, other measures: $(ANALYSIS)/$*_measures.csv;" \
+	  "figures: $(AN_OUT)/$*/, report: $(AN_OUT)/report.pdf"
+
 demo: $(SETUP) ## the offline default, end to end: Fashion-MNIST K-fold VAEs -> scores -> figures
-	$(MAKE) --no-print-directory -j $(JOBS) memorization-$(DEMO)
-	$(MAKE) --no-print-directory summary-$(DEMO) $(ANALYSIS)/$(DEMO)_nn.npz measures-$(DEMO)
-	$(MAKE) --no-print-directory figures-$(DEMO) report
-	@echo "per-example memorization scores: $(ANALYSIS)/$(DEMO).csv, other measures:" \
-	  "$(ANALYSIS)/$(DEMO)_measures.csv; figures: output/$(DEMO)/, report: output/report.pdf"
+	$(MAKE) --no-print-directory all-$(DEMO)
 
 benchmark: $(SETUP) ## planted memorization: every measure against M (analysis/fashion_planted_benchmark.csv, report)
 	$(MAKE) --no-print-directory -j $(JOBS) memorization-$(BENCHMARK)

@@ -82,11 +82,17 @@ $(foreach x,$(AN_EXT),$(AN_OUT)/$1/$2.$x) &: $(patsubst %,$(AN_IN)/%.npz,$(AN_GR
 endef
 $(foreach g,$(AN_BUILT_GROUPS),$(foreach f,$(AN_SERIES) $(AN_GROUP_FIGURES_$g),$(eval $(call an_group_rule,$g,$f))))
 
-# figures-<exp>: its own figures and those of the groups it belongs to.
+# figures-<exp>: its own figures and those of the groups it belongs to. Which figures exist is
+# decided by which files exist when Make starts: those left out for a missing input are named
+# in one line with the target that makes it (`make all-EXP` makes every one).
+an_left_out = $(strip $(if $(filter $1,$(AN_NN_EXPS)),,neighbours (make nn-$1)) \
+                $(if $(filter $1,$(AN_MEASURES_EXPS)),,measures (make measures-$1)))
 define an_exp_target
 .PHONY: figures-$1
 figures-$1: $(call an_files,$(call an_exp_stems,$1) \
               $(foreach g,$(AN_BUILT_GROUPS),$(if $(filter $1,$(AN_GROUP_$g)),$(call an_group_stems,$g))))
+	$(if $(call an_left_out,$1),@echo "figures-$1: left out as their input is missing:" \
+	  "$(call an_left_out,$1)")
 endef
 $(foreach e,$(AN_EXPS),$(eval $(call an_exp_target,$e)))
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import cli
 from memo import figures
-from memo.config import experiments
+from memo.config import design, experiments, naming
 from memo import fileio
 from memo.files import results
 from memo.score import flagged as flagged_list
@@ -77,16 +77,30 @@ def grouped_rules(exp: experiments.Experiment, size: int) -> tuple[list[str], li
 
 
 def settings_json(exp: experiments.Experiment, summarize_args: str = "") -> str:
-    """The settings a summary depends on: those a result depends on, as the summary compares
-    them (results.RESULT_SETTINGS; a change of checkpoint_every, which changes no number, does
-    not re-run the summary), and the summary's own options (SUMMARIZE_ARGS)."""
+    """The settings a summary depends on (results.STAMP_SETTINGS): those a result depends on, as
+    the summary compares them (a change of checkpoint_every, which changes no number, does not
+    re-run the summary), the repeats it reads, its own options (the experiment's fields), and
+    the command-line override SUMMARIZE_ARGS it was last made with."""
     values = asdict(exp)
-    stamp = {k: values[k] for k in (*results.RESULT_SETTINGS, "repeats")}
-    for key, default in results.UNRECORDED.items():  # as result files record them: stamps
-        if stamp[key] == default:                     # from before these settings stay valid
+    stamp = {k: values[k] for k in results.STAMP_SETTINGS}
+    # settings at their defaults are left out, as result files leave them out: stamps from
+    # before these settings existed stay valid
+    for key, default in {**results.UNRECORDED, **experiments.summary_options(None)}.items():
+        if stamp[key] == default:
             del stamp[key]
     stamp["summarize_args"] = " ".join(summarize_args.split())
     return json.dumps(stamp, sort_keys=True) + "\n"
+
+
+def kept_override(path: Path, exp: experiments.Experiment) -> str:
+    """The SUMMARIZE_ARGS of a stamp when the experiment's settings are still those it holds;
+    else "" (a summary re-made for changed settings is made with the experiment's options)."""
+    try:
+        old = json.loads(path.read_text())
+        args = old.get("summarize_args", "")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return args if isinstance(args, str) and settings_json(exp, args) == path.read_text() else ""
 
 
 def write_if_changed(path: Path, text: str) -> bool:
@@ -101,14 +115,71 @@ def write_if_changed(path: Path, text: str) -> bool:
     return True
 
 
+def summary_overrides(table: dict[str, experiments.Experiment], folder: Path | None,
+                      summarize_args: str | None = None) -> dict[str, str]:
+    """The command-line options each summary is made with (SUMMARIZE_ARGS).
+
+    summarize_args: SUMMARIZE_ARGS when given (even empty: back to the experiment's options);
+    None when not given, which keeps the options of each stamp in `folder` whose settings are
+    unchanged, so that a later target that only reads a summary never re-makes it with other
+    options (docs/calibration.md, "Settings that stick")."""
+    if summarize_args is not None or folder is None:
+        return {name: " ".join((summarize_args or "").split()) for name in table}
+    return {name: kept_override(folder / f"{name}.json", exp) for name, exp in table.items()}
+
+
 def write_settings(table: dict[str, experiments.Experiment], folder: Path,
-                   summarize_args: str = "") -> None:
+                   overrides: dict[str, str] | None = None) -> None:
     """One stamp per experiment, <folder>/<name>.json, that the summary depends on: editing
     an experiment's settings makes Make re-run its summary, which compares them with the
     settings each result file records. Result files do not depend on it (files trained
     elsewhere or downloaded have no stamp of their own; they are compared by content)."""
     for name, exp in table.items():
-        write_if_changed(folder / f"{name}.json", settings_json(exp, summarize_args))
+        write_if_changed(folder / f"{name}.json",
+                         settings_json(exp, (overrides or {}).get(name, "")))
+
+
+# ----------------------------------------------------------------------------------------------
+# the design, said before training
+
+BENCH_REPORT = Path("output") / "bench.json"   # scripts/bench.py's measured rates (make bench)
+
+
+def estimated_hours(exp: experiments.Experiment, n: int, report: Path = BENCH_REPORT) -> float | None:
+    """Hours to train and evaluate every model of exp one at a time, from this machine's rates
+    for its model in `make bench`'s report (importance sampling scaled to exp's n_is); None
+    without a report that has them."""
+    import bench
+    try:
+        devices = json.loads(report.read_text())["devices"]
+        rates = dict(next(iter(devices.values()))["rates"][exp.model])
+        rates["is_one"] *= bench.MODELS[exp.model].n_is / exp.n_is
+        n_test = naming.controls_count(exp) or 0
+        return bench.project(rates, exp.epochs, exp.eval_every, n, n_test, exp.folds,
+                             exp.repeats)["hours_one_at_a_time"]
+    except (OSError, ValueError, KeyError, TypeError, StopIteration, ZeroDivisionError):
+        return None
+
+
+def design_line(exp: experiments.Experiment, root: str) -> str:
+    """What training exp means, in a line, with a warning when its design cannot flag; "" when
+    every result file exists already."""
+    from memo.score import calibration
+    todo = sum(not Path(f).exists() for f in result_files(exp, root))
+    if not todo:
+        return ""
+    n = naming.max_examples(exp)
+    hours = estimated_hours(exp, n) if n else None
+    when = ("; time not estimated: make bench measures this machine's speed" if hours is None
+            else f", about {hours * 60:.0f} min one model at a time (rates of make bench)")
+    line = (f"{exp.name}: design K = {exp.folds}, L = {exp.repeats}: "
+            f"{design.models(exp.folds, exp.repeats)} models, {todo} to train{when}")
+    problem = design.t_test_problem(exp.folds, exp.test, exp.n_perm)
+    if problem is None and exp.test == "permutation" and n:
+        problem = calibration.design_note(exp.folds, exp.repeats, exp.n_perm, n, exp.fdr_q)
+    if problem:   # on the same line: Make shows what the plan says as one line
+        line += f"; warning: this design cannot flag: {problem} (docs/calibration.md)"
+    return line
 
 
 # ----------------------------------------------------------------------------------------------
@@ -207,7 +278,10 @@ def figure_lists() -> list[str]:
             f"AN_SERIES := {' '.join(figures.SERIES)}"]
 
 
-def make_fragment(table: dict[str, experiments.Experiment], group: int = 1) -> str:
+def make_fragment(table: dict[str, experiments.Experiment], group: int = 1,
+                  overrides: dict[str, str] | None = None) -> str:
+    """The Make rules of every experiment; overrides: each summary's command-line options
+    (summary_overrides; default: SUMMARIZE_ARGS as Make has it)."""
     lines = ["# Generated by scripts/plan.py from the experiment table and the import graph; "
              "do not edit.",
              f"EXPERIMENTS := {' '.join(table)}",
@@ -230,7 +304,8 @@ def make_fragment(table: dict[str, experiments.Experiment], group: int = 1) -> s
         npz, csv = f"$(ANALYSIS)/{name}.npz", f"$(ANALYSIS)/{name}.csv"
         flagged_csv = f"$(ANALYSIS)/{name}{flagged_list.SUFFIX}"
         summarize = (f"$(PY) scripts/summarize.py --experiment {name} "
-                     f"--result-files $(RESULTS_{name}) -o {npz} $(SUMMARIZE_ARGS)")
+                     f"--result-files $(RESULTS_{name}) -o {npz} "
+                     f"{(overrides or {}).get(name, '$(SUMMARIZE_ARGS)')}").rstrip()
         lines += [
             f"RESULTS_{name} := \\\n  " + " \\\n  ".join(files),
             # A result file is whole once it exists (written to a temporary name, then renamed).
@@ -289,8 +364,14 @@ def main(argv=None) -> int:
                    "(only when it changed) instead of standard output")
     p.add_argument("--settings-dir", type=Path, help="make: write each experiment's settings "
                    "to DIR/<name>.json (only when they changed); the summaries depend on them")
-    p.add_argument("--summarize-args", default="", help="make: the summaries' options "
-                   "(SUMMARIZE_ARGS), part of each settings stamp")
+    p.add_argument("--train", nargs="*", default=[], metavar="GOAL", help="make: Make's goals; "
+                   "for each memorization-EXP among them whose models are not all trained, "
+                   "the design and an estimate of its time on standard error")
+    p.add_argument("--results-dir", default="results", help="make: where --train looks for "
+                   "result files")
+    p.add_argument("--summarize-args", default=None, help="make: the summaries' command-line "
+                   "options (SUMMARIZE_ARGS), part of each settings stamp; when left out, each "
+                   "stamp keeps the options its summary was made with")
     args = p.parse_args(argv)
     return cli.run(__file__, run, args)
 
@@ -314,12 +395,19 @@ def run(args: argparse.Namespace) -> None:
         table = experiments.all_experiments()
         if args.what == "make":
             # everything is computed before anything is written: an error leaves no file behind
-            fragment = make_fragment(table, args.group or 1)
+            overrides = summary_overrides(table, args.settings_dir, args.summarize_args)
+            fragment = make_fragment(table, args.group or 1, overrides)
         else:
             exp = experiments.get(args.names[0] if args.names else "")
     if args.what == "make":
+        for goal in args.train:
+            name = goal.removeprefix("memorization-")
+            if goal.startswith("memorization-") and name in table:
+                line = design_line(table[name], args.results_dir)
+                if line:
+                    print(line, file=sys.stderr)
         if args.settings_dir:
-            write_settings(table, args.settings_dir, args.summarize_args)
+            write_settings(table, args.settings_dir, overrides)
         if args.output:
             write_if_changed(args.output, fragment)
         else:

@@ -27,32 +27,40 @@ from memo.score import privacy
 
 
 def parse_args(argv=None):
-    p = cli.parser(__file__, __doc__.splitlines()[0],
-                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.parser(__file__, __doc__.splitlines()[0])
     p.add_argument("--result-files", nargs="+", required=True, help="result files (.json.gz) "
                    "of one experiment: all cv folds of all repeats, optionally the full model")
     cli.add_output(p, "the summary (.npz; its CSV beside it, of the same stem)", required=True)
     p.add_argument("--experiment", default=None, help="experiment name: refuse result files "
                    "made under other settings than it has now")
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates over repeats")
-    p.add_argument("--n-perm", type=int, default=2000, help="labellings of the held-out model "
+    # The summary's options: the experiment's fields of the same names (memo/config/experiments.py,
+    # their defaults without --experiment); an option given here overrides its field for this run
+    defaults = experiments.summary_options(None)
+    p.add_argument("--n-boot", type=int, default=None, help="bootstrap replicates over repeats "
+                   f"(default: the experiment's n_boot, else {defaults['n_boot']})")
+    p.add_argument("--n-perm", type=int, default=None, help="labellings of the held-out model "
                    "drawn per example for the permutation null (all K^L are enumerated when "
                    "there are no more); 0: no calibration at all (no p-values, flags or control "
-                   "images' scores, whatever --test)")
-    p.add_argument("--fdr-q", type=float, default=0.05, help="false discovery rate of the "
-                   "'memorized' flag (Benjamini-Hochberg over the examples)")
-    p.add_argument("--test", choices=("moderated-t", "t", "permutation"), default="moderated-t",
+                   "images' scores, whatever --test) (default: the experiment's n_perm, else "
+                   f"{defaults['n_perm']})")
+    p.add_argument("--fdr-q", type=float, default=None, help="false discovery rate of the "
+                   "'memorized' flag (Benjamini-Hochberg over the examples) (default: the "
+                   f"experiment's fdr_q, else {defaults['fdr_q']})")
+    p.add_argument("--test", choices=experiments.SUMMARY_TESTS, default=None,
                    help="the per-example test behind the flag: moderated-t, the repeat-paired "
                    "t-test of in- against held-out log p with variances moderated across "
                    "examples (can flag at 11-21 models); t, the same without moderation; "
                    "permutation, the exact permutation null of M (smallest p 1/K^L) "
-                   "(docs/calibration.md)")
+                   "(docs/calibration.md) (default: the experiment's test, else "
+                   f"{defaults['test']})")
     cli.add_data_root(p)   # for the labels; without the data they are -1
     args = p.parse_args(argv)
-    if args.n_perm < 0:
+    if args.n_perm is not None and args.n_perm < 0:
         p.error("--n-perm must be 0 (no calibration) or more")
-    if not 0 < args.fdr_q < 1:
+    if args.fdr_q is not None and not 0 < args.fdr_q < 1:
         p.error("--fdr-q must lie between 0 and 1")
+    if args.n_boot is not None and args.n_boot < 0:
+        p.error("--n-boot must be 0 (no bootstrap) or more")
     return args
 
 
@@ -91,8 +99,13 @@ def write_summary(args: argparse.Namespace, exp, out: Path) -> int:
     import numpy as np
     import pandas as pd
 
-    s = summary.summarize(args.result_files, n_boot=args.n_boot, experiment=exp,
-                          n_perm=args.n_perm, fdr_q=args.fdr_q, test=args.test)
+    # the experiment's options, those given on the command line instead; both are recorded
+    given = {k: getattr(args, k) for k in experiments.SUMMARY_OPTIONS
+             if getattr(args, k) is not None}
+    options = {**experiments.summary_options(exp), **given}
+    s = summary.summarize(args.result_files, experiment=exp, **options)
+    s.meta["summary_options"] = options
+    s.meta["summary_overrides"] = given
     n = s.meta["n"]
     labels = labels_for(s.meta, args.data_root)
     if labels is not None:

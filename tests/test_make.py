@@ -150,6 +150,48 @@ def test_make_chain_builds_resumes_and_rebuilds_only_what_is_missing(tiny_experi
     for field in ("U", "V", "M_ci_low", "M_ci_high", "values", "held_out"):
         assert np.array_equal(getattr(shrunk, field), getattr(first, field), equal_nan=True)
 
+    # all-tiny: the rest of the way (nothing to train), ending with where the answer is
+    out_dir = tmp_path / "out"
+    end = [f"AN_OUT={out_dir}", "JOBS=2"]
+    env_fast = dict(env, MEMO_NO_LATEX="1")
+    out = make("all-tiny", *common, *end, env=env_fast)
+    assert "--job" not in out and "design K" not in out   # every model trained: no design line
+    last = out.strip().splitlines()[-1]
+    for path in (ana / "tiny.csv", ana / "tiny_flagged.csv", ana / "tiny_measures.csv",
+                 out_dir / "tiny", out_dir / "report.pdf"):
+        assert str(path) in last and path.exists(), (path, last)
+    for figure in ("neighbours", "measures", "gallery"):
+        assert (out_dir / "tiny" / f"{figure}.png").exists(), figure
+    assert summary.load(ana / "tiny.npz").meta["summary_options"]["fdr_q"] == 0.05
+
+    # fdr_q set in the experiments file: the summary is made again with it (no training), and
+    # the measures, figures and report made from the earlier one are planned again
+    exp_file.write_text(json.dumps({"tiny": dict(spec["tiny"], fdr_q=0.2)}))
+    out = make("summary-tiny", *common, env=env)
+    assert "summarize.py --experiment tiny" in out and "--job" not in out
+    assert summary.load(ana / "tiny.npz").calibration["fdr_q"] == 0.2
+    assert "measures.py --experiment tiny" in make("-n", "measures-tiny", *common, env=env)
+    out = make("-n", "figures-tiny", "report", *common, *end, env=env_fast)
+    assert "report.py" in out and "analysis.py measures" in out, out
+    # the measures of the earlier summary are never drawn: refused in one line
+    p = subprocess.run([str(ROOT / ".venv/bin/python"), "scripts/analysis.py", "measures",
+                        str(ana / "tiny.npz"), "--out", str(tmp_path / "stale")], cwd=ROOT,
+                       env=env_fast, capture_output=True, text=True)
+    lines = (p.stdout + p.stderr).strip().splitlines()
+    assert p.returncode != 0 and len(lines) == 1, lines
+    assert "was computed from an earlier" in lines[0] and "make measures-tiny" in lines[0]
+    assert not (tmp_path / "stale").exists() or not any((tmp_path / "stale").iterdir())
+
+    # SUMMARIZE_ARGS makes the summary with its options, and a later target without it keeps
+    # that summary (settings that stick); given empty, the experiment's options again
+    make("summary-tiny", "SUMMARIZE_ARGS=--n-boot 10", *common, env=env)
+    assert summary.load(ana / "tiny.npz").meta["summary_overrides"] == {"n_boot": 10}
+    out = make("-n", "measures-tiny", *common, env=env)
+    assert "summarize.py" not in out and "measures.py --experiment tiny" in out
+    out = make("summary-tiny", "SUMMARIZE_ARGS=", *common, env=env)
+    assert "summarize.py --experiment tiny" in out
+    assert summary.load(ana / "tiny.npz").meta["summary_overrides"] == {}
+
 
 # ----------------------------------------------------------------------------------------------
 # one clear line for a wrong name or a bad experiments file
@@ -342,3 +384,77 @@ def test_prerequisites_are_the_code_each_command_imports(tmp_path):
     assert any("report.py" in c for c in cmds), cmds
     assert not any("analysis.py losses" in c or "analysis.py neighbours" in c for c in cmds)
 
+
+
+# ----------------------------------------------------------------------------------------------
+# one experiment end to end (make all-EXP), and settings that stick
+
+def test_figures_name_what_they_leave_out_and_the_target_that_makes_it(analysed):
+    tree, _ = analysed
+    (tree / "analysis" / "demo_nn.npz").unlink()
+    p = subprocess.run(["make", "-n", "--no-print-directory", "-C", str(tree), "figures-demo"],
+                       capture_output=True, text=True)
+    said = [l for l in p.stdout.splitlines() if "left out" in l]
+    assert len(said) == 1 and "neighbours (make nn-demo)" in said[0], p.stdout
+    assert "measures (make measures-demo)" in said[0]
+
+
+def test_an_override_of_the_summary_options_sticks_until_given_again(tiny_experiment, tmp_path):
+    exp_file, _ = tiny_experiment
+    out, stamps = tmp_path / "plan.mk", tmp_path / "settings"
+    args = ["make", "-o", str(out), "--settings-dir", str(stamps)]
+    stamp = stamps / "tiny.json"
+
+    def summarize_line():
+        return next(l for l in out.read_text().splitlines()
+                    if "summarize.py --experiment tiny " in l)
+
+    assert plan.main(args + ["--summarize-args", "--n-perm  100"]) == 0
+    assert json.loads(stamp.read_text())["summarize_args"] == "--n-perm 100"
+    assert summarize_line().endswith("-o $(ANALYSIS)/tiny.npz --n-perm 100)")
+    mtime = stamp.stat().st_mtime_ns
+    assert plan.main(args) == 0            # not given: kept, the stamp untouched
+    assert stamp.stat().st_mtime_ns == mtime and summarize_line().endswith("--n-perm 100)")
+    assert plan.main(args + ["--summarize-args", ""]) == 0   # given empty: the experiment's
+    assert json.loads(stamp.read_text())["summarize_args"] == ""
+    assert summarize_line().endswith("-o $(ANALYSIS)/tiny.npz)")
+    # an experiment's own option is part of the stamp; a changed setting ends an override
+    assert plan.main(args + ["--summarize-args", "--n-boot 5"]) == 0
+    spec = json.loads(exp_file.read_text())["tiny"]
+    exp_file.write_text(json.dumps({"tiny": dict(spec, fdr_q=0.1)}))
+    assert plan.main(args) == 0
+    settings = json.loads(stamp.read_text())
+    assert settings["fdr_q"] == 0.1 and settings["summarize_args"] == ""
+    assert "--n-boot" not in summarize_line()
+
+
+def test_summary_options_are_checked_settings(tiny_experiment):
+    exp_file, _ = tiny_experiment
+    spec = json.loads(exp_file.read_text())["tiny"]
+    exp_file.write_text(json.dumps({"tiny": dict(spec, fdr_q=2, test="z", n_perm=-1)}))
+    with pytest.raises(experiments.SettingsError) as e:
+        experiments.load_user_experiments()
+    lines = str(e.value).splitlines()
+    assert len(lines) == 3 and all(str(exp_file) in l for l in lines)
+    assert {l.split(": ")[2].split(" = ")[0] for l in lines} == {"fdr_q", "test", "n_perm"}
+    exp_file.write_text(json.dumps({"tiny": dict(spec, fdr_q=0.1, test="t")}))
+    exp = experiments.load_user_experiments()["tiny"]
+    assert experiments.summary_options(exp) == {"test": "t", "n_perm": 2000, "fdr_q": 0.1,
+                                                 "n_boot": 1000}
+
+
+def test_the_design_is_said_before_training_with_a_warning_when_it_cannot_flag(
+        tiny_experiment, tmp_path):
+    exp = experiments.get("tiny")
+    line = plan.design_line(exp, str(tmp_path))
+    assert line.startswith("tiny: design K = 3, L = 2: 7 models, 7 to train")
+    assert "warning" not in line
+    two = dataclasses.replace(exp, folds=2, test="t")
+    assert "warning: this design cannot flag: K = 2" in plan.design_line(two, str(tmp_path))
+    # the permutation test at K^L = 9 labellings cannot reach q/n = 0.05/60
+    perm = dataclasses.replace(exp, test="permutation")
+    assert "cannot flag: the smallest attainable p-value" in plan.design_line(perm, str(tmp_path))
+    for f in plan.result_files(exp, str(tmp_path)):  # all trained: nothing to say
+        Path(f).parent.mkdir(parents=True, exist_ok=True)
+        Path(f).touch()
+    assert plan.design_line(exp, str(tmp_path)) == ""

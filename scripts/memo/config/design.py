@@ -22,3 +22,14 @@ def models(folds: int, repeats: int) -> int:
 def fill(spec: dict) -> dict:
     """An experiments file's fields with folds and repeats set to the default where left out."""
     return {"folds": DEFAULT_FOLDS, "repeats": DEFAULT_REPEATS, **spec}
+
+
+def t_test_problem(folds: int, test: str, n_perm: int) -> str | None:
+    """Why a design cannot flag anything under a t-test (memo.score.flagging), or None. The
+    permutation test's floor on p is memo.score.calibration.design_note's to say."""
+    if n_perm == 0:
+        return "n_perm = 0 switches the calibration off: no p-values, nothing is flagged"
+    if test in ("t", "moderated-t") and folds < 3:
+        return (f"K = {folds} leaves one in-value per repeat: the {test} test has no variance "
+                f"to test against and flags nothing (K >= 3; the default K = {DEFAULT_FOLDS})")
+    return None

@@ -27,7 +27,8 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # safe in file names and Ma
 RESERVED_SUFFIXES = ("_nn", "_measures", "_benchmark", "_sweep", "_controls", "_flagged")
 # sizes past these are typing errors, and would allocate without bound before any work
 UPPER_BOUNDS = {"latent_dim": 4096, "epochs": 100_000, "n_is": 100_000, "folds": 1000,
-                "repeats": 1000, "batch_size": 1 << 20}
+                "repeats": 1000, "batch_size": 1 << 20, "n_perm": 10_000_000,
+                "n_boot": 1_000_000}
 # the importance samples of an evaluation batch (256 examples) are drawn at once:
 # 256 * n_is * latent_dim floats, 1 GiB at this bound (the paper: at most 1000 * 64)
 MAX_SAMPLE_FLOATS = 1 << 20
@@ -38,6 +39,10 @@ _MODEL = re.compile(r"^(?:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:)?[A-Za-z_]\w*$")
 METHOD_CHOICES = {"splits": ("ours", "authors"), "eval_noise": ("fixed", "fresh"),
                   "flip": ("image", "batch")}
 AUTHORS_METHOD = {"splits": "authors", "eval_noise": "fresh", "flip": "batch"}
+# the summary's options an experiment holds (scripts/summarize.py's --test, --n-perm, --fdr-q,
+# --n-boot), and the tests it can flag by (memo/score/flagging.py, memo/score/calibration.py)
+SUMMARY_OPTIONS = ("test", "n_perm", "fdr_q", "n_boot")
+SUMMARY_TESTS = ("moderated-t", "t", "permutation")
 
 
 def _is_int(v) -> bool:
@@ -102,7 +107,7 @@ def setting_problems(exp) -> list[str]:
          "its from_settings")
     for field, low in (("latent_dim", 1), ("epochs", 1), ("n_is", 1), ("batch_size", 1),
                        ("seed", 0), ("folds", 2), ("repeats", 1), ("subset", 0),
-                       ("checkpoint_every", 1)):
+                       ("checkpoint_every", 1), ("n_perm", 0), ("n_boot", 0)):
         value = getattr(exp, field)
         high = UPPER_BOUNDS.get(field)
         need(field, _is_int(value) and value >= low and (high is None or value <= high),
@@ -119,6 +124,9 @@ def setting_problems(exp) -> list[str]:
     need("lr", isinstance(exp.lr, (int, float)) and not isinstance(exp.lr, bool)
          and 0 < exp.lr < float("inf"), "a number > 0")
     need("hflip", exp.hflip is None or isinstance(exp.hflip, bool), "true, false or null")
+    need("test", exp.test in SUMMARY_TESTS, " or ".join(map(repr, SUMMARY_TESTS)))
+    need("fdr_q", isinstance(exp.fdr_q, (int, float)) and not isinstance(exp.fdr_q, bool)
+         and 0 < exp.fdr_q < 1, "a number between 0 and 1")
     for field, choices in METHOD_CHOICES.items():
         need(field, getattr(exp, field) in choices, " or ".join(map(repr, choices)))
     need("results_dir", exp.results_dir == "" or (isinstance(exp.results_dir, str)
@@ -204,6 +212,13 @@ class Experiment:
     # keyword arguments of a user model's from_settings (docs/models.md), JSON values; only for
     # a model given as 'module:Class'
     model_args: dict | None = None
+    # The summary's options (scripts/summarize.py, the same names with '-' for '_';
+    # docs/calibration.md): its command line overrides them for one run. They change no result
+    # file, only the summary and what is made from it.
+    test: str = "moderated-t"  # the per-example test behind the flag: SUMMARY_TESTS
+    n_perm: int = 2000         # labellings per example of the permutation null; 0: no calibration
+    fdr_q: float = 0.05        # false discovery rate of the flag (Benjamini-Hochberg)
+    n_boot: int = 1000         # bootstrap replicates over repeats
 
     def __post_init__(self):
         problems = setting_problems(self)
@@ -241,6 +256,13 @@ class Experiment:
     def jobs(self) -> list[Job]:
         """Every unit of work: one per (repeat, fold), plus the full-data model."""
         return [job for r in range(self.repeats) for job in self.cv_jobs(r)] + [FULL_JOB]
+
+
+def summary_options(exp: Experiment | None) -> dict:
+    """The summary's options (SUMMARY_OPTIONS) an experiment sets; the defaults without one."""
+    if exp is not None:
+        return {k: getattr(exp, k) for k in SUMMARY_OPTIONS}
+    return {f.name: f.default for f in dataclasses.fields(Experiment) if f.name in SUMMARY_OPTIONS}
 
 
 def refuse_private(exp: Experiment) -> None:

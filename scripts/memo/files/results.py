@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from memo.config import naming
-from memo.config.experiments import AUTHORS_METHOD, METHOD_CHOICES, Experiment, Job
+from memo.config.experiments import (AUTHORS_METHOD, METHOD_CHOICES, SUMMARY_OPTIONS,
+                                     Experiment, Job)
 from memo.fileio import atomic_write_bytes, inside, one_line
 from memo.errors import MemoError
 
@@ -75,7 +76,8 @@ def meta_for(exp: Experiment, job: Job, images_shape: tuple, dataset: str, hflip
     images_shape: (n, C, H, W) of the training set D."""
     n, channels, size = int(images_shape[0]), int(images_shape[1]), int(images_shape[-1])
     desc = naming.description(exp)
-    settings = asdict(exp)
+    settings = {k: v for k, v in asdict(exp).items() if k not in SUMMARY_OPTIONS}
+    # (the summary's options change no result)
     settings["controls"] = n_controls  # the number scored (the default resolved)
     for key, default in UNRECORDED.items():  # files stay as they were before these existed
         if settings[key] == default:
@@ -104,6 +106,10 @@ OUR_METHOD = {field: choices[0] for field, choices in METHOD_CHOICES.items()}
 RESULT_SETTINGS = ("data", "model", "latent_dim", "lr", "epochs", "eval_every", "n_is",
                    "batch_size", "seed", "folds", "subset", "hflip", "splits",
                    "eval_noise", "flip", "dp", "controls", "model_args")
+# Settings a summary depends on (the settings stamp, scripts/plan.py): those of its result
+# files, the number of repeats it reads (more or fewer repeats re-summarize without retraining)
+# and the summary's own options
+STAMP_SETTINGS = (*RESULT_SETTINGS, "repeats", *SUMMARY_OPTIONS)
 # what a file records of a setting it leaves out: files of non-private runs and of runs without
 # control images stay as they were before those settings existed
 UNRECORDED = {"dp": None, "controls": 0, "model_args": None}
