@@ -59,6 +59,9 @@ AN_STEMS := $(foreach e,$(AN_EXPS),$(call an_exp_stems,$e)) \
 # the training-set size sweep (scripts/sweep.py), when its file exists
 AN_SWEEP := $(wildcard $(AN_IN)/fashion_sizes_sweep.npz)
 AN_STEMS += $(if $(AN_SWEEP),$(AN_OUT)/size_sweep/sweep)
+# which examples each model family memorizes (scripts/compare_families.py), when its file exists
+AN_FAMILIES := $(wildcard $(AN_IN)/families.json)
+AN_STEMS += $(if $(AN_FAMILIES),$(AN_OUT)/families/families)
 AN_FIGURES := $(call an_files,$(AN_STEMS))
 
 # One pattern rule per figure: $(call an_rule,FIGURE,EXTRA-PREREQUISITES)
@@ -74,6 +77,9 @@ $(foreach e,$(AN_NN_EXPS),$(eval $(call an_files,$(AN_OUT)/$e/gallery): $(AN_IN)
 
 $(call an_files,$(AN_OUT)/size_sweep/sweep) &: $(AN_IN)/fashion_sizes_sweep.npz $(call an_code,sweep)
 	$(PY) scripts/analysis.py sweep $< --out $(@D)
+
+$(call an_files,$(AN_OUT)/families/families) &: $(AN_IN)/families.json $(call an_code,families)
+	$(PY) scripts/analysis.py families $< --out $(@D)
 
 # One explicit rule per (group, figure): the summaries in the group's order.
 define an_group_rule
@@ -124,6 +130,6 @@ figures: $(AN_FIGURES) ## every figure of every summary in analysis/ (output/<ex
 report: $(AN_REPORT) ## output/report.pdf: every figure with its caption, a table of key numbers
 
 clean-analysis: ## remove the figures and the report (output/)
-	rm -rf $(addprefix $(AN_OUT)/,$(sort $(AN_EXPS) $(AN_GROUPS)) size_sweep) $(AN_OUT)/report.pdf $(AN_OUT)/report.tex
+	rm -rf $(addprefix $(AN_OUT)/,$(sort $(AN_EXPS) $(AN_GROUPS)) size_sweep families) $(AN_OUT)/report.pdf $(AN_OUT)/report.tex
 
 .PHONY: analysis figures report clean-analysis

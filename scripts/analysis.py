@@ -3,6 +3,7 @@
     python scripts/analysis.py FIGURE SUMMARY [SUMMARY ...] [--out DIR]
     python scripts/analysis.py all SUMMARY [--out DIR]
     python scripts/analysis.py sweep analysis/fashion_sizes_sweep.npz [--out DIR]
+    python scripts/analysis.py families analysis/families.json [--out DIR]
     python scripts/analysis.py list
 
 Each figure is written as DIR/FIGURE.{pgf,tex,pdf,png,json}. Several summaries draw one
@@ -17,12 +18,16 @@ import sys
 from pathlib import Path
 
 import cli
+from memo.files import families as families_file
 from memo.files import measures as measures_file
 from memo.files import neighbours as neighbours_file
 from memo.files import summary
 from memo.files import sweep as sweep_file
 from memo import figures  # light: no matplotlib until a figure is drawn
 from memo.errors import FileFormatError
+
+
+STANDALONE_OUT = {"sweep": "size_sweep", "families": "families"}   # output/<folder>
 
 
 def default_out(summaries: list[Path]) -> Path:
@@ -40,7 +45,8 @@ def main(argv=None) -> int:
     p.add_argument("figure", choices=figures.FIGURES + ("all", "list"),
                    help="figure to draw; 'all': every figure of one experiment")
     p.add_argument("summaries", nargs="*", type=Path,
-                   help="analysis/<exp>.npz file(s); for 'sweep' the sweep file")
+                   help="analysis/<exp>.npz file(s); for 'sweep' the sweep file, for "
+                   "'families' the family comparison")
     p.add_argument("--out", type=Path, help="output folder (default: output/<experiment>)")
     p.add_argument("--nn", type=Path, help="nearest-neighbour file (default: <summary>_nn.npz)")
     p.add_argument("--measures", type=Path,
@@ -68,13 +74,16 @@ def draw(args: argparse.Namespace, names: tuple[str, ...]) -> None:
     # numpy and matplotlib: after the command line is read
     from memo.figures import common
     engine = None if args.no_latex else common.latex_engine()
-    inputs = {"nn": None, "images": None, "measures_set": None, "sweep": None}
+    inputs = {"nn": None, "images": None, "measures_set": None, "sweep": None, "families": None}
     standalone = args.figure in figures.STANDALONE  # drawn from its own file, not summaries
-    out = cli.output(args.out or (Path("output") / "size_sweep" if standalone
+    out = cli.output(args.out or (Path("output") / STANDALONE_OUT[args.figure] if standalone
                                   else default_out(args.summaries)))
     if standalone:
         summaries = []
-        inputs["sweep"] = sweep_file.load(args.summaries[0])
+        if args.figure == "sweep":
+            inputs["sweep"] = sweep_file.load(args.summaries[0])
+        else:
+            inputs["families"] = families_file.load(args.summaries[0])
     else:
         summaries = [summary.load(s) for s in args.summaries]
     if any(n in figures.NEEDS_NN + figures.USES_NN for n in names):

@@ -141,6 +141,24 @@ def write_sweep(path: Path) -> Path:
     return path
 
 
+def fake_families(path: Path, a, b) -> dict:
+    """A family comparison file (memo/files/families.py) of two summaries, loaded."""
+    from memo.files import families as families_file
+    from memo.score import families
+    r = families.compare(a.M_final, b.M_final, a.memorized, b.memorized)
+    rows = [{**dict.fromkeys(families_file.ROW_FIELDS), "experiment": s.name,
+             "model": s.meta["model"], "M_median": 1.0, "M_95": 5.0, "M_99.9": 9.0}
+            for s in (a, b)]
+    pair = {"data": a.meta["data"], "n": a.n, "families": rows, "index": a.index,
+            "M_a": a.M_final, "M_b": b.M_final, "flagged_a": a.memorized,
+            "flagged_b": b.memorized, "top_a": families.top_set(a.M_final, 0.05),
+            "top_b": families.top_set(b.M_final, 0.05), "role": None,
+            **{k: r[k] for k in ("spearman", "top_overlap", "only_a", "only_b", "flags_a",
+                                 "flags_b", "flags_both")}}
+    families_file.write(path, 0.05, [pair])
+    return families_file.load(path)
+
+
 def fake_images(n: int, channels: int = 1, seed: int = 2) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, channels, 32, 32), dtype=np.uint8)
 
@@ -181,10 +199,14 @@ def built(tmp_path_factory):
         tmp / "analysis" / "bmnist_lr3_dp1.npz", seed=5, scale=(-2, 4),
         privacy={"epsilon": 1.0, "delta": 1e-5, "max_grad_norm": 1.0, "epsilon_spent": 0.998,
                  "noise_multiplier": 4.69}))
+    fam = fake_families(tmp / "analysis" / "families.json", a, b)
     for name in figures.FIGURES:
         group = [a, private] if name in figures.GROUP_ONLY else [a]
-        figures.build(name, group, out / "bmnist_lr3", nn=nn, images=images, measures_set=ms,
-                      sweep=sw)
+        with pytest.MonkeyPatch.context() as mp:   # the family figure's images, by position
+            mp.setattr("memo.figures.families.training_images",
+                       lambda data, what: fake_images(a.n))
+            figures.build(name, group, out / "bmnist_lr3", nn=nn, images=images,
+                          measures_set=ms, sweep=sw, families=fam)
     for name in figures.SERIES:
         figures.build(name, [a, b], out / "bmnist")
     return tmp

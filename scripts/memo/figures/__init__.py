@@ -11,9 +11,10 @@ from pathlib import Path
 
 # in report order: the calibrated scores lead
 FIGURES = ("calibration", "gallery", "measures", "qualitative", "losses", "quantiles",
-           "distribution", "logprob", "neighbours", "uncertainty", "privacy", "sweep")
+           "distribution", "logprob", "neighbours", "uncertainty", "privacy", "sweep", "families")
 GROUP_ONLY = ("privacy",)         # compares several experiments (analysis.mk's groups)
-STANDALONE = ("sweep",)           # drawn from its own file (scripts/sweep.py), not summaries
+STANDALONE = ("sweep", "families")  # drawn from their own files (scripts/sweep.py,
+#                                     scripts/compare_families.py), not from summaries
 PER_EXPERIMENT = tuple(f for f in FIGURES if f not in GROUP_ONLY + STANDALONE)  # `all`
 SERIES = ("losses", "quantiles", "distribution")   # take one summary or several to compare
 
@@ -33,7 +34,8 @@ def module(name: str):
 
 
 def build(name: str, summaries: list, out_dir, *, nn=None, images=None, measures_set=None,
-          sweep=None, seed: int = DEFAULT_SEED, engine: str | None = "auto") -> list[Path]:
+          sweep=None, families=None, seed: int = DEFAULT_SEED,
+          engine: str | None = "auto") -> list[Path]:
     """Draw figure `name` from loaded summaries and write its files into out_dir."""
     from . import common
     mod = module(name)
@@ -45,10 +47,11 @@ def build(name: str, summaries: list, out_dir, *, nn=None, images=None, measures
         engine = common.latex_engine()
     with common.style(engine):
         result = mod.make(summaries, nn=nn, images=images, measures_set=measures_set,
-                          sweep=sweep, seed=seed)
+                          sweep=sweep, families=families, seed=seed)
     meta = {"figure": name, "group": Path(out_dir).name,
             "experiments": [s.name for s in summaries] or (sweep or {}).get("meta", {}).get(
-                "experiments", [])}
+                "experiments", []) or [r["experiment"] for p in (families or {}).get("pairs", [])
+                                       for r in p["families"]]}
     try:
         return common.save(result, out_dir, name, meta, engine)
     finally:

@@ -58,18 +58,26 @@ _WARNED: set[str] = set()
 
 def load_images(summary: Summary) -> np.ndarray | None:
     """uint8 (n, C, H, W) training images in the summary's order, or None (one warning line)."""
-    from memo import data  # imports torch: only when images are wanted
-    try:
-        d = data.load(summary.meta["data"], "train")
-    except data.DataMissingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        warn(f"no images for {summary.name} ({first}); image panels are left out")
+    images = training_images(summary.meta["data"], summary.name)
+    if images is None:
         return None
-    images = np.asarray(d.images)
     if summary.index.size and summary.index.max() >= len(images):
         raise SummaryError(f"{summary.path}: index up to {summary.index.max()} but "
                            f"{summary.meta['data']} has {len(images)} training images")
     return images[summary.index]
+
+
+def training_images(data_name: str, what: str) -> np.ndarray | None:
+    """uint8 (N, C, H, W): every training image of a data set, or None (one warning line
+    naming `what` wanted them) when its files are missing."""
+    from memo import data  # imports torch: only when images are wanted
+    try:
+        d = data.load(data_name, "train")
+    except data.DataMissingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        warn(f"no images for {what} ({first}); image panels are left out")
+        return None
+    return np.asarray(d.images)
 
 
 # ----------------------------------------------------------------------------------------------
