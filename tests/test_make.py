@@ -1,6 +1,6 @@
-"""The Make chain end to end on a tiny npz data set: parallel folds, summary, resume; what
-Make says about unknown experiments and bad experiments files; every generated file rebuilt
-when missing."""
+"""The Make chain end to end on a tiny npz data set: parallel folds, summary, resume, then
+all-EXP the rest of the way; settings that stick; what Make says about unknown experiments and
+bad experiments files; every generated file rebuilt when missing."""
 import dataclasses
 import json
 import os
@@ -201,7 +201,8 @@ def plan_args(tmp_path):
             f"ANALYSIS={tmp_path / 'ana'}"]
 
 
-@pytest.mark.parametrize("goal", ["memorization-nosuch", "summary-nosuch", "nn-nosuch",
+@pytest.mark.parametrize("goal", ["all-nosuch", "memorization-nosuch", "summary-nosuch",
+                                  "nn-nosuch",
                                   "figures-nosuch", "ANA/nosuch.npz", "ANA/nosuch.csv",
                                   "ANA/nosuch_nn.npz"])
 def test_unknown_experiment_is_one_line_with_the_valid_names(tiny_experiment, tmp_path, goal):
