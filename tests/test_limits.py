@@ -142,3 +142,31 @@ def test_the_full_models_snapshots_are_checked_finite_too(tiny_experiment, tmp_p
     with pytest.raises(checkpoints.CheckpointError, match="non-finite weights") as e:
         measures._weights(exp, tmp_path, models.of_experiment(exp, 1))
     assert str(snapshot) in str(e.value) and len(str(e.value).splitlines()) == 1
+
+
+def test_npz_images_past_the_memory_at_hand_are_one_line(tmp_path, monkeypatch):
+    """A small npz inflating to more images than fit (a 2 MB file of 2.7 M zero images): the
+    allocation that fails is said in one line with the sizes, not a traceback."""
+    import numpy as np
+    from memo import data
+    from memo.data import npz
+
+    def no_memory(images):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't "
+                           "allocate memory: you tried to allocate 2764800000 bytes.")
+    monkeypatch.setattr(npz, "pad_to", no_memory)
+    path = tmp_path / "many.npz"
+    np.savez_compressed(path, x=np.zeros((3000, 28, 28), np.uint8))
+    with pytest.raises(ValueError, match="holds 3000 images of 28x28, 0.0 GiB once inflated") as e:
+        data.load(f"npz:{path}")
+    assert len(str(e.value).splitlines()) == 1 and "fewer images" in str(e.value)
+
+
+def test_an_allocation_that_fails_ends_the_script_with_one_line(capsys):
+    import cli
+
+    def too_big():
+        raise MemoryError()
+    assert cli.run("summarize.py", too_big) == cli.FAILURE
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("summarize.py: error: out of memory") and len(err.splitlines()) == 1

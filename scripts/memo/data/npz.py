@@ -95,6 +95,16 @@ def _check_headers(path: Path, z, xkey: str, ykey: str) -> None:
                              f"{channels[1]}; the test images must be like the training images")
 
 
+def _too_large(path: Path, z, key: str) -> str:
+    """Why images that inflate past the memory at hand are refused, with their sizes."""
+    info = z.zip.getinfo(f"{key}.npy")
+    shape = fileio.npz_member(path, key)[0]
+    return (f"{path}: array '{key}' holds {shape[0]} images of {'x'.join(map(str, shape[1:]))}, "
+            f"{info.file_size / 2**30:.1f} GiB once inflated (from {info.compress_size / 2**20:.1f}"
+            f" MiB in the file), which with their 32x32 copy do not fit in this process's memory; "
+            f"use fewer images or a machine with more memory")
+
+
 def load_npz(path: Path, split: str) -> ImageData:
     if path.is_dir():
         raise ValueError(f"{path} is a directory; npz:PATH names an .npz file holding a uint8 "
@@ -128,7 +138,12 @@ def load_npz(path: Path, split: str) -> ImageData:
                     f"{', '.join(z.files)}); add 'x_test' (and optionally 'y_test') to the file.")
             raise ValueError(f"{path}: no array 'x' (arrays present: {', '.join(z.files)}); expected a "
                              f"uint8 array 'x' of N x H x W or N x H x W x C images")
-        images = _npz_images(_npz_array(z, path, xkey), path, xkey)
+        try:
+            images = _npz_images(_npz_array(z, path, xkey), path, xkey)
+        except (MemoryError, RuntimeError) as e:  # torch's allocator fails with RuntimeError
+            if isinstance(e, RuntimeError) and "allocate" not in str(e):
+                raise
+            raise ValueError(_too_large(path, z, xkey)) from None
         labels = (checked_labels(_npz_array(z, path, ykey), images.shape[0], f"{path} '{ykey}'")
                   if ykey in z.files else None)
     return ImageData("npz", images, labels, hflip=False)
