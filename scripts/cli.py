@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import sys
 from pathlib import Path
 
@@ -97,10 +98,23 @@ def usage():
         raise UsageError(message(e)) from e
 
 
+# what to do about the system errors a write meets
+OS_FIXES = {
+    errno.ENOSPC: "free space on that disk, or write elsewhere",
+    errno.EDQUOT: "free space within the disk quota, or write elsewhere",
+    errno.EROFS: "write elsewhere (-o/--out, or RESULTS= and ANALYSIS= for make)",
+    errno.EACCES: "make it writable, or write elsewhere (-o/--out, or RESULTS= and ANALYSIS= "
+                  "for make)",
+}
+
+
 def message(e: BaseException) -> str:
-    """An error as one line: its lines joined; an OSError as its reason and file."""
+    """An error as one line: its lines joined; an OSError as its reason and file, and what to
+    do about it where that is known (OS_FIXES)."""
     if isinstance(e, OSError) and e.strerror:
         text = f"{e.strerror}: {e.filename}" if e.filename else e.strerror
+        if e.errno in OS_FIXES:
+            text += f"; {OS_FIXES[e.errno]}"
     else:
         text = str(e)
     lines = [line.strip() for line in text.splitlines() if line.strip()]

@@ -170,3 +170,16 @@ def test_an_allocation_that_fails_ends_the_script_with_one_line(capsys):
     assert cli.run("summarize.py", too_big) == cli.FAILURE
     err = capsys.readouterr().err.strip()
     assert err.startswith("summarize.py: error: out of memory") and len(err.splitlines()) == 1
+
+
+def test_a_write_on_a_full_or_read_only_disk_says_what_to_do():
+    import errno
+
+    import cli
+    full = OSError(errno.ENOSPC, "No space left on device: writing results/x.json.gz")
+    assert cli.message(full) == ("No space left on device: writing results/x.json.gz; free "
+                                 "space on that disk, or write elsewhere")
+    ro = OSError(errno.EROFS, "Read-only file system", "analysis/.x.npz.lock")
+    assert cli.message(ro) == ("Read-only file system: analysis/.x.npz.lock; write elsewhere "
+                               "(-o/--out, or RESULTS= and ANALYSIS= for make)")
+    assert cli.message(OSError(errno.EIO, "Input/output error", "f")) == "Input/output error: f"
