@@ -14,6 +14,7 @@ import pytest
 import plan
 from memo.config import experiments
 from memo.files import results
+from memo.score import flagged as flagged_list
 from memo.score import summary
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -286,10 +287,13 @@ def test_fragment_keeps_result_files_and_wires_the_summary(tiny_experiment):
     for group in (1, 3):
         text = plan.make_fragment(table, group)
         for name in table:
+            written = (f"$(ANALYSIS)/{name}.npz $(ANALYSIS)/{name}.csv "
+                       f"$(ANALYSIS)/{name}{flagged_list.SUFFIX}")
             assert f".PRECIOUS: $(RESULTS_{name})\n" in text
-            assert f"summary-{name}: $(ANALYSIS)/{name}.npz $(ANALYSIS)/{name}.csv\n" in text
-            # one command for both files (run once under make -j); nothing in FIGURES_ONLY runs
-            assert (f"$(ANALYSIS)/{name}.npz $(ANALYSIS)/{name}.csv &: $(if $(FIGURES_ONLY),,"
+            assert f"summary-{name}: {written}\n" in text
+            # one command for all three files (run once under make -j); nothing in FIGURES_ONLY
+            # runs
+            assert (f"{written} &: $(if $(FIGURES_ONLY),,"
                     f"$(RESULTS_{name}) $(SUMMARIZE_DEPS) $(SETTINGS_DIR)/{name}.json)\n") in text
             assert text.count(f"scripts/summarize.py --experiment {name} ") == 1
 
