@@ -41,11 +41,13 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import logsumexp
 
+from memo.config import experiments
 from memo.errors import MemoError
 from memo.score.uncertainty import rank_correlation, split_halves
 
-DEFAULT_PERMUTATIONS = 2000
-DEFAULT_FDR_Q = 0.05
+# an experiment's defaults (memo/config/experiments.py), for callers that name none
+DEFAULT_PERMUTATIONS = experiments.summary_options(None)["n_perm"]
+DEFAULT_FDR_Q = experiments.summary_options(None)["fdr_q"]
 # Work arrays hold about this many elements (float64: 64 MB) at a time.
 _BLOCK = 1 << 23
 # A sum of w below this may have lost its terms to underflow; recomputed in log space.

@@ -31,8 +31,11 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import special, stats
 
-TESTS = ("moderated-t", "t", "permutation")  # permutation: memo.score.calibration
-DEFAULT_TEST = "moderated-t"
+from memo.config import experiments
+
+# the tests an experiment can choose (permutation: memo.score.calibration), and its default
+TESTS = experiments.SUMMARY_TESTS
+DEFAULT_TEST = experiments.summary_options(None)["test"]
 STOREY_LAMBDA = 0.5
 
 
