@@ -246,3 +246,12 @@ def test_make_redraws_the_gallery_when_the_nn_file_changes(tree):
             if "analysis.py" in l]
     assert sorted(cmds) == ["gallery analysis/demo.npz --out output/demo",
                             "neighbours analysis/demo.npz --out output/demo"]
+
+
+def test_gallery_without_calibration_shows_the_highest_m_not_flagged(tmp_path, monkeypatch):
+    from test_figures import fake_images
+    s = summary.load(write_summary(tmp_path / "old.npz", n=60, calibrated=False))
+    doc = draw(tmp_path, s, fake_images(60), None, monkeypatch)
+    assert doc["what"] == "highest M" and doc["flagged"] == 0
+    assert doc["shown"] == s.index[np.argsort(-s.M_final, kind="stable")[:6]].tolist()
+    assert "no calibration" in doc["caption"]
