@@ -220,7 +220,7 @@ def test_measures_cli_writes_every_measure_for_every_example(trained, tmp_path, 
     assert len(table) == 1 + len(measures.MEASURES)
     printed = capsys.readouterr().out
     assert "Spearman M" in printed and "AUROC" not in printed and "dup. pct" not in printed
-    assert " nan " not in printed
+    assert " nan " not in printed and "flagged: examples " in printed and "regular" not in printed
 
 
 def test_measures_refuse_a_summary_of_another_experiment(trained, tmp_path, capsys):

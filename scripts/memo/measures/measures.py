@@ -385,6 +385,7 @@ def table_text(rows: list[dict], ms: MeasureSet) -> str:
     def num(value, spec):
         return "--" if not np.isfinite(value) else format(value, spec)
     columns = table_columns(rows)
+    names = {} if ms.role is not None else {"flagged_regular": "examples"}
     shown = [(key, head, width, cell) for key, head, width, cell in (
         ("oneoff_auroc", "AUROC one-offs", 24, lambda r: au(r, "oneoff_auroc")),
         ("auroc", "AUROC rare singletons", 24, lambda r: au(r, "auroc")),
@@ -397,7 +398,9 @@ def table_text(rows: list[dict], ms: MeasureSet) -> str:
         out.append(f"{r['measure']:<16} " + "".join(f"{cell(r):>{width}} "
                                                    for _, _, width, cell in shown)
                    + f"{spearman:>11} {r['models']:>6d} {r['cpu_seconds']:>8.1f}")
-        flags = [f"{c.removeprefix('flagged_')} {r[c]}" for c in FLAG_COLUMNS if r.get(c)]
+        # without a planted layout every example is "regular": say examples
+        flags = [f"{names.get(c, c.removeprefix('flagged_'))} {r[c]}" for c in FLAG_COLUMNS
+                 if r.get(c)]
         if flags:
             out.append(f"{'':<16} flagged: " + ", ".join(flags))
         if np.isfinite(r["reliability"]):
