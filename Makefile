@@ -138,7 +138,8 @@ dp: $(SETUP) ## private training (DP-SGD) at ε = 100, 10, 1 and without, on the
 	$(MAKE) --no-print-directory report
 	@echo "private training: $(foreach e,$(DP_SWEEP),$(ANALYSIS)/$e.csv); figure: output/privacy/; report: output/report.pdf"
 
-# the pairs `make families` compares (VAE:MADE), on the demo's data and on the planted benchmark
+# the pairs `make families` compares (VAE:MADE), on the demo's data and on the planted benchmark:
+# 64 models, 27 CPU minutes of training (docs/models.md: the time measured on 2 cores)
 FAMILY_PAIRS := fashion_demo:fashion_demo_made fashion_planted:fashion_planted_made
 FAMILY_EXPS := $(subst :, ,$(FAMILY_PAIRS))
 families: $(SETUP) ## which examples VAE and MADE memorize, demo and planted data (analysis/families.json, figure)
