@@ -33,7 +33,7 @@ from memo import figures
 from memo.config import design, experiments, naming
 from memo import fileio
 from memo.files import results
-from memo.score import flagged as flagged_list
+from memo.score import calibration, flagged as flagged_list
 
 SCRIPTS = Path(__file__).absolute().parent   # not resolved: a linked scripts/ stays as linked
 
@@ -164,7 +164,6 @@ def estimated_hours(exp: experiments.Experiment, n: int, report: Path = BENCH_RE
 def design_line(exp: experiments.Experiment, root: str) -> str:
     """What training exp means, in a line, with a warning when its design cannot flag; "" when
     every result file exists already."""
-    from memo.score import calibration
     todo = sum(not Path(f).exists() for f in result_files(exp, root))
     if not todo:
         return ""

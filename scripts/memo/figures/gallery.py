@@ -16,6 +16,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from memo.score import flagged as flagged_list
+from memo.score.calibration import q_values
 
 from .common import (COLORS, TEXTWIDTH, Result, count, flag_info, flag_text, placeholder,
                      short, show, tex_escape)
@@ -92,7 +93,6 @@ def figure(s, images, rows, neighbour, d_neighbour, nn, title) -> Figure:
         wspace=0.12))
     mc = s.M_corrected if np.isfinite(s.M_corrected).any() else s.M_final
     score = r"$M_{\mathrm{c}}$" if np.isfinite(s.M_corrected).any() else "$M$"
-    from memo.score.calibration import q_values
     q = q_values(s.p_value)
     for ax in axes.ravel():
         ax.set_axis_off()

@@ -15,6 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from memo import fileio
+from memo.score.calibration import q_values
+
 SUFFIX = "_flagged.csv"   # analysis/<exp>_flagged.csv (the suffix is reserved for experiment names)
 COLUMNS = ("rank", "index", "label", "M", "M_corrected", "M_corrected_ci_low",
            "M_corrected_ci_high", "p_value", "q_value", "low_ess", "ess_in", "ess_out")
@@ -44,7 +47,6 @@ def flagged_order(s) -> np.ndarray:
 def table(s):
     """The flagged examples as a pandas DataFrame with COLUMNS, in evidence order."""
     import pandas as pd
-    from memo.score.calibration import q_values
     rows = flagged_order(s)
     q = q_values(s.p_value)
     return pd.DataFrame({
@@ -61,7 +63,6 @@ def table(s):
 def write(s, path: str | os.PathLike) -> int:
     """Write the flagged list (a header only when nothing is flagged) to a temporary name,
     then rename; returns the number of rows."""
-    from memo import fileio
     t = table(s)
     buf = io.StringIO()
     t.to_csv(buf, index=False, float_format="%.6g")
