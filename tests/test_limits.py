@@ -183,3 +183,37 @@ def test_a_write_on_a_full_or_read_only_disk_says_what_to_do():
     assert cli.message(ro) == ("Read-only file system: analysis/.x.npz.lock; write elsewhere "
                                "(-o/--out, or RESULTS= and ANALYSIS= for make)")
     assert cli.message(OSError(errno.EIO, "Input/output error", "f")) == "Input/output error: f"
+
+
+def test_npz_images_that_cannot_fit_are_refused_before_they_are_inflated(tmp_path, monkeypatch):
+    """The cost of loading is known from the header (the array and its 32x32 copy): past the
+    memory at hand the file is refused before a byte of it is inflated."""
+    import numpy as np
+    from memo import data, fileio
+    from memo.data import npz
+
+    path = tmp_path / "many.npz"
+    np.savez_compressed(path, x=np.zeros((3000, 28, 28), np.uint8))
+    assert npz._needed_bytes(path, "x") == 3000 * 28 * 28 + 128 + 3000 * 32 * 32   # .npy header 128
+
+    def never(*args):
+        raise AssertionError("inflated")
+    monkeypatch.setattr(npz, "_npz_array", never)
+    monkeypatch.setattr(fileio, "memory_at_hand", lambda: 3000 * (28 * 28 + 32 * 32))
+    with pytest.raises(ValueError, match="holds 3000 images of 28x28") as e:
+        data.load(f"npz:{path}")
+    assert len(str(e.value).splitlines()) == 1
+
+
+def test_the_memory_at_hand_heeds_the_address_space_limit():
+    import subprocess
+    import sys
+    code = ("import resource, sys; sys.path.insert(0, 'scripts'); from memo import fileio; "
+            "used = next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') "
+            "if l.startswith('VmSize:')); "
+            "resource.setrlimit(resource.RLIMIT_AS, (used + 200 * 2**20, resource.RLIM_INFINITY)); "
+            "print(fileio.memory_at_hand())")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       cwd=Path(__file__).resolve().parents[1])
+    assert p.returncode == 0, p.stderr
+    assert 0 < int(p.stdout) <= 200 * 2**20

@@ -9,6 +9,7 @@ import glob
 import io
 import os
 import re
+import resource
 import secrets
 from pathlib import Path
 
@@ -201,3 +202,22 @@ def torch_refusal(e: Exception) -> str:
     """The one line that matters in torch.load's many-line weights_only refusal."""
     m = re.search(r"WeightsUnpickler error: ([^\n]*)", str(e))
     return one_line((m.group(1) if m else str(e)).split(". ")[0], 120)
+
+
+def memory_at_hand() -> int | None:
+    """Bytes this process can still allocate: the smaller of the free memory the kernel reports
+    (MemAvailable) and what its address-space limit leaves; None where neither is known."""
+    limits = []
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    limits.append(int(line.split()[1]) * 1024)
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY:
+            with open("/proc/self/status") as fh:
+                used = next(int(l.split()[1]) * 1024 for l in fh if l.startswith("VmSize:"))
+            limits.append(soft - used)
+    except (OSError, ValueError, StopIteration):
+        pass
+    return min(limits) if limits else None

@@ -105,6 +105,14 @@ def _too_large(path: Path, z, key: str) -> str:
             f"use fewer images or a machine with more memory")
 
 
+def _needed_bytes(path: Path, key: str) -> int:
+    """What loading array `key` costs, from its header alone: the inflated array and its
+    32x32 copy (images are kept as uint8)."""
+    shape, _, inflated = fileio.npz_member(path, key)
+    channels = shape[3] if len(shape) == 4 else 1
+    return inflated + shape[0] * channels * SIZE * SIZE
+
+
 def load_npz(path: Path, split: str) -> ImageData:
     if path.is_dir():
         raise ValueError(f"{path} is a directory; npz:PATH names an .npz file holding a uint8 "
@@ -138,6 +146,11 @@ def load_npz(path: Path, split: str) -> ImageData:
                     f"{', '.join(z.files)}); add 'x_test' (and optionally 'y_test') to the file.")
             raise ValueError(f"{path}: no array 'x' (arrays present: {', '.join(z.files)}); expected a "
                              f"uint8 array 'x' of N x H x W or N x H x W x C images")
+        # checked before inflating: a small crafted file (or a data set too large for this
+        # machine) is one line, and the memory is never taken
+        at_hand = fileio.memory_at_hand()
+        if at_hand is not None and _needed_bytes(path, xkey) > at_hand:
+            raise ValueError(_too_large(path, z, xkey))
         try:
             images = _npz_images(_npz_array(z, path, xkey), path, xkey)
         except (MemoryError, RuntimeError) as e:  # torch's allocator fails with RuntimeError
