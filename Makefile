@@ -114,8 +114,17 @@ $(SETUP): requirements.txt scripts/setup.sh
 
 # One experiment end to end. Each step is a Make of its own: the figures are planned after the
 # files they draw exist (analysis.mk decides which figures exist when it is read).
+# Models left to train, of a model make bench knows, and no rates of it yet: all-EXP measures
+# them quickly first, so that the design line (scripts/plan.py) can estimate the time
+speed_unknown = $(and $(filter-out $(wildcard $(RESULTS_$1)),$(RESULTS_$1)),\
+  $(filter $(MODEL_$1),$(BENCH_MODELS)),$(if $(wildcard output/bench.json \
+  $(call BENCH_QUICK,$(MODEL_$1))),,1))
 all-%: $(SETUP) ## one experiment end to end: models (-j JOBS), summary, neighbours, measures, figures, report
 	$(if $(filter $*,$(EXPERIMENTS)),,$(call unknown_experiment,$*,$@))
+	$(if $(call speed_unknown,$*),@echo "all-$*: measuring this machine's speed with $(MODEL_$*)" \
+	  "once for the time estimate (~20 s; make bench measures with care)"; \
+	  $(PY) scripts/bench.py --quick --models $(MODEL_$*) $(if $(DEVICE),--device $(DEVICE)) \
+	  --out $(call BENCH_QUICK,$(MODEL_$*)) > /dev/null || echo "all-$*: speed not measured")
 	$(MAKE) --no-print-directory -j $(JOBS) memorization-$*
 	$(MAKE) --no-print-directory summary-$* nn-$* measures-$*
 	$(MAKE) --no-print-directory figures-$* report

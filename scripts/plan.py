@@ -28,6 +28,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+import bench
 import cli
 from memo import figures
 from memo.config import design, experiments, naming
@@ -145,20 +146,28 @@ def write_settings(table: dict[str, experiments.Experiment], folder: Path,
 BENCH_REPORT = Path("output") / "bench.json"   # scripts/bench.py's measured rates (make bench)
 
 
-def estimated_hours(exp: experiments.Experiment, n: int, report: Path = BENCH_REPORT) -> float | None:
-    """Hours to train and evaluate every model of exp one at a time, from this machine's rates
-    for its model in `make bench`'s report (importance sampling scaled to exp's n_is); None
-    without a report that has them."""
-    import bench
-    try:
-        devices = json.loads(report.read_text())["devices"]
-        rates = dict(next(iter(devices.values()))["rates"][exp.model])
-        rates["is_one"] *= bench.MODELS[exp.model].n_is / exp.n_is
-        n_test = naming.controls_count(exp) or 0
-        return bench.project(rates, exp.epochs, exp.eval_every, n, n_test, exp.folds,
-                             exp.repeats)["hours_one_at_a_time"]
-    except (OSError, ValueError, KeyError, TypeError, StopIteration, ZeroDivisionError):
-        return None
+def quick_report(model: str) -> Path:
+    """Where `make all-EXP` keeps `bench.py --quick`'s rates of one model: measured once, before
+    an experiment's first training, when make bench has not measured this machine."""
+    return BENCH_REPORT.with_name(f"bench_quick_{model}.json")
+
+
+def estimated_hours(exp: experiments.Experiment, n: int,
+                    reports: tuple[Path, ...] | None = None) -> tuple[float, Path] | None:
+    """(hours to train and evaluate every model of exp one at a time, the report whose rates
+    gave them): this machine's rates for its model in make bench's report, else in the quick
+    one (importance sampling scaled to exp's n_is); None without a report that has them."""
+    for report in reports or (BENCH_REPORT, quick_report(exp.model)):
+        try:
+            devices = json.loads(report.read_text())["devices"]
+            rates = dict(next(iter(devices.values()))["rates"][exp.model])
+            rates["is_one"] *= bench.MODELS[exp.model].n_is / exp.n_is
+            n_test = naming.controls_count(exp) or 0
+            return bench.project(rates, exp.epochs, exp.eval_every, n, n_test, exp.folds,
+                                 exp.repeats)["hours_one_at_a_time"], report
+        except (OSError, ValueError, KeyError, TypeError, StopIteration, ZeroDivisionError):
+            continue
+    return None
 
 
 def design_line(exp: experiments.Experiment, root: str) -> str:
@@ -168,9 +177,15 @@ def design_line(exp: experiments.Experiment, root: str) -> str:
     if not todo:
         return ""
     n = naming.max_examples(exp)
-    hours = estimated_hours(exp, n) if n else None
-    when = ("; time not estimated: make bench measures this machine's speed" if hours is None
-            else f", about {hours * 60:.0f} min one model at a time (rates of make bench)")
+    estimate = estimated_hours(exp, n) if n else None
+    if estimate is None:
+        when = "; time not estimated: make bench measures this machine's speed"
+    else:
+        hours, report = estimate
+        source = ("rates of make bench" if report == BENCH_REPORT else
+                  f"a quick measure, {report}; make bench measures with care")
+        minutes = "under a minute" if hours * 60 < 1 else f"about {hours * 60:.0f} min"
+        when = f", {minutes} one model at a time ({source})"
     line = (f"{exp.name}: design K = {exp.folds}, L = {exp.repeats}: "
             f"{design.models(exp.folds, exp.repeats)} models, {todo} to train{when}")
     problem = design.t_test_problem(exp.folds, exp.test, exp.n_perm)
@@ -288,7 +303,10 @@ def make_fragment(table: dict[str, experiments.Experiment], group: int = 1,
              f"DEMO := {experiments.DEMO_EXPERIMENT}",
              f"BENCHMARK := {experiments.BENCHMARK_EXPERIMENT}",
              f"SIZE_SWEEP := {' '.join(experiments.SIZE_SWEEP)}",
-             f"DP_SWEEP := {' '.join(experiments.DP_SWEEP)}", "",
+             f"DP_SWEEP := {' '.join(experiments.DP_SWEEP)}",
+             # all-EXP measures a model's speed once when neither report has it
+             f"BENCH_MODELS := {' '.join(bench.MODELS)}",
+             f"BENCH_QUICK = {quick_report('$1')}", "",
              "# the code each command runs (its prerequisites beside its input files)",
              *deps_fragment()]
     for name, exp in table.items():
@@ -343,6 +361,7 @@ def make_fragment(table: dict[str, experiments.Experiment], group: int = 1,
             # written beside the full model's result; published archives may lack it
             f"FULL_CHECKPOINT_{name} := {full_files.checkpoint}",
             f"FULL_RESULT_{name} := {full}",
+            f"MODEL_{name} := {exp.model}",
             f".PHONY: memorization-{name} summary-{name} nn-{name} measures-{name}",
             "",
         ]

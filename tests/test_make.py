@@ -463,3 +463,26 @@ def test_the_design_is_said_before_training_with_a_warning_when_it_cannot_flag(
         Path(f).parent.mkdir(parents=True, exist_ok=True)
         Path(f).touch()
     assert plan.design_line(exp, str(tmp_path)) == ""
+
+
+def test_the_time_is_estimated_from_make_bench_else_from_the_quick_measure(tiny_experiment,
+                                                                           tmp_path):
+    exp = experiments.get("tiny")
+    rates = dict(train_one=2000.0, train_group=5000.0, train_base=1000.0, is_one=50.0,
+                 is_group=100.0, is_base=10.0)
+
+    def report(name, scale):
+        path = tmp_path / name
+        path.write_text(json.dumps({"devices": {"cpu": {"rates": {
+            exp.model: {k: v * scale for k, v in rates.items()}}}}}))
+        return path
+    careful, quick = report("bench.json", 1.0), report("quick.json", 2.0)
+    missing = tmp_path / "none.json"
+    assert plan.estimated_hours(exp, 60, (missing,)) is None
+    hours, used = plan.estimated_hours(exp, 60, (careful, quick))
+    assert used == careful                     # make bench's rates first
+    half, used = plan.estimated_hours(exp, 60, (missing, quick))
+    assert used == quick and half == pytest.approx(hours / 2)   # twice the rates, half the time
+    more, _ = plan.estimated_hours(dataclasses.replace(exp, repeats=4), 60, (careful,))
+    assert hours < more < 2 * hours            # the full model does not double
+    assert plan.quick_report(exp.model).name == f"bench_quick_{exp.model}.json"
