@@ -75,11 +75,18 @@ ifndef SKIP_PLAN
 ifneq ($(wildcard $(SETUP)),)
 # Written while the Makefile is read, so that a bad experiments file stops make with plan.py's
 # message as its one line (a failing rule would add Make's lines about the missing include).
-PLAN_ERROR := $(shell $(PLAN_CMD) 2>&1 >/dev/null)
+# $(shell) turns newlines into spaces: the plan's lines (one design line per experiment) come
+# joined by a record separator instead, and are split again here.
+RS := $(shell printf '\036')
+define newline
+
+
+endef
+PLAN_ERROR := $(shell set -o pipefail; $(PLAN_CMD) 2>&1 >/dev/null | sed -z 's/\n$$//' | tr '\n' '\036')
 ifneq ($(.SHELLSTATUS),0)
-$(error $(or $(PLAN_ERROR),scripts/plan.py failed))
+$(error $(or $(subst $(RS),; ,$(PLAN_ERROR)),scripts/plan.py failed))
 endif
-$(if $(PLAN_ERROR),$(info $(PLAN_ERROR)))
+$(if $(PLAN_ERROR),$(info $(subst $(RS),$(newline),$(PLAN_ERROR))))
 else
 # No virtualenv yet: Make creates it, writes the plan and reads the Makefile again. A bad
 # experiments file is then reported as above (here an empty plan is left for that second read).
