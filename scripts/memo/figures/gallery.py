@@ -13,8 +13,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 from matplotlib.figure import Figure
 
+from memo.measures import neighbours
 from memo.score import flagged as flagged_list
 from memo.score.calibration import q_values
 
@@ -24,32 +26,19 @@ from .common import (COLORS, TEXTWIDTH, Result, count, flag_info, flag_text, pla
 CAP = 24          # at most this many flagged images on the page: "first CAP of M"
 FALLBACK = 6      # none flagged: this many strongest by evidence, labelled as not flagged
 PER_ROW = 3       # (image, neighbour, sample) groups per row
-_BLOCK = 8192     # training images compared at a time
-
-
-def pooled(images: np.ndarray) -> np.ndarray:
-    """uint8 (k, C, H, W) -> float64 (k, C·H/2·W/2) in [0, 1], 2×2 average pooling (the nearest
-    neighbours' distance)."""
-    x = np.asarray(images, dtype=np.float64) / 255.0
-    k, C, H, W = x.shape
-    return x.reshape(k, C, H // 2, 2, W // 2, 2).mean(axis=(3, 5)).reshape(k, -1)
 
 
 def nearest_training(images: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(position, distance) of each row's nearest other training image (ties: lowest
-    position); an exact duplicate elsewhere gives distance 0."""
-    q = pooled(images[rows])
-    best = np.full(len(rows), np.inf)
-    where = np.full(len(rows), -1, dtype=np.int64)
-    for s in range(0, len(images), _BLOCK):
-        ref = pooled(images[s:s + _BLOCK])
-        d2 = np.stack([((ref - row) ** 2).sum(1) for row in q])      # (k, b), exact
-        own = rows[:, None] == np.arange(s, s + len(ref))[None, :]
-        d2[own] = np.inf                                              # not itself
-        j = d2.argmin(1)
-        d = np.sqrt(d2[np.arange(len(rows)), j])
-        better = d < best
-        best[better], where[better] = d[better], s + j[better]
+    """(position, distance) of each row's nearest other training image, by the nearest-neighbour
+    file's own distance and search (memo/measures/neighbours.py: 2×2-pooled pixels, ties to the
+    lowest position); an exact duplicate elsewhere gives distance 0; (-1, inf) with no other."""
+    x = neighbours.downsample(torch.from_numpy(np.ascontiguousarray(images)))
+    where, best = np.full(len(rows), -1, dtype=np.int64), np.full(len(rows), np.inf)
+    if len(x) < 2:
+        return where, best
+    for k, i in enumerate(rows):   # a few dozen rows: each against all but itself
+        d, j = neighbours.nearest_distances(x[i:i + 1], torch.cat([x[:i], x[i + 1:]]))
+        where[k], best[k] = int(j[0]) + (int(j[0]) >= i), float(d[0])
     return where, best
 
 
