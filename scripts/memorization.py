@@ -118,7 +118,7 @@ def main(argv=None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from memo.train import accel, runner  # heavy imports after --help
+    from memo.train import accel, ensemble, runner  # heavy imports after --help
     from memo import data
 
     with cli.usage():
@@ -169,7 +169,6 @@ def run(args: argparse.Namespace) -> int:
             jd = data.load_job_data(exp, torch_device, any(j.full for j in jobs),
                                     args.data_root, args.download)
             if len(jobs) > 1:
-                from memo.train import ensemble
                 done = ensemble.run_group(exp, jobs, args.results_dir, device, jd=jd,
                                           stop_after=args.stop_after, speed=speed,
                                           verbose=args.verbose)
